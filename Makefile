@@ -1,0 +1,54 @@
+# coco-warden: two set-up commands, `make demo` and `make test`. Both install what they need
+# (Debian packages, a .venv, the CO-RE BPF objects) and are idempotent: a warm run skips all of it.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+BPF_BUILD := $(BUILD)/bpf
+BPF_SRC := $(wildcard bpf/*.bpf.c)
+BPF_OBJ := $(patsubst bpf/%.bpf.c,$(BPF_BUILD)/%.bpf.o,$(BPF_SRC))
+BPF_HDR := $(wildcard bpf/*.h)
+CLANG_BPF := clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I$(BPF_BUILD) -Ibpf
+
+.PHONY: demo test bench lint setup host-deps bpf clean
+
+demo: setup
+	$(PY) -m tests.guest.demo
+
+test: setup lint
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check supervisor attest bpf initdata tests bench
+	$(VENV)/bin/mypy
+
+setup: host-deps $(VENV)/.installed bpf
+
+# Always run: the script checks each package with dpkg-query and returns at once when all are there.
+host-deps:
+	@bash scripts/install-host-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	touch $@
+
+bpf: $(BPF_OBJ)
+
+# vmlinux.h comes from the running kernel's BTF; CO-RE relocations adapt the objects to the guest's 6.1.
+$(BPF_BUILD)/vmlinux.h:
+	mkdir -p $(BPF_BUILD)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp
+	mv $@.tmp $@
+
+$(BPF_BUILD)/%.bpf.o: bpf/%.bpf.c $(BPF_HDR) $(BPF_BUILD)/vmlinux.h
+	$(CLANG_BPF) -c $< -o $@
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,1 @@
+"""Measurement sources (TDX, SNP, vTPM, attestation-agent) that bind initdata to the TEE."""

@@ -1,0 +1,1 @@
+"""BPF-LSM enforcement: CO-RE objects, the libbpf loader and the policy compiler."""

@@ -1,0 +1,1 @@
+"""CoCo initdata documents, signed policy bundles and their trust roots."""
