@@ -1,0 +1,95 @@
+"""Every way the gate can refuse, one exception type each.
+
+The supervisor and the CLI print `str(error)`: one line, `<origin>: <field>: <problem>`, where
+origin names the file (or URL, or source) and field names the part of it that is wrong. Nothing else
+is ever raised for bad input: callers may catch `GateError` and know they have seen every verdict
+about input.
+"""
+
+from __future__ import annotations
+
+
+class GateError(Exception):
+    """Base class: the gate refuses. `origin` is the file/URL/source, `field` the part of it that is wrong."""
+
+    def __init__(self, origin: str, field: str, problem: str) -> None:
+        self.origin = origin
+        self.field = field
+        self.problem = " ".join(problem.split())  # one line, whatever the cause said
+        super().__init__(f"{origin}: {field}: {self.problem}")
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class MalformedInitdata(GateError):
+    """The initdata document (or its annotation/block-device encoding) cannot be parsed."""
+
+
+class UnsupportedAlgorithm(GateError):
+    """The initdata `algorithm` is not one we can hash with, or the TEE cannot carry this digest."""
+
+
+class InitdataNotFound(GateError):
+    """No initdata document at any of the places the guest looks."""
+
+
+class InputTooLarge(GateError):
+    """An input exceeds its size limit (checked before parsing, so a huge input costs nothing)."""
+
+
+class MeasurementUnavailable(GateError):
+    """No configured measurement source could produce a measurement."""
+
+
+class MeasurementMismatch(GateError):
+    """The TEE measured a different initdata than the one we were given."""
+
+
+class InsecureSourceRefused(GateError):
+    """Only the `sample` source (no TEE) is available and the configuration does not allow it."""
+
+
+class MalformedBundle(GateError):
+    """The DSSE envelope or its payload cannot be parsed."""
+
+
+class UnsupportedPayloadType(GateError):
+    """The DSSE payloadType is not the warden bundle type."""
+
+
+class TrustStoreError(GateError):
+    """The trust keys cannot be loaded, or the threshold can never be met with them."""
+
+
+class TrustModeRefused(GateError):
+    """The configuration allows no trust mode that this initdata can use."""
+
+
+class SignatureThresholdNotMet(GateError):
+    """Fewer distinct trusted keys signed the bundle than the threshold requires."""
+
+
+class BundleExpired(GateError):
+    """The bundle's `expires` is in the past: accepting it would let an attacker freeze us on old policy."""
+
+
+class RollbackRefused(GateError):
+    """The bundle is older than (or a different bundle with the same version as) the last accepted one."""
+
+
+class RollbackStateError(GateError):
+    """The rollback state file cannot be read or written; we refuse rather than forget."""
+
+
+class PolicyInvalid(GateError):
+    """A KubeArmor policy document in the bundle does not parse or validate."""
+
+
+class ConfigError(GateError):
+    """The gate configuration is invalid."""
+
+
+class AttestationAgentError(GateError):
+    """The attestation-agent / CDH REST API answered with an error or something we cannot parse."""
