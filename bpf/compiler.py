@@ -1,0 +1,244 @@
+"""Compile parsed policies into the RuleSet of one scope.
+
+Scopes:
+- `HostScope(node_labels=None)`: the KubeArmorHostPolicy policies whose nodeSelector selects this VM. The
+  VM is the only node, so by default every nodeSelector selects it (whatever its matchLabels say); give
+  `node_labels` to require that each matchLabels entry be present in that map with the same value.
+- `ContainerScope(name, labels)`: the KubeArmorPolicy policies whose selector selects a container with this
+  name and these labels (see bpf.policy.Selector: container.name is a full-match regex, other labels exact,
+  matchExpressions In/NotIn on "key=value" identities).
+- `AnyContainerScope()`: the rules for a container nobody registered, i.e. exactly the KubeArmorPolicy
+  policies whose selector selects every container: `matchLabels` holding only `kubearmor.io/container.name`
+  with one of `.*`, `^.*$`, `.+`, `^.+$` and no matchExpressions (Selector.selects_every_container).
+
+Each rule with fromSource becomes one rule per source; a rule without fromSource has source None.
+
+Conflicts. Rules are keyed by (category, object, kind, source): (path, kind, source) for file and process,
+(protocol, source) for network, (capability, source) for capabilities. When several rules share a key, one
+wins, chosen by, in order:
+  1. the stronger action: Block beats Audit beats Allow;
+  2. the stricter flags: for Block/Audit the rule covering more (readOnly false before true, ownerOnly false
+     before true, since both flags narrow what is denied); for Allow the rule permitting less (readOnly
+     true before false, ownerOnly true before false);
+  3. the lowest policy name, then lowest severity (None first), tags, message: any remaining tie is
+     broken by value, never by input order.
+The winner keeps its own alert metadata. Nothing depends on the order of policies, files or documents.
+
+Default posture per category (KubeArmor's whitelist mode): when any selected policy has an Allow rule in a
+category (counted before conflict resolution, so an Audit or Block on the same object does not switch the
+whitelist off), that category's posture is the configured one (`Postures`, KubeArmor's default "audit"),
+else None. Process follows the file posture, as in KubeArmor (its default_posture.md: "Process based
+operations are treated under File resource only").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeVar
+
+from bpf.limits import MAX_RULES_PER_SCOPE
+from bpf.policy import (
+    Action,
+    Alert,
+    CapabilityMatch,
+    PathMatch,
+    Policy,
+    PolicyError,
+    PolicyKind,
+    Problem,
+    ProtocolMatch,
+)
+from bpf.ruleset import (
+    CapabilityRule,
+    CategoryPostures,
+    FileRule,
+    NetworkRule,
+    Posture,
+    ProcessRule,
+    RuleAlert,
+    RuleSet,
+    capability_rule_key,
+    file_rule_key,
+    network_rule_key,
+    process_rule_key,
+)
+
+__all__ = [
+    "AnyContainerScope",
+    "ContainerScope",
+    "HostScope",
+    "Postures",
+    "RuleLimitError",
+    "Scope",
+    "compile",
+]
+
+
+def _frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    return None if labels is None else MappingProxyType(dict(labels))
+
+
+@dataclass(frozen=True)
+class HostScope:
+    node_labels: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "node_labels", _frozen_labels(self.node_labels))
+
+    def __hash__(self) -> int:
+        return hash(("host", None if self.node_labels is None else tuple(sorted(self.node_labels.items()))))
+
+    def __str__(self) -> str:
+        return "host"
+
+
+@dataclass(frozen=True)
+class ContainerScope:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+    def __hash__(self) -> int:
+        return hash(("container", self.name, tuple(sorted(self.labels.items()))))
+
+    def __str__(self) -> str:
+        return f"container:{self.name}"
+
+
+@dataclass(frozen=True)
+class AnyContainerScope:
+    def __str__(self) -> str:
+        return "any-container"
+
+
+Scope = HostScope | ContainerScope | AnyContainerScope
+
+
+@dataclass(frozen=True)
+class Postures:
+    """Configured default postures (KubeArmor: defaultFilePosture etc., all "audit" by default).
+
+    Pass the host* values of a KubeArmor configuration when compiling a HostScope."""
+
+    file: Posture = Posture.AUDIT
+    network: Posture = Posture.AUDIT
+    capabilities: Posture = Posture.AUDIT
+
+
+class RuleLimitError(PolicyError):
+    """The scope's RuleSet would exceed bpf.limits.MAX_RULES_PER_SCOPE."""
+
+
+def selects(policy: Policy, scope: Scope) -> bool:
+    """Whether `policy` applies in `scope`."""
+    if isinstance(scope, HostScope):
+        return policy.kind is PolicyKind.HOST and policy.selector.matches_node(scope.node_labels)
+    if policy.kind is not PolicyKind.CONTAINER:
+        return False
+    if isinstance(scope, ContainerScope):
+        return policy.selector.matches_container(scope.name, scope.labels)
+    return policy.selector.selects_every_container()
+
+
+def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Postures()) -> RuleSet:
+    """The canonical RuleSet of `scope`. Raises RuleLimitError when it would not fit the engine."""
+    selected = [p for p in policies if selects(p, scope)]
+
+    files: list[FileRule] = []
+    processes: list[ProcessRule] = []
+    networks: list[NetworkRule] = []
+    capabilities: list[CapabilityRule] = []
+    for policy in selected:
+        for match in policy.file:
+            files.extend(FileRule(match.path, match.kind, match.read_only, match.owner_only, source,
+                                  match.action, _rule_alert(policy, match.alert))
+                         for source in _sources(match.sources))
+        for match in policy.process:
+            processes.extend(ProcessRule(match.path, match.kind, match.owner_only, source, match.action,
+                                         _rule_alert(policy, match.alert))
+                             for source in _sources(match.sources))
+        for protocol in policy.network:
+            networks.extend(NetworkRule(protocol.protocol, source, protocol.action,
+                                        _rule_alert(policy, protocol.alert))
+                            for source in _sources(protocol.sources))
+        for capability in policy.capabilities:
+            capabilities.extend(CapabilityRule(capability.capability, source, capability.action,
+                                               _rule_alert(policy, capability.alert))
+                                for source in _sources(capability.sources))
+
+    file_posture = postures.file if _has_allow(m for p in selected for m in p.file) else None
+    process_posture = postures.file if _has_allow(m for p in selected for m in p.process) else None
+    network_posture = postures.network if _has_allow(m for p in selected for m in p.network) else None
+    capabilities_posture = (postures.capabilities if _has_allow(m for p in selected for m in p.capabilities)
+                            else None)
+    ruleset = RuleSet(
+        file=_resolve(files, file_rule_key, _path_rule_preference),
+        process=_resolve(processes, process_rule_key, _path_rule_preference),
+        network=_resolve(networks, network_rule_key, _preference),
+        capabilities=_resolve(capabilities, capability_rule_key, _preference),
+        postures=CategoryPostures(
+            file=file_posture,
+            process=process_posture,
+            network=network_posture,
+            capabilities=capabilities_posture,
+        ),
+    )
+    if ruleset.rule_count > MAX_RULES_PER_SCOPE:
+        raise RuleLimitError([Problem(f"<scope {scope}>", 0, "rules",
+                                      f"{ruleset.rule_count} rules; the engine's limit is "
+                                      f"{MAX_RULES_PER_SCOPE} per scope (MAX_RULES_PER_SCOPE)")])
+    return ruleset
+
+
+def _has_allow(matches: Iterable[PathMatch | ProtocolMatch | CapabilityMatch]) -> bool:
+    return any(m.action is Action.ALLOW for m in matches)
+
+
+def _sources(sources: tuple[str, ...]) -> tuple[str | None, ...]:
+    return sources if sources else (None,)
+
+
+def _rule_alert(policy: Policy, alert: Alert) -> RuleAlert:
+    return RuleAlert(policy.name, alert.severity, alert.tags, alert.message)
+
+
+_ACTION_STRENGTH = {Action.BLOCK: 0, Action.AUDIT: 1, Action.ALLOW: 2}  # lower sorts first, wins
+
+_R = TypeVar("_R", FileRule, ProcessRule, NetworkRule, CapabilityRule)
+
+
+def _alert_order(alert: RuleAlert) -> tuple[str, bool, int, tuple[str, ...], bool, str]:
+    return (alert.policy, alert.severity is not None, alert.severity or 0, alert.tags,
+            alert.message is not None, alert.message or "")
+
+
+_Preference = tuple[int, tuple[bool, bool], tuple[str, bool, int, tuple[str, ...], bool, str]]
+
+
+def _preference(rule: NetworkRule | CapabilityRule) -> _Preference:
+    return (_ACTION_STRENGTH[rule.action], (False, False), _alert_order(rule.alert))
+
+
+def _path_rule_preference(rule: FileRule | ProcessRule) -> _Preference:
+    read_only = rule.read_only if isinstance(rule, FileRule) else False
+    if rule.action is Action.ALLOW:  # permit less: narrowing flags first
+        flags = (not read_only, not rule.owner_only)
+    else:  # deny more: narrowing flags last
+        flags = (read_only, rule.owner_only)
+    return (_ACTION_STRENGTH[rule.action], flags, _alert_order(rule.alert))
+
+
+def _resolve(rules: list[_R], key: Callable[[_R], tuple[object, ...]],
+             preference: Callable[[_R], _Preference]) -> tuple[_R, ...]:
+    """One rule per key (the most preferred), in canonical key order."""
+    winners: dict[tuple[object, ...], _R] = {}
+    for rule in rules:
+        k = key(rule)
+        current = winners.get(k)
+        if current is None or preference(rule) < preference(current):
+            winners[k] = rule
+    return tuple(sorted(winners.values(), key=key))

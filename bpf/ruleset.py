@@ -1,0 +1,273 @@
+"""RuleSet: the compiled, canonical rule table for one scope, as the BPF engine loads it.
+
+A RuleSet is what gets measured and reported as "the enforced policy", so its serialisation is canonical:
+`to_json()` gives the same bytes for the same rules (sorted keys, fixed separators, ASCII only, rules in
+a fixed order), and `digest` is "sha256:<hex>" of those bytes. `from_json()` reads it back, validating
+as strictly as the compiler does, so the engine never has to re-parse YAML.
+
+JSON shape (format "coco-warden/ruleset/v1"):
+    {"capabilities": [{"action", "alert", "capability", "source"}],
+     "file": [{"action", "alert", "kind", "owner_only", "path", "read_only", "source"}],
+     "format": "coco-warden/ruleset/v1",
+     "network": [{"action", "alert", "protocol", "source"}],
+     "postures": {"capabilities", "file", "network", "process"},   # null, "audit" or "block"
+     "process": [{"action", "alert", "kind", "owner_only", "path", "source"}]}
+with "alert" = {"message", "policy", "severity", "tags"}. `source` is null for "any program".
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from bpf.limits import MAX_RULES_PER_SCOPE
+from bpf.policy import CAPABILITIES, PROTOCOLS, Action, PathKind, normalise_path
+
+FORMAT: Final = "coco-warden/ruleset/v1"
+
+
+class Posture(enum.StrEnum):
+    """What happens to an operation no rule matches, in a category that has Allow rules."""
+
+    AUDIT = "audit"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True)
+class RuleAlert:
+    """Alert metadata of the rule that won (see bpf.compiler for the conflict rule)."""
+
+    policy: str
+    severity: int | None
+    tags: tuple[str, ...]
+    message: str | None
+
+
+@dataclass(frozen=True)
+class FileRule:
+    path: str  # normalised; ends with "/" for the directory kinds
+    kind: PathKind
+    read_only: bool
+    owner_only: bool
+    source: str | None  # the fromSource program, None for any program
+    action: Action
+    alert: RuleAlert
+
+
+@dataclass(frozen=True)
+class ProcessRule:
+    path: str
+    kind: PathKind
+    owner_only: bool
+    source: str | None
+    action: Action
+    alert: RuleAlert
+
+
+@dataclass(frozen=True)
+class NetworkRule:
+    protocol: str  # lowercase, bpf.policy.PROTOCOLS
+    source: str | None
+    action: Action
+    alert: RuleAlert
+
+
+@dataclass(frozen=True)
+class CapabilityRule:
+    capability: str  # lowercase bare name, bpf.policy.CAPABILITIES
+    source: str | None
+    action: Action
+    alert: RuleAlert
+
+
+@dataclass(frozen=True)
+class CategoryPostures:
+    """Default posture per category: None when the scope has no Allow rule in that category."""
+
+    file: Posture | None = None
+    process: Posture | None = None
+    network: Posture | None = None
+    capabilities: Posture | None = None
+
+
+class RuleSetFormatError(ValueError):
+    """RuleSet JSON that this version cannot load (wrong format, shape or values)."""
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    file: tuple[FileRule, ...] = ()
+    process: tuple[ProcessRule, ...] = ()
+    network: tuple[NetworkRule, ...] = ()
+    capabilities: tuple[CapabilityRule, ...] = ()
+    postures: CategoryPostures = CategoryPostures()
+
+    @property
+    def rule_count(self) -> int:
+        return len(self.file) + len(self.process) + len(self.network) + len(self.capabilities)
+
+    def to_json(self) -> str:
+        return _canonical_json(self)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.to_json().encode("ascii")).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str) -> RuleSet:
+        """Load a RuleSet written by to_json(); refuses anything to_json() would not have written."""
+        try:
+            data = json.loads(text)
+            ruleset = _ruleset_from_data(data)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            if isinstance(exc, RuleSetFormatError):
+                raise
+            raise RuleSetFormatError(f"not a {FORMAT} document: {type(exc).__name__}: {exc}") from None
+        if ruleset.to_json() != text:
+            # Order, duplicates, whitespace or normalisation differ: a canonical document round-trips.
+            raise RuleSetFormatError("not in canonical form (as written by RuleSet.to_json)")
+        return ruleset
+
+
+# --------------------------------------------------------------------------------------------------------
+# Canonical order and serialisation
+
+
+def _source_key(source: str | None) -> tuple[bool, str]:
+    return (source is not None, source or "")
+
+
+def file_rule_key(rule: FileRule) -> tuple[str, str, tuple[bool, str]]:
+    return (rule.path, rule.kind.value, _source_key(rule.source))
+
+
+def process_rule_key(rule: ProcessRule) -> tuple[str, str, tuple[bool, str]]:
+    return (rule.path, rule.kind.value, _source_key(rule.source))
+
+
+def network_rule_key(rule: NetworkRule) -> tuple[str, tuple[bool, str]]:
+    return (rule.protocol, _source_key(rule.source))
+
+
+def capability_rule_key(rule: CapabilityRule) -> tuple[str, tuple[bool, str]]:
+    return (rule.capability, _source_key(rule.source))
+
+
+def _alert_data(alert: RuleAlert) -> dict[str, Any]:
+    return {"policy": alert.policy, "severity": alert.severity, "tags": list(alert.tags),
+            "message": alert.message}
+
+
+def _canonical_json(ruleset: RuleSet) -> str:
+    data = {
+        "format": FORMAT,
+        "file": [{"path": r.path, "kind": r.kind.value, "read_only": r.read_only, "owner_only": r.owner_only,
+                  "source": r.source, "action": r.action.value, "alert": _alert_data(r.alert)}
+                 for r in ruleset.file],
+        "process": [{"path": r.path, "kind": r.kind.value, "owner_only": r.owner_only, "source": r.source,
+                     "action": r.action.value, "alert": _alert_data(r.alert)} for r in ruleset.process],
+        "network": [{"protocol": r.protocol, "source": r.source, "action": r.action.value,
+                     "alert": _alert_data(r.alert)} for r in ruleset.network],
+        "capabilities": [{"capability": r.capability, "source": r.source, "action": r.action.value,
+                          "alert": _alert_data(r.alert)} for r in ruleset.capabilities],
+        "postures": {name: getattr(ruleset.postures, name) and getattr(ruleset.postures, name).value
+                     for name in ("file", "process", "network", "capabilities")},
+    }
+    # ensure_ascii: the bytes are plain ASCII whatever the paths and messages hold, so there is exactly one
+    # encoding of any RuleSet.
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise RuleSetFormatError(message)
+
+
+def _keys(data: Any, keys: set[str], where: str) -> dict[str, Any]:
+    _expect(isinstance(data, dict) and set(data) == keys,
+            f"{where}: expected exactly the keys {sorted(keys)}")
+    result: dict[str, Any] = data
+    return result
+
+
+def _text(value: Any, where: str) -> str:
+    _expect(isinstance(value, str), f"{where}: expected a string")
+    text: str = value
+    return text
+
+
+def _bool(value: Any, where: str) -> bool:
+    _expect(isinstance(value, bool), f"{where}: expected true or false")
+    return bool(value)
+
+
+def _path(value: Any, kind: PathKind, where: str) -> str:
+    raw = _text(value, where)
+    normalised, error = normalise_path(raw, directory=kind is not PathKind.EXACT)
+    _expect(error is None and normalised == raw, f"{where}: {error or 'not normalised'}")
+    return raw
+
+
+def _source(value: Any, where: str) -> str | None:
+    return None if value is None else _path(value, PathKind.EXACT, where)
+
+
+def _alert(value: Any, where: str) -> RuleAlert:
+    data = _keys(value, {"policy", "severity", "tags", "message"}, where)
+    severity = data["severity"]
+    _expect(severity is None or (type(severity) is int and 1 <= severity <= 10), f"{where}.severity: 1..10")
+    tags = data["tags"]
+    _expect(isinstance(tags, list) and all(isinstance(t, str) for t in tags), f"{where}.tags: strings")
+    message = data["message"]
+    return RuleAlert(_text(data["policy"], f"{where}.policy"), severity, tuple(tags),
+                     None if message is None else _text(message, f"{where}.message"))
+
+
+def _ruleset_from_data(data: Any) -> RuleSet:
+    top = _keys(data, {"format", "file", "process", "network", "capabilities", "postures"}, "ruleset")
+    _expect(top["format"] == FORMAT, f"format: expected {FORMAT!r}")
+    for category in ("file", "process", "network", "capabilities"):
+        _expect(isinstance(top[category], list), f"{category}: expected a list")
+    files = []
+    for i, item in enumerate(top["file"]):
+        where = f"file[{i}]"
+        r = _keys(item, {"path", "kind", "read_only", "owner_only", "source", "action", "alert"}, where)
+        kind = PathKind(r["kind"])
+        files.append(FileRule(_path(r["path"], kind, where), kind, _bool(r["read_only"], where),
+                              _bool(r["owner_only"], where), _source(r["source"], where), Action(r["action"]),
+                              _alert(r["alert"], f"{where}.alert")))
+    processes = []
+    for i, item in enumerate(top["process"]):
+        where = f"process[{i}]"
+        r = _keys(item, {"path", "kind", "owner_only", "source", "action", "alert"}, where)
+        kind = PathKind(r["kind"])
+        processes.append(ProcessRule(_path(r["path"], kind, where), kind, _bool(r["owner_only"], where),
+                                     _source(r["source"], where), Action(r["action"]),
+                                     _alert(r["alert"], f"{where}.alert")))
+    networks = []
+    for i, item in enumerate(top["network"]):
+        where = f"network[{i}]"
+        r = _keys(item, {"protocol", "source", "action", "alert"}, where)
+        _expect(r["protocol"] in PROTOCOLS, f"{where}.protocol: unknown")
+        networks.append(NetworkRule(r["protocol"], _source(r["source"], where), Action(r["action"]),
+                                    _alert(r["alert"], f"{where}.alert")))
+    capabilities = []
+    for i, item in enumerate(top["capabilities"]):
+        where = f"capabilities[{i}]"
+        r = _keys(item, {"capability", "source", "action", "alert"}, where)
+        _expect(r["capability"] in CAPABILITIES, f"{where}.capability: unknown")
+        capabilities.append(CapabilityRule(r["capability"], _source(r["source"], where), Action(r["action"]),
+                                           _alert(r["alert"], f"{where}.alert")))
+    p = _keys(top["postures"], {"file", "process", "network", "capabilities"}, "postures")
+    postures = CategoryPostures(**{k: None if v is None else Posture(v) for k, v in p.items()})
+    ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures)
+    _expect(ruleset.rule_count <= MAX_RULES_PER_SCOPE, f"more than {MAX_RULES_PER_SCOPE} rules")
+    return ruleset
