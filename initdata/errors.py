@@ -84,7 +84,14 @@ class RollbackStateError(GateError):
 
 
 class PolicyInvalid(GateError):
-    """A KubeArmor policy document in the bundle does not parse or validate."""
+    """A KubeArmor policy document in the bundle does not parse or validate.
+
+    The message names the first problem; `details` holds every problem the parser reported.
+    """
+
+    def __init__(self, origin: str, field: str, problem: str, *, details: list[str] | None = None) -> None:
+        super().__init__(origin, field, problem)
+        self.details: tuple[str, ...] = tuple(details or [problem])
 
 
 class ConfigError(GateError):

@@ -1,0 +1,202 @@
+"""The signed policy bundle's payload (the JSON inside the DSSE envelope).
+
+Payload type `application/vnd.coco-warden.bundle+json`, a JSON object with exactly these fields:
+
+    {
+      "version": 7,                              # integer >= 1; rollback protection compares it
+      "expires": "2027-01-31T00:00:00Z",         # RFC 3339 with a zone; refused at or after this
+      "policies": [                              # 1..256 KubeArmor policy *files*, in order
+        {"name": "block-shadow.yaml", "text": "apiVersion: security.kubearmor.com/v1\\n..."}
+      ],
+      "bpf_objects": {"warden_lsm.bpf.o": "sha256:<64 hex>"},   # what the engine must load
+      "agent": {...}                             # optional agent settings, any JSON object
+    }
+
+Each policy entry is the text of one YAML file as its author wrote it (it may hold several `---`
+documents); `name` becomes the origin in policy error messages. Keeping the author's text, rather
+than a re-serialised form, means what was reviewed is byte for byte what was signed.
+`warden bundle sign` writes the payload as canonical JSON (sorted keys, no spaces); the verifier
+does not depend on that, because the signature covers the payload bytes whatever they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+
+from initdata.errors import InputTooLarge, MalformedBundle
+from initdata.keys import read_bounded
+
+PAYLOAD_KEYS = frozenset({"version", "expires", "policies", "bpf_objects", "agent"})
+MAX_POLICY_FILES = 256
+MAX_BPF_OBJECTS = 64
+MAX_VERSION = 2**63 - 1
+POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+BPF_OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHA256_REF = re.compile(r"sha256:[0-9a-f]{64}")
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class BundlePayload:
+    version: int
+    expires: datetime
+    policies: tuple[PolicyFile, ...]
+    bpf_objects: Mapping[str, str] = field(hash=False)
+    agent: Mapping[str, object] = field(hash=False)
+    digest: str  # "sha256:<hex>" of the payload bytes: identifies the exact bundle
+
+
+def parse_rfc3339(value: object, *, origin: str, field: str) -> datetime:
+    if not isinstance(value, str) or not RFC3339.fullmatch(value):
+        raise MalformedBundle(origin, field, f"{value!r} is not an RFC 3339 time with a zone")
+    text = value.upper()
+    # Python's fromisoformat takes at most 6 fractional digits; RFC 3339 allows more.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise MalformedBundle(origin, field, f"{value!r}: {exc}") from None
+    return parsed.astimezone(UTC)
+
+
+def format_rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_expiry_argument(value: str, *, now: datetime, origin: str = "--expires") -> datetime:
+    """CLI convenience: RFC 3339, or `+30d` / `+12h` relative to now."""
+    relative = re.fullmatch(r"\+(\d{1,5})([dh])", value)
+    if relative:
+        amount = int(relative.group(1))
+        delta = timedelta(days=amount) if relative.group(2) == "d" else timedelta(hours=amount)
+        return (now + delta).replace(microsecond=0)
+    return parse_rfc3339(value, origin=origin, field="expires")
+
+
+def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
+    """Payload bytes (already signature-checked) -> BundlePayload, refusing anything unexpected."""
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise MalformedBundle(origin, "payload", f"not JSON ({detail})") from None
+    if not isinstance(document, dict):
+        raise MalformedBundle(origin, "payload", "must be a JSON object")
+    unknown = sorted(set(document) - PAYLOAD_KEYS)
+    if unknown:
+        raise MalformedBundle(origin, f"payload.{unknown[0]}", "unknown field")
+
+    version = document.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise MalformedBundle(origin, "payload.version", f"{version!r} is not an integer >= 1")
+    expires = parse_rfc3339(document.get("expires"), origin=origin, field="payload.expires")
+
+    raw_policies = document.get("policies")
+    if not isinstance(raw_policies, list) or not raw_policies:
+        raise MalformedBundle(origin, "payload.policies", "must be a non-empty list")
+    if len(raw_policies) > MAX_POLICY_FILES:
+        raise InputTooLarge(
+            origin, "payload.policies", f"{len(raw_policies)} files exceeds the limit of {MAX_POLICY_FILES}"
+        )
+    policies: list[PolicyFile] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw_policies):
+        where = f"payload.policies[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "text"}:
+            raise MalformedBundle(origin, where, "must be an object with exactly 'name' and 'text'")
+        name, text = entry["name"], entry["text"]
+        if not isinstance(name, str) or not POLICY_NAME.fullmatch(name):
+            raise MalformedBundle(origin, f"{where}.name", f"{name!r} is not a plain file name")
+        if name in seen:
+            raise MalformedBundle(origin, f"{where}.name", f"{name!r} appears twice")
+        if not isinstance(text, str) or not text.strip():
+            raise MalformedBundle(origin, f"{where}.text", "must be non-empty YAML text")
+        seen.add(name)
+        policies.append(PolicyFile(name=name, text=text))
+
+    raw_objects = document.get("bpf_objects", {})
+    if not isinstance(raw_objects, dict):
+        raise MalformedBundle(origin, "payload.bpf_objects", "must be an object of name -> sha256:<hex>")
+    if len(raw_objects) > MAX_BPF_OBJECTS:
+        raise InputTooLarge(origin, "payload.bpf_objects", f"more than {MAX_BPF_OBJECTS} objects")
+    for name, ref in raw_objects.items():
+        if not BPF_OBJECT_NAME.fullmatch(name):
+            raise MalformedBundle(origin, f"payload.bpf_objects.{name}", "is not a plain file name")
+        if not isinstance(ref, str) or not SHA256_REF.fullmatch(ref):
+            raise MalformedBundle(origin, f"payload.bpf_objects.{name}", f"{ref!r} is not sha256:<64 hex>")
+
+    agent = document.get("agent", {})
+    if not isinstance(agent, dict):
+        raise MalformedBundle(origin, "payload.agent", "must be a JSON object")
+
+    return BundlePayload(
+        version=version,
+        expires=expires,
+        policies=tuple(policies),
+        bpf_objects=MappingProxyType(dict(raw_objects)),
+        agent=MappingProxyType(dict(agent)),
+        digest="sha256:" + hashlib.sha256(payload).hexdigest(),
+    )
+
+
+def build_payload(
+    *,
+    version: int,
+    expires: datetime,
+    policies: list[PolicyFile],
+    bpf_objects: Mapping[str, str] | None = None,
+    agent: Mapping[str, object] | None = None,
+    origin: str = "bundle",
+) -> bytes:
+    """Canonical payload bytes; parsed back before returning so sign never emits what verify refuses."""
+    document: dict[str, object] = {
+        "version": version,
+        "expires": format_rfc3339(expires),
+        "policies": [{"name": p.name, "text": p.text} for p in policies],
+        "bpf_objects": dict(bpf_objects or {}),
+    }
+    if agent:
+        document["agent"] = dict(agent)
+    payload = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    parse_payload(payload, origin=origin)
+    return payload
+
+
+def read_policy_dir(directory: Path, *, limit: int) -> list[PolicyFile]:
+    """The `*.yaml`/`*.yml` files of a directory (not recursive), sorted by name."""
+    origin = str(directory)
+    if not directory.is_dir():
+        raise MalformedBundle(origin, "directory", "is not a directory")
+    paths = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not paths:
+        raise MalformedBundle(origin, "directory", "holds no *.yaml policy files")
+    if len(paths) > MAX_POLICY_FILES:
+        raise InputTooLarge(
+            origin, "directory", f"{len(paths)} files exceeds the limit of {MAX_POLICY_FILES}"
+        )
+    files: list[PolicyFile] = []
+    for path in paths:
+        raw = read_bounded(path, limit, error=MalformedBundle)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedBundle(str(path), "text", "is not UTF-8") from None
+        files.append(PolicyFile(name=path.name, text=text))
+    return files
+
+
+def sha256_file_ref(path: Path, *, limit: int) -> str:
+    return "sha256:" + hashlib.sha256(read_bounded(path, limit, error=MalformedBundle)).hexdigest()

@@ -1,0 +1,62 @@
+"""Where the guest finds its initdata document.
+
+In order: a path given on the command line (any encoding: TOML, annotation value, block-device
+image); kata-agent's copy `/run/confidential-containers/initdata/initdata.toml` (byte-exact TOML);
+the peer-pod copy `/run/peerpod/initdata` (base64 of gzip, written by process-user-data), whose
+digest file `/run/peerpod/initdata.digest` (lowercase hex) must agree when present.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from initdata.document import MAX_INITDATA_BYTES, InitdataDocument, parse_initdata
+from initdata.encoding import MAX_ANNOTATION_CHARS, MAX_IMAGE_BYTES, decode_annotation, decode_any
+from initdata.errors import InitdataNotFound, MalformedInitdata
+from initdata.keys import read_bounded
+
+KATA_INITDATA_PATH = Path("/run/confidential-containers/initdata/initdata.toml")
+PEERPOD_INITDATA_PATH = Path("/run/peerpod/initdata")
+PEERPOD_DIGEST_PATH = Path("/run/peerpod/initdata.digest")
+
+
+def load_initdata_file(path: Path) -> InitdataDocument:
+    """A file a person points us at, in any of the encodings (see initdata.encoding.decode_any)."""
+    limit = max(MAX_INITDATA_BYTES, MAX_ANNOTATION_CHARS, MAX_IMAGE_BYTES)
+    raw = read_bounded(path, limit, field="document", error=InitdataNotFound)
+    return parse_initdata(decode_any(raw, origin=str(path)), origin=str(path))
+
+
+def locate_initdata(
+    explicit: Path | None = None,
+    *,
+    kata_path: Path = KATA_INITDATA_PATH,
+    peerpod_path: Path = PEERPOD_INITDATA_PATH,
+    peerpod_digest_path: Path = PEERPOD_DIGEST_PATH,
+) -> InitdataDocument:
+    if explicit is not None:
+        return load_initdata_file(explicit)
+    if kata_path.exists():
+        raw = read_bounded(kata_path, MAX_INITDATA_BYTES, field="document", error=InitdataNotFound)
+        return parse_initdata(raw, origin=str(kata_path))
+    if peerpod_path.exists():
+        encoded = read_bounded(peerpod_path, MAX_ANNOTATION_CHARS, field="document", error=InitdataNotFound)
+        document = parse_initdata(
+            decode_annotation(encoded, origin=str(peerpod_path)), origin=str(peerpod_path)
+        )
+        if peerpod_digest_path.exists():
+            recorded = read_bounded(peerpod_digest_path, 1024, field="digest", error=InitdataNotFound)
+            text = recorded.decode("ascii", errors="replace").strip().lower()
+            if not hmac.compare_digest(text, document.digest_hex):
+                raise MalformedInitdata(
+                    str(peerpod_digest_path),
+                    "digest",
+                    f"says {text[:128]!r} but {peerpod_path} hashes to {document.digest_hex}",
+                )
+        return document
+    raise InitdataNotFound(
+        "initdata",
+        "location",
+        f"none of {kata_path}, {peerpod_path} exists and no path was given",
+    )
