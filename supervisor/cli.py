@@ -2,8 +2,8 @@
 
 Every subcommand group lives in its own module under `supervisor.commands` (discovered, so adding a
 command touches one file); each module exposes `register(subparsers)`, which adds its parser and sets
-`handler` to a function `(argparse.Namespace) -> int`. Domain errors are turned into one-line messages by the command
-modules; this entry point is the last line of defence: no input may ever produce a traceback.
+`handler` to a function `(argparse.Namespace) -> int`. Domain errors are turned into one-line
+messages by the command modules; this entry point is the last line of defence: no input may ever produce a traceback.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"warden {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module: CommandModule = importlib.import_module(f"{commands.__name__}.{info.name}")  # type: ignore[assignment]
+        module: CommandModule = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
     return parser
 
