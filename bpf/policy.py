@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Final, TypeVar, cast
 
 import yaml
+import yaml.reader
 from yaml.composer import ComposerError
 from yaml.constructor import SafeConstructor
 from yaml.error import Mark
@@ -59,7 +60,7 @@ CONTAINER_NAME_LABEL: Final = "kubearmor.io/container.name"
 # Refusal limits for untrusted YAML. 1 MiB is far more than any real bundle; the node and depth bounds keep
 # parsing linear and the (recursive) composer far from Python's recursion limit.
 MAX_TEXT_BYTES: Final = 1 << 20
-MAX_YAML_NODES: Final = 200_000
+MAX_YAML_NODES: Final = 100_000
 MAX_YAML_DEPTH: Final = 64
 
 # Regexes that select every container (see Selector.selects_every_container). Kept to an explicit list:
@@ -394,7 +395,11 @@ def _parse_text(text: str, origin: str, problems: list[Problem]) -> tuple[Policy
         return ()
 
     policies: list[Policy] = []
-    loader = _BoundedSafeLoader(text)
+    try:
+        loader = _BoundedSafeLoader(text)  # the reader checks for non-printable characters here
+    except yaml.reader.ReaderError as exc:
+        problems.append(_reader_problem(origin, text, exc))
+        return ()
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -407,11 +412,20 @@ def _parse_text(text: str, origin: str, problems: list[Problem]) -> tuple[Policy
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
         problems.append(Problem(origin, line, "yaml", exc.problem or exc.context or "invalid YAML"))
-    except yaml.YAMLError as exc:  # ReaderError (non-printable characters) is not a MarkedYAMLError
-        problems.append(Problem(origin, 0, "yaml", str(exc)))
+    except yaml.reader.ReaderError as exc:
+        problems.append(_reader_problem(origin, text, exc))
+    except yaml.YAMLError as exc:
+        problems.append(Problem(origin, 0, "yaml", str(exc).replace("\n", " ")))
     finally:
         loader.dispose()
     return tuple(policies)
+
+
+def _reader_problem(origin: str, text: str, error: yaml.reader.ReaderError) -> Problem:
+    # ReaderError is not a MarkedYAMLError: it has a character position, not a line.
+    line = text.count("\n", 0, max(error.position, 0)) + 1
+    character = error.character if isinstance(error.character, int) else 0
+    return Problem(origin, line, "yaml", f"unacceptable character U+{character:04X}: {error.reason}")
 
 
 _STR = "tag:yaml.org,2002:str"
