@@ -184,14 +184,15 @@ class VerifiedPolicy:
 
     def status_line(self) -> str:
         prefix = "INSECURE (no TEE, sample source): " if self.insecure else ""
-        if self.tee is None:
-            binding = "nothing measured the"
-        else:
-            binding = f"{self.tee} {TEE_FIELD_NAMES[Tee(self.tee)]} matches"
+        binding = (
+            f"{self.tee} {TEE_FIELD_NAMES[Tee(self.tee)]} matches"
+            if self.tee is not None
+            else "nothing measured the"
+        )
         return (
             f"{prefix}policy bundle v{self.bundle_version} ({self.bundle_digest[:19]}) accepted: "
             f"{binding} initdata {self.initdata_algorithm}:{self.initdata_digest[:16]}; "
-            f"{len(self.signer_keyids)}/{self.threshold} signatures ({self.trust_mode} keys); "
+            f"signed by {len(self.signer_keyids)} {self.trust_mode} key(s), threshold {self.threshold}; "
             f"{len(self.parsed_policies)} policies; expires {self.expires:%Y-%m-%dT%H:%M:%SZ}"
         )
 
@@ -207,9 +208,7 @@ def check_measurement(document: InitdataDocument, measurement: Measurement, conf
             )
         return
     assert measurement.tee is not None
-    expected = expected_measurement(
-        document.digest, document.algorithm, measurement.tee, origin=document.origin
-    )
+    expected = expected_measurement(document.digest, document.algorithm, measurement.tee, origin=document.origin)
     if not hmac.compare_digest(expected, measurement.value):
         raise MeasurementMismatch(
             measurement.detail,
@@ -243,9 +242,7 @@ def default_policy_parser(text: str, origin: str) -> tuple[object, ...]:
     return tuple(parse_policy_text(text, origin=origin))
 
 
-def validate_policies(
-    payload: BundlePayload, *, origin: str, parser: PolicyParser | None = None
-) -> tuple[object, ...]:
+def validate_policies(payload: BundlePayload, *, origin: str, parser: PolicyParser | None = None) -> tuple[object, ...]:
     """Step 4: every policy file parses; no two policies of one kind share a name across files."""
     from bpf.policy import PolicyError
 
@@ -265,15 +262,13 @@ def validate_policies(
         for policy in policies:
             key = (str(getattr(policy, "kind", "")), str(getattr(policy, "name", "")))
             if key in first_seen:
-                raise PolicyInvalid(
-                    origin, where, f"duplicate {key[0]} name {key[1]!r}; first in {first_seen[key]}"
-                )
+                raise PolicyInvalid(origin, where, f"duplicate {key[0]} name {key[1]!r}; first in {first_seen[key]}")
             first_seen[key] = policy_file.name
         parsed.extend(policies)
     return tuple(parsed)
 
 
-def _verify_bundle(
+def verify_bundle(
     envelope_bytes: bytes,
     *,
     origin: str,
@@ -322,7 +317,7 @@ def gate(
         raise MalformedBundle(document.origin, f"data.{BUNDLE_KEY}", "missing: no policy bundle in initdata")
     trust_mode, trust = select_trust(document, config)
     state = RollbackState(config.state_dir) if config.state_dir is not None else None
-    payload, signers, parsed = _verify_bundle(
+    payload, signers, parsed = verify_bundle(
         envelope_text.encode("utf-8"),
         origin=origin,
         trust=trust,
@@ -378,7 +373,7 @@ def gate_update(
         verify_envelope(envelope, trust, current.threshold, origin=origin)
         return current
     state = RollbackState(config.state_dir) if config.state_dir is not None else None
-    payload, signers, parsed = _verify_bundle(
+    payload, signers, parsed = verify_bundle(
         envelope_bytes,
         origin=origin,
         trust=trust,

@@ -42,9 +42,7 @@ def locate_initdata(
         return parse_initdata(raw, origin=str(kata_path))
     if peerpod_path.exists():
         encoded = read_bounded(peerpod_path, MAX_ANNOTATION_CHARS, field="document", error=InitdataNotFound)
-        document = parse_initdata(
-            decode_annotation(encoded, origin=str(peerpod_path)), origin=str(peerpod_path)
-        )
+        document = parse_initdata(decode_annotation(encoded, origin=str(peerpod_path)), origin=str(peerpod_path))
         if peerpod_digest_path.exists():
             recorded = read_bounded(peerpod_digest_path, 1024, field="digest", error=InitdataNotFound)
             text = recorded.decode("ascii", errors="replace").strip().lower()
