@@ -184,9 +184,7 @@ def read_policy_dir(directory: Path, *, limit: int) -> list[PolicyFile]:
     if not paths:
         raise MalformedBundle(origin, "directory", "holds no *.yaml policy files")
     if len(paths) > MAX_POLICY_FILES:
-        raise InputTooLarge(
-            origin, "directory", f"{len(paths)} files exceeds the limit of {MAX_POLICY_FILES}"
-        )
+        raise InputTooLarge(origin, "directory", f"{len(paths)} files exceeds the limit of {MAX_POLICY_FILES}")
     files: list[PolicyFile] = []
     for path in paths:
         raw = read_bounded(path, limit, error=MalformedBundle)

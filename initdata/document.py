@@ -76,9 +76,7 @@ def _one_line(message: str) -> str:
 def parse_initdata(raw: bytes, *, origin: str) -> InitdataDocument:
     """Parse initdata TOML bytes. Raises MalformedInitdata / UnsupportedAlgorithm / InputTooLarge."""
     if len(raw) > MAX_INITDATA_BYTES:
-        raise InputTooLarge(
-            origin, "document", f"{len(raw)} bytes exceeds the {MAX_INITDATA_BYTES}-byte limit"
-        )
+        raise InputTooLarge(origin, "document", f"{len(raw)} bytes exceeds the {MAX_INITDATA_BYTES}-byte limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -92,9 +90,7 @@ def parse_initdata(raw: bytes, *, origin: str) -> InitdataDocument:
 
     unknown = sorted(set(table) - TOP_LEVEL_KEYS)
     if unknown:
-        raise MalformedInitdata(
-            origin, unknown[0], "unknown top-level key (expected version, algorithm, [data])"
-        )
+        raise MalformedInitdata(origin, unknown[0], "unknown top-level key (expected version, algorithm, [data])")
     for key in ("version", "algorithm", "data"):
         if key not in table:
             raise MalformedInitdata(origin, key, "missing")

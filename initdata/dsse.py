@@ -58,9 +58,7 @@ class Envelope:
         document = {
             "payload": base64.b64encode(self.payload).decode("ascii"),
             "payloadType": self.payload_type,
-            "signatures": [
-                {"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")} for s in self.signatures
-            ],
+            "signatures": [{"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")} for s in self.signatures],
         }
         return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
@@ -85,9 +83,7 @@ def decode_base64_either(value: object, *, origin: str, field: str) -> bytes:
 def parse_envelope(data: bytes, *, origin: str) -> Envelope:
     """Envelope JSON -> Envelope. Structure only: nothing here is trusted yet."""
     if len(data) > MAX_ENVELOPE_BYTES:
-        raise InputTooLarge(
-            origin, "envelope", f"{len(data)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit"
-        )
+        raise InputTooLarge(origin, "envelope", f"{len(data)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -106,9 +102,7 @@ def parse_envelope(data: bytes, *, origin: str) -> Envelope:
     if not isinstance(raw_signatures, list) or not raw_signatures:
         raise MalformedBundle(origin, "signatures", "missing or empty")
     if len(raw_signatures) > MAX_SIGNATURES:
-        raise InputTooLarge(
-            origin, "signatures", f"{len(raw_signatures)} exceeds the limit of {MAX_SIGNATURES}"
-        )
+        raise InputTooLarge(origin, "signatures", f"{len(raw_signatures)} exceeds the limit of {MAX_SIGNATURES}")
     signatures: list[Signature] = []
     for index, entry in enumerate(raw_signatures):
         field = f"signatures[{index}]"
@@ -152,7 +146,5 @@ def verify_envelope(
             f"{len(signers)} of the {len(trust.keys)} key(s) in {trust.origin} signed, {threshold} required",
         )
     if envelope.payload_type != payload_type:
-        raise UnsupportedPayloadType(
-            origin, "payloadType", f"{envelope.payload_type!r} is not {payload_type!r}"
-        )
+        raise UnsupportedPayloadType(origin, "payloadType", f"{envelope.payload_type!r} is not {payload_type!r}")
     return tuple(signers)

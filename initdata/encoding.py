@@ -63,15 +63,12 @@ def vtpm_pcr8(digest: bytes, algorithm: HashAlgorithm, *, origin: str = "initdat
         raise UnsupportedAlgorithm(
             origin,
             "algorithm",
-            "vTPM binding needs a sha256 initdata digest (PCR8 is extended with exactly 32 "
-            f"bytes), not {algorithm}",
+            f"vTPM binding needs a sha256 initdata digest (PCR8 is extended with exactly 32 bytes), not {algorithm}",
         )
     return hashlib.sha256(b"\0" * 32 + digest).digest()
 
 
-def expected_measurement(
-    digest: bytes, algorithm: HashAlgorithm, tee: Tee, *, origin: str = "initdata"
-) -> bytes:
+def expected_measurement(digest: bytes, algorithm: HashAlgorithm, tee: Tee, *, origin: str = "initdata") -> bytes:
     """The bytes the TEE must report for this initdata digest."""
     if tee is Tee.VTPM:
         return vtpm_pcr8(digest, algorithm, origin=origin)
@@ -117,9 +114,7 @@ def decode_annotation(value: str | bytes, *, origin: str = "annotation") -> byte
     """Annotation value -> TOML bytes. Line breaks and surrounding blanks are tolerated (`base64`
     wraps at 76)."""
     if len(value) > MAX_ANNOTATION_CHARS:
-        raise InputTooLarge(
-            origin, "annotation", f"{len(value)} characters exceeds the {MAX_ANNOTATION_CHARS} limit"
-        )
+        raise InputTooLarge(origin, "annotation", f"{len(value)} characters exceeds the {MAX_ANNOTATION_CHARS} limit")
     if isinstance(value, str):
         try:
             value = value.encode("ascii")
@@ -152,9 +147,7 @@ def decode_image(image: bytes, *, origin: str = "initdata image") -> bytes:
         raise MalformedInitdata(origin, "magic", f"expected b'initdata', found {magic!r}")
     available = len(image) - IMAGE_HEADER.size
     if length > available:
-        raise MalformedInitdata(
-            origin, "length", f"says {length} gzip bytes but only {available} follow the header"
-        )
+        raise MalformedInitdata(origin, "length", f"says {length} gzip bytes but only {available} follow the header")
     blob = image[IMAGE_HEADER.size : IMAGE_HEADER.size + length]
     return gunzip_bounded(blob, origin=origin, field="gzip")
 

@@ -83,9 +83,7 @@ class PublicKey:
         return True
 
     def to_pem(self) -> bytes:
-        return self._loaded().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self._loaded().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def split_pem_blocks(data: bytes) -> list[bytes]:
@@ -177,9 +175,7 @@ def load_trust_dir(directory: Path) -> TrustStore:
     return TrustStore.from_keys(keys, origin=origin)
 
 
-def read_bounded(
-    path: Path, limit: int, *, field: str = "file", error: type[GateError] = TrustStoreError
-) -> bytes:
+def read_bounded(path: Path, limit: int, *, field: str = "file", error: type[GateError] = TrustStoreError) -> bytes:
     """Read a file, refusing anything larger than `limit` before reading it all.
 
     `error` is the GateError subclass for a missing or unreadable file (what that means depends on
