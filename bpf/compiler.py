@@ -225,10 +225,9 @@ def _preference(rule: NetworkRule | CapabilityRule) -> _Preference:
 
 def _path_rule_preference(rule: FileRule | ProcessRule) -> _Preference:
     read_only = rule.read_only if isinstance(rule, FileRule) else False
-    if rule.action is Action.ALLOW:  # permit less: narrowing flags first
-        flags = (not read_only, not rule.owner_only)
-    else:  # deny more: narrowing flags last
-        flags = (read_only, rule.owner_only)
+    # Allow: permit less, so the narrowing flags sort first. Block/Audit: deny more, so they sort last.
+    narrowing = (read_only, rule.owner_only)
+    flags = (not narrowing[0], not narrowing[1]) if rule.action is Action.ALLOW else narrowing
     return (_ACTION_STRENGTH[rule.action], flags, _alert_order(rule.alert))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any, Final
@@ -231,6 +232,10 @@ def _alert(value: Any, where: str) -> RuleAlert:
                      None if message is None else _text(message, f"{where}.message"))
 
 
+def _strictly_increasing(keys: list[Any]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(keys))
+
+
 def _ruleset_from_data(data: Any) -> RuleSet:
     top = _keys(data, {"format", "file", "process", "network", "capabilities", "postures"}, "ruleset")
     _expect(top["format"] == FORMAT, f"format: expected {FORMAT!r}")
@@ -269,5 +274,12 @@ def _ruleset_from_data(data: Any) -> RuleSet:
     p = _keys(top["postures"], {"file", "process", "network", "capabilities"}, "postures")
     postures = CategoryPostures(**{k: None if v is None else Posture(v) for k, v in p.items()})
     ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures)
+    # Canonical means one rule per key, in key order; the compiler never writes anything else.
+    _expect(_strictly_increasing([file_rule_key(r) for r in files]), "file: rules not in canonical order")
+    _expect(_strictly_increasing([process_rule_key(r) for r in processes]),
+            "process: rules not in canonical order")
+    _expect(_strictly_increasing([network_rule_key(r) for r in networks]), "network: rules not in canonical order")
+    _expect(_strictly_increasing([capability_rule_key(r) for r in capabilities]),
+            "capabilities: rules not in canonical order")
     _expect(ruleset.rule_count <= MAX_RULES_PER_SCOPE, f"more than {MAX_RULES_PER_SCOPE} rules")
     return ruleset
