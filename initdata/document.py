@@ -121,8 +121,6 @@ def _literal_multiline(value: str, *, origin: str, key: str) -> str:
         code = ord(ch)
         if (code < 0x20 and ch not in "\t\n") or code == 0x7F:
             raise MalformedInitdata(origin, f"data.{key}", f"contains control character U+{code:04X}")
-    if "\r" in value:
-        raise MalformedInitdata(origin, f"data.{key}", "contains a carriage return")
     # A newline right after the opening ''' is trimmed by TOML, so the value starts on the next
     # line as CoCo writes it.
     return "'''\n" + value + "'''"
