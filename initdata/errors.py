@@ -9,14 +9,22 @@ about input.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class GateError(Exception):
     """Base class: the gate refuses. `origin` is the file/URL/source, `field` the part of it that is wrong."""
 
     def __init__(self, origin: str, field: str, problem: str) -> None:
-        self.origin = origin
-        self.field = field
-        self.problem = " ".join(problem.split())  # one line, whatever the cause said
-        super().__init__(f"{origin}: {field}: {self.problem}")
+        # Origins, fields and problems can quote attacker-chosen text (a JSON key, a file name);
+        # escape what is not printable so one error is always exactly one line on a terminal.
+        self.origin = printable(origin)
+        self.field = printable(field)
+        self.problem = printable(" ".join(problem.split()))
+        super().__init__(f"{self.origin}: {self.field}: {self.problem}")
 
     @property
     def reason(self) -> str:
