@@ -381,6 +381,13 @@ class _BoundedSafeLoader(yaml.SafeLoader):
 
 
 def _parse_text(text: str, origin: str, problems: list[Problem]) -> tuple[Policy, ...]:
+    found: list[Problem] = []
+    policies = _parse_text_unsorted(text, origin, found)
+    problems.extend(sorted(found, key=lambda p: p.line))  # stable: same-line problems keep their order
+    return policies
+
+
+def _parse_text_unsorted(text: str, origin: str, problems: list[Problem]) -> tuple[Policy, ...]:
     # Cheap checks first: len(text) is a lower bound on the UTF-8 size.
     if len(text) > MAX_TEXT_BYTES:
         problems.append(Problem(origin, 0, "file", _too_large_message()))
