@@ -286,8 +286,9 @@ def load_policy_paths(paths: Sequence[Path]) -> tuple[Policy, ...]:
 def _policy_files(paths: Sequence[Path], problems: list[Problem]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
-            found = sorted(_yaml_files_under(path))
-            if not found:
+            before = len(problems)
+            found = sorted(_yaml_files_under(path, problems))
+            if not found and len(problems) == before:
                 problems.append(Problem(str(path), 0, "path", "directory holds no *.yaml or *.yml files"))
             yield from found
         elif path.is_file():
@@ -298,8 +299,13 @@ def _policy_files(paths: Sequence[Path], problems: list[Problem]) -> Iterator[Pa
             problems.append(Problem(str(path), 0, "path", "no such file or directory"))
 
 
-def _yaml_files_under(directory: Path) -> Iterator[Path]:
-    for root, dirs, files in os.walk(directory, followlinks=False):
+def _yaml_files_under(directory: Path, problems: list[Problem]) -> Iterator[Path]:
+    def unreadable(error: OSError) -> None:
+        # os.walk skips what it cannot list; a skipped directory would be policies silently not enforced.
+        problems.append(Problem(str(error.filename or directory), 0, "path",
+                                f"cannot read directory: {error.strerror or error}"))
+
+    for root, dirs, files in os.walk(directory, onerror=unreadable, followlinks=False):
         dirs.sort()
         for name in sorted(files):
             candidate = Path(root, name)
@@ -439,6 +445,10 @@ _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
+_FLOAT = "tag:yaml.org,2002:float"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
 _CONSTRUCTOR = SafeConstructor()
 
 
@@ -450,13 +460,29 @@ def _line(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+def _is_mapping(node: Node) -> bool:
+    # The tag check refuses !!set, !!omap-like and application tags on collections: only plain mappings.
+    return isinstance(node, MappingNode) and node.tag == _MAP
+
+
+def _is_list(node: Node) -> bool:
+    return isinstance(node, SequenceNode) and node.tag == _SEQ
+
+
 def _describe(node: Node) -> str:
-    if isinstance(node, MappingNode):
+    if _is_mapping(node):
         return "a mapping"
-    if isinstance(node, SequenceNode):
+    if _is_list(node):
         return "a list"
-    short = {_STR: "a string", _INT: "an integer", _BOOL: "a boolean", _NULL: "null"}
-    return short.get(node.tag, f"a scalar tagged {node.tag}")
+    if not isinstance(node, ScalarNode):
+        return f"a collection tagged {node.tag}"
+    short = {_STR: "a string", _INT: "an integer", _BOOL: "a boolean", _NULL: "null", _FLOAT: "a float",
+             _TIMESTAMP: "a timestamp"}
+    described = short.get(node.tag, f"a scalar tagged {node.tag}")
+    if node.tag != _STR and node.style is None:
+        # YAML 1.1 reads yes/no/on/off, 1.0, 2024-01-01 as non-strings; quoting is the usual fix.
+        described += f" ({node.value!r} unquoted; quote it for a string)"
+    return described
 
 
 # Per-item field sets. "Unsupported" fields are valid KubeArmor but not enforceable here; they get a
@@ -491,7 +517,7 @@ class _DocumentReader:
                 hint: Mapping[str, str] | None = None) -> dict[str, Node] | None:
         """The mapping's entries (null values dropped, as Kubernetes treats them as unset), after refusing
         non-string keys, duplicate keys and unknown fields."""
-        if not isinstance(node, MappingNode):
+        if not isinstance(node, MappingNode) or not _is_mapping(node):
             self.problem(node, where, f"must be a mapping, not {_describe(node)}")
             return None
         entries: dict[str, Node] = {}
@@ -524,7 +550,7 @@ class _DocumentReader:
         return entries
 
     def sequence(self, node: Node, where: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
+        if not isinstance(node, SequenceNode) or not _is_list(node):
             self.problem(node, where, f"must be a list, not {_describe(node)}")
             return []
         return list(node.value)
@@ -558,14 +584,14 @@ class _DocumentReader:
             return None
 
     def string_list(self, node: Node, where: str) -> tuple[str, ...] | None:
-        if not isinstance(node, SequenceNode):
+        if not isinstance(node, SequenceNode) or not _is_list(node):
             self.problem(node, where, f"must be a list of strings, not {_describe(node)}")
             return None
         values = [self.string(item, f"{where}[{i}]") for i, item in enumerate(node.value)]
         return None if any(v is None for v in values) else tuple(v for v in values if v is not None)
 
     def string_map(self, node: Node, where: str) -> dict[str, tuple[Node, str]] | None:
-        if not isinstance(node, MappingNode):
+        if not isinstance(node, MappingNode) or not _is_mapping(node):
             self.problem(node, where, f"must be a mapping, not {_describe(node)}")
             return None
         result: dict[str, tuple[Node, str]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,21 @@ def test_invalid_documents(text: str, where: str, words: str) -> None:
     assert any(p.field == where and words in p.message for p in problems), problems
 
 
+def test_tagged_collections_refused() -> None:
+    text = policy_yaml({"file": {"matchPaths": [{"path": "/a"}]}}).replace("spec:\n", "spec: !!set\n", 1)
+    assert problems_of(text)[0].message.startswith("must be a mapping, not a collection tagged tag:yaml.org,2002:set")
+    text = policy_yaml({"file": {"matchPaths": [{"path": "/a"}]}}).replace("matchPaths:", "matchPaths: !!omap", 1)
+    assert any(p.field == "spec.file.matchPaths" and "must be a list" in p.message for p in problems_of(text))
+
+
+def test_unquoted_yaml_1_1_booleans_get_a_hint() -> None:
+    text = policy_yaml({"selector": {"matchLabels": {"debug": "yes"}}, "file": {"matchPaths": [{"path": "/a"}]}})
+    text = text.replace("debug: 'yes'", "debug: yes")
+    (problem,) = problems_of(text)
+    assert problem.field == "spec.selector.matchLabels.debug"
+    assert problem.message == "must be a string, not a boolean ('yes' unquoted; quote it for a string)"
+
+
 def test_problems_point_at_the_offending_line() -> None:
     text = (
         "apiVersion: security.kubearmor.com/v1\n"   # 1
@@ -476,6 +492,22 @@ def test_duplicate_names_across_files(tmp_path: Path) -> None:
         load_policy_paths([tmp_path])
     (problem,) = info.value.problems
     assert problem.file.endswith("y.yaml") and "x.yaml:1" in problem.message
+
+
+def test_unreadable_directories_are_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Running as root, permissions cannot make a directory unreadable; simulate what os.walk reports.
+    (tmp_path / "ok.yaml").write_text(policy_yaml({"file": {"matchPaths": [{"path": "/a"}]}}))
+    real_walk = os.walk
+
+    def walk(top: Any, onerror: Any = None, followlinks: bool = False) -> Any:
+        onerror(PermissionError(13, "Permission denied", str(tmp_path / "locked")))
+        return real_walk(top, onerror=onerror, followlinks=followlinks)
+
+    monkeypatch.setattr(os, "walk", walk)
+    with pytest.raises(PolicyError) as info:
+        load_policy_paths([tmp_path])
+    assert [str(p) for p in info.value.problems] == [f"{tmp_path / 'locked'}:0: path: cannot read directory: "
+                                                     "Permission denied"]
 
 
 def test_symlinked_directories_not_followed(tmp_path: Path) -> None:
