@@ -278,3 +278,9 @@ def test_snp_report_fixture_matches_layout() -> None:
     report = snp_report(b"\xaa" * 32, b"nonce")
     assert report[0x50:0x55] == b"nonce"
     assert int.from_bytes(report[0:4], "little") == 3
+
+
+def test_oversized_evidence_is_refused() -> None:
+    huge = b'{"quote": "' + b"A" * (4 * 1024 * 1024) + b'"}'
+    with pytest.raises(MeasurementUnavailable, match="evidence: larger than 4194304 bytes"):
+        measurement_from_evidence(huge, origin="aa", source="attestation-agent")

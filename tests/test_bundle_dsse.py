@@ -310,3 +310,9 @@ def test_build_payload_is_canonical_and_valid() -> None:
     assert b" " not in first.replace(b"x: 1", b"")
     with pytest.raises(MalformedBundle):
         build_payload(version=0, expires=datetime(2030, 1, 1, tzinfo=UTC), policies=[PolicyFile("a.yaml", "x")])
+
+
+def test_too_many_policy_files() -> None:
+    policies = [{"name": f"p{i}.yaml", "text": "x"} for i in range(257)]
+    with pytest.raises(InputTooLarge, match=r"payload\.policies: 257 files exceeds the limit of 256"):
+        parse_payload(_payload(policies=policies), origin="b")
