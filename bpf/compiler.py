@@ -100,6 +100,9 @@ class ContainerScope:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.name:
+            # Container names are never empty; AnyContainerScope relies on that (".+" selects them all).
+            raise ValueError("a container name must not be empty")
         object.__setattr__(self, "labels", _frozen_labels(self.labels))
 
     def __hash__(self) -> int:

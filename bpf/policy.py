@@ -511,7 +511,9 @@ class _DocumentReader:
     # -- reporting and typed access ------------------------------------------------------------------------
 
     def problem(self, node: Node | None, where: str, message: str) -> None:
-        self.problems.append(Problem(self.origin, _line(node) if node is not None else 0, where, message))
+        # The document itself has no dotted path; name it so that every problem line has a field.
+        self.problems.append(Problem(self.origin, _line(node) if node is not None else 0, where or "document",
+                                     message))
 
     def mapping(self, node: Node, where: str, allowed: frozenset[str], required: Sequence[str] = (),
                 hint: Mapping[str, str] | None = None) -> dict[str, Node] | None:

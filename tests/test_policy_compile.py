@@ -268,6 +268,8 @@ def test_scopes_are_immutable_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         scope.name = "other"  # type: ignore[misc]
     assert (str(scope), str(HostScope()), str(AnyContainerScope())) == ("container:db", "host", "any-container")
+    with pytest.raises(ValueError, match="must not be empty"):
+        ContainerScope("")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -319,11 +319,11 @@ def test_host_policy_requires_node_selector() -> None:
      "metadata.name", "not a valid name"),
     ("apiVersion: security.kubearmor.com/v1\nkind: KubeArmorPolicy\nmetadata: {name: a, uid: x}\nspec: {}\n",
      "metadata.uid", "unknown field"),
-    ("- just\n- a list\n", "", "must be a mapping"),
+    ("- just\n- a list\n", "document", "must be a mapping"),
     ("key: [unclosed\n", "yaml", ""),
     ("a: 1\na: 2\n", "a", "duplicate key"),
-    ("? [a, b]\n: c\n", "", "keys must be strings"),
-    ("<<: {apiVersion: security.kubearmor.com/v1}\n", "", "keys must be strings"),
+    ("? [a, b]\n: c\n", "document", "keys must be strings"),
+    ("<<: {apiVersion: security.kubearmor.com/v1}\n", "document", "keys must be strings"),
     ("apiVersion: !!python/object:os.system x\n", "apiVersion", "tagged"),
 ])
 def test_invalid_documents(text: str, where: str, words: str) -> None:
