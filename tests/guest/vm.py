@@ -100,6 +100,9 @@ ExecStart={VENV_BIN / "python"} {REPO_ROOT / "tests" / "guest" / "agent.py"} {GU
 # The host's fstab and timers mean nothing in the guest; an empty fstab keeps systemd from
 # waiting on devices that do not exist.
 GUEST_FSTAB = "# coco-warden test bed: the root is an overlay set up by the initramfs\n"
+# Debian's tmpfiles.d/tmp.conf empties /tmp at boot ("D /tmp"), which in the guest would hide a
+# checkout that lives under the host's /tmp (CI may clone there). Keep /tmp as the host has it.
+GUEST_TMPFILES_TMP = "d /tmp 1777 root root -\n"
 
 
 class GuestError(Exception):
@@ -375,6 +378,7 @@ class GuestVM:
             stale.unlink()
         files = {
             "/etc/fstab": GUEST_FSTAB,
+            "/etc/tmpfiles.d/tmp.conf": GUEST_TMPFILES_TMP,
             "/etc/systemd/system/warden-testbed.target": TESTBED_TARGET,
             "/etc/systemd/system/warden-testbed-agent.service": AGENT_UNIT,
             **self.options.files,
