@@ -1,0 +1,300 @@
+"""`/etc/warden/warden.yaml`: the supervisor's configuration.
+
+Every key is listed in `KEYS` below with its meaning; `units/usr/share/doc/warden/warden.yaml` shows
+them all with their defaults. Unknown keys are refused (a typo must not silently fall back to a
+default in a security component), and each problem is reported as one line naming the file and
+the key.
+
+Trust boundary: the file is part of the measured guest image (or laid down by the image build), so
+it is trusted configuration; it is still parsed strictly, bounded in size, and never executed.
+
+Top-level keys (snake_case, like the gate's):
+
+    gate:                  the attestation gate (initdata.gate.GateConfig keys: trust_dir, threshold,
+                           trust_modes, measurement_sources, insecure_allow_sample, state_dir,
+                           attestation_agent_url, attestation_agent_timeout)
+    initdata:              explicit initdata path; null = where the guest has it (initdata.locate)
+    baseline_bundle:       signed bundle shipped in the image, enforced when the gate refuses
+    update_bundle:         where a newer signed bundle is read on SIGHUP / control `reload`
+    pin_dir:               bpffs directory of warden's pinned links and maps
+    state_dir:             runtime state (containers registered by the hook, engine state)
+    control_socket:        the control socket (newline-delimited JSON, mode 0600)
+    gate_failure_exit_s:   after a refused gate: enforce the baseline, then exit 1 after this long
+    extend_timeout_s:      while the gate runs, ask systemd for this much more start time, repeatedly
+    record_ruleset:        after enforcement, record the RuleSet digest in the AA event log (AAEL)
+    postures:              default postures for containers {file, network, capabilities}: allow|audit|block
+    host_postures:         the same for the host scope
+    agent:                 the supervised agent (see AGENT_KEYS)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from initdata.errors import ConfigError, GateError
+from initdata.gate import GateConfig
+
+DEFAULT_CONFIG_PATH = Path("/etc/warden/warden.yaml")
+MAX_CONFIG_BYTES = 64 * 1024
+POSTURE_VALUES = ("allow", "audit", "block")
+
+KEYS: dict[str, str] = {
+    "gate": "attestation gate settings (initdata.gate.GateConfig keys)",
+    "initdata": "explicit initdata path, or null to look where the guest has it",
+    "baseline_bundle": "signed baseline bundle in the image, enforced when the gate refuses",
+    "update_bundle": "newer signed bundle read on SIGHUP or a control-socket reload",
+    "pin_dir": "bpffs directory of the pinned links and maps",
+    "state_dir": "runtime state directory",
+    "control_socket": "control socket path",
+    "gate_failure_exit_s": "seconds to keep the baseline STATUS before exiting 1 after a refused gate",
+    "extend_timeout_s": "EXTEND_TIMEOUT_USEC step while the gate runs, seconds",
+    "record_ruleset": "record the RuleSet digest in the attestation-agent event log",
+    "postures": "container default postures: file, network, capabilities",
+    "host_postures": "host default postures: file, network, capabilities",
+    "agent": "the supervised agent",
+}
+
+# The agent's throttling keys keep KubeArmor's names (kubearmor.yaml: alertThrottling,
+# maxAlertPerSec, throttleSec), so an operator's KubeArmor settings carry over unchanged.
+AGENT_KEYS: dict[str, str] = {
+    "enabled": "run an agent at all",
+    "command": "argv of the agent; default: this warden's `agent` subcommand",
+    "backoff_initial_s": "first restart delay after a crash",
+    "backoff_max_s": "cap of the exponential restart delay",
+    "backoff_jitter_s": "random extra delay, up to this much",
+    "crash_budget": "crashes within crash_window_s after which the agent is reported degraded",
+    "crash_window_s": "the window for crash_budget",
+    "stable_after_s": "a run at least this long resets the backoff",
+    "stop_timeout_s": "SIGTERM grace before SIGKILL when stopping the agent",
+    "alertThrottling": "throttle alerts (KubeArmor key)",
+    "maxAlertPerSec": "alerts per second before throttling starts (KubeArmor key)",
+    "throttleSec": "seconds alerts are dropped once throttling starts (KubeArmor key)",
+    "logPath": "extra alert output file, or null (KubeArmor key; stdout always)",
+}
+
+POSTURE_KEYS = ("file", "network", "capabilities")
+
+
+@dataclass(frozen=True)
+class PostureConfig:
+    file: str = "audit"
+    network: str = "audit"
+    capabilities: str = "audit"
+
+
+def default_agent_command() -> tuple[str, ...]:
+    """`warden agent` from the same installation as the running supervisor."""
+    warden = Path(sys.argv[0]) if sys.argv and Path(sys.argv[0]).name == "warden" else None
+    if warden is not None and warden.is_absolute():
+        return (str(warden), "agent")
+    found = shutil.which("warden")
+    if found:
+        return (found, "agent")
+    return (sys.executable, "-m", "supervisor.cli", "agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    enabled: bool = True
+    command: tuple[str, ...] = ()  # empty = default_agent_command()
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    backoff_jitter_s: float = 0.5
+    crash_budget: int = 5
+    crash_window_s: float = 60.0
+    stable_after_s: float = 30.0
+    stop_timeout_s: float = 5.0
+    alert_throttling: bool = True
+    max_alert_per_sec: int = 10
+    throttle_sec: int = 30
+    log_path: Path | None = None
+
+    def argv(self) -> tuple[str, ...]:
+        return self.command or default_agent_command()
+
+
+@dataclass(frozen=True)
+class WardenConfig:
+    origin: str = "built-in defaults"
+    gate: GateConfig = field(default_factory=GateConfig)
+    initdata: Path | None = None
+    baseline_bundle: Path = Path("/usr/share/warden/baseline.bundle.json")
+    update_bundle: Path = Path("/run/warden/update.bundle.json")
+    pin_dir: Path = Path("/sys/fs/bpf/warden")
+    state_dir: Path = Path("/run/warden")
+    control_socket: Path = Path("/run/warden/warden.sock")
+    gate_failure_exit_s: float = 30.0
+    extend_timeout_s: float = 30.0
+    record_ruleset: bool = True
+    postures: PostureConfig = field(default_factory=PostureConfig)
+    host_postures: PostureConfig = field(default_factory=PostureConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+class _Reader:
+    """Typed field readers that raise ConfigError(origin, dotted key, problem)."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.origin, key, problem)
+
+    def mapping(self, value: Any, key: str, known: Mapping[str, str]) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a mapping")
+        for name in value:
+            if name not in known:
+                where = f"{key}.{name}" if key else str(name)
+                raise self.fail(where, f"unknown key (known: {', '.join(sorted(known))})")
+        return value
+
+    def path(self, value: Any, key: str, *, optional: bool = False) -> Path | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+            raise self.fail(key, f"{value!r} is not an absolute path")
+        return Path(value)
+
+    def seconds(self, value: Any, key: str, low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise self.fail(key, f"{value!r} is not a number of seconds in [{low:g}, {high:g}]")
+        return float(value)
+
+    def integer(self, value: Any, key: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"{value!r} is not an integer in [{low}, {high}]")
+        return value
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"{value!r} is not true or false")
+        return value
+
+    def postures(self, value: Any, key: str) -> PostureConfig:
+        data = self.mapping(value, key, dict.fromkeys(POSTURE_KEYS, ""))
+        for name, posture in data.items():
+            if posture not in POSTURE_VALUES:
+                raise self.fail(f"{key}.{name}", f"{posture!r} is not one of {', '.join(POSTURE_VALUES)}")
+        return PostureConfig(**data)
+
+    def command(self, value: Any, key: str) -> tuple[str, ...]:
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v and "\0" not in v for v in value)
+        ):
+            raise self.fail(key, "must be a non-empty list of strings (an argv)")
+        if not value[0].startswith("/"):
+            raise self.fail(key, f"{value[0]!r}: the program must be an absolute path")
+        return tuple(value)
+
+
+def _agent(value: Any, reader: _Reader) -> AgentConfig:
+    data = reader.mapping(value, "agent", AGENT_KEYS)
+    out: dict[str, Any] = {}
+    for name, item in data.items():
+        key = f"agent.{name}"
+        if name == "enabled":
+            out["enabled"] = reader.boolean(item, key)
+        elif name == "command":
+            out["command"] = reader.command(item, key)
+        elif name in ("backoff_initial_s", "backoff_jitter_s"):
+            out[name] = reader.seconds(item, key, 0, 60)
+        elif name == "backoff_max_s":
+            out[name] = reader.seconds(item, key, 0.01, 3600)
+        elif name in ("crash_window_s", "stable_after_s"):
+            out[name] = reader.seconds(item, key, 0.1, 86400)
+        elif name == "stop_timeout_s":
+            out[name] = reader.seconds(item, key, 0.1, 300)
+        elif name == "crash_budget":
+            out[name] = reader.integer(item, key, 1, 1000)
+        elif name == "alertThrottling":
+            out["alert_throttling"] = reader.boolean(item, key)
+        elif name == "maxAlertPerSec":
+            out["max_alert_per_sec"] = reader.integer(item, key, 1, 1_000_000)
+        elif name == "throttleSec":
+            out["throttle_sec"] = reader.integer(item, key, 1, 86400)
+        elif name == "logPath":
+            out["log_path"] = reader.path(item, key, optional=True)
+    config = AgentConfig(**out)
+    if config.backoff_initial_s > config.backoff_max_s:
+        raise reader.fail("agent.backoff_initial_s", "is larger than agent.backoff_max_s")
+    return config
+
+
+def parse_config(document: Any, *, origin: str) -> WardenConfig:
+    """A parsed YAML document -> WardenConfig, or ConfigError naming the key."""
+    reader = _Reader(origin)
+    if document is None:
+        document = {}
+    data = reader.mapping(document, "", KEYS)
+    out: dict[str, Any] = {"origin": origin}
+    for name, value in data.items():
+        if name == "gate":
+            if value is None:
+                value = {}
+            try:
+                out["gate"] = GateConfig.from_mapping(value, origin=origin)
+            except ConfigError as exc:
+                field_name = exc.field if exc.field.startswith("gate") else f"gate.{exc.field}"
+                raise ConfigError(origin, field_name, exc.problem) from None
+        elif name == "initdata":
+            out["initdata"] = reader.path(value, name, optional=True)
+        elif name in ("baseline_bundle", "update_bundle", "pin_dir", "state_dir", "control_socket"):
+            out[name] = reader.path(value, name)
+        elif name == "gate_failure_exit_s":
+            out[name] = reader.seconds(value, name, 0, 3600)
+        elif name == "extend_timeout_s":
+            out[name] = reader.seconds(value, name, 1, 600)
+        elif name == "record_ruleset":
+            out[name] = reader.boolean(value, name)
+        elif name in ("postures", "host_postures"):
+            out[name] = reader.postures(value, name)
+        elif name == "agent":
+            out["agent"] = _agent(value if value is not None else {}, reader)
+    return WardenConfig(**out)
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> WardenConfig:
+    """Read and parse the configuration file. A missing file is an error: the image must ship one."""
+    origin = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(origin, "file", f"cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(origin, "file", f"larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        document = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(origin, "file", "is not UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "file"
+        raise ConfigError(origin, where, f"not YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+    return parse_config(document, origin=origin)
+
+
+__all__ = [
+    "AGENT_KEYS",
+    "DEFAULT_CONFIG_PATH",
+    "KEYS",
+    "AgentConfig",
+    "ConfigError",
+    "GateError",
+    "PostureConfig",
+    "WardenConfig",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,310 @@
+"""The control socket: newline-delimited JSON over AF_UNIX stream, root only (mode 0600).
+
+Requests (one JSON object per line):
+
+    {"op": "status"}
+    {"op": "reload"}                                       re-read the configured update bundle
+    {"op": "register", "id": ID, "name": NAME, "labels": {K: V}, "pid_ns": N, "mnt_ns": N}
+    {"op": "unregister", "id": ID}
+
+Replies (one line each): {"ok": true, ...} or {"ok": false, "error": "<one line>", "retry": bool};
+`retry` true means "not now" (the supervisor is not READY yet), which the hook waits out.
+
+Trust boundary: anything that can connect is root in the guest (the socket is 0600 in a 0700
+directory), but the bytes are still parsed as untrusted: a message is bounded (MAX_MESSAGE_BYTES,
+else an error reply and the connection is closed), a silent client is dropped after a timeout, the
+number of concurrent connections is bounded, and every malformed request gets an error reply,
+never an exception in the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import socketserver
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("warden.control")
+
+MAX_MESSAGE_BYTES = 64 * 1024
+READ_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 16
+MAX_REQUESTS_PER_CONNECTION = 64
+MAX_LABELS = 64
+MAX_NAME_CHARS = 253
+CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,253}")
+LABEL_TEXT = re.compile(r"[^\x00-\x1f\x7f,=]{1,316}")  # KubeArmor "k=v,k=v" must stay parseable
+
+
+class ProtocolError(Exception):
+    """A request is malformed. The message goes back to the client as the error reply."""
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class ReloadRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    container_id: str
+    name: str
+    labels: Mapping[str, str] = field(hash=False)
+    pid_ns: int
+    mnt_ns: int
+
+
+@dataclass(frozen=True)
+class UnregisterRequest:
+    container_id: str
+
+
+Request = StatusRequest | ReloadRequest | RegisterRequest | UnregisterRequest
+
+
+@dataclass(frozen=True)
+class Reply:
+    ok: bool
+    body: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    error: str = ""
+    retry: bool = False
+
+    def to_line(self) -> bytes:
+        data: dict[str, Any] = {"ok": self.ok, **self.body}
+        if not self.ok:
+            data["error"] = " ".join(self.error.split())
+            data["retry"] = self.retry
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def failure(cls, error: str, *, retry: bool = False) -> Reply:
+        return cls(ok=False, error=error, retry=retry)
+
+
+def _namespace_id(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
+        raise ProtocolError(f"{key}: {value!r} is not a namespace inode number")
+    return value
+
+
+def _container_id(value: Any) -> str:
+    if not isinstance(value, str) or not CONTAINER_ID.fullmatch(value):
+        raise ProtocolError(f"id: {str(value)[:80]!r} is not a container id")
+    return value
+
+
+def parse_request(line: bytes) -> Request:
+    """One line of bytes -> a typed request, or ProtocolError saying what is wrong."""
+    try:
+        data = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise ProtocolError(f"request is not JSON ({detail})") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("request must be a JSON object")
+    op = data.get("op")
+    allowed: dict[str, set[str]] = {
+        "status": {"op"},
+        "reload": {"op"},
+        "register": {"op", "id", "name", "labels", "pid_ns", "mnt_ns"},
+        "unregister": {"op", "id"},
+    }
+    if op not in allowed:
+        raise ProtocolError(f"op: {str(op)[:40]!r} is not one of {', '.join(sorted(allowed))}")
+    unknown = sorted(set(data) - allowed[op])
+    if unknown:
+        raise ProtocolError(f"{unknown[0][:40]}: unknown field for op {op}")
+    if op == "status":
+        return StatusRequest()
+    if op == "reload":
+        return ReloadRequest()
+    container_id = _container_id(data.get("id"))
+    if op == "unregister":
+        return UnregisterRequest(container_id)
+    name = data.get("name", container_id)
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or not name.isprintable():
+        raise ProtocolError("name: must be a printable string of 1..253 characters")
+    labels = data.get("labels", {})
+    if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
+        raise ProtocolError(f"labels: must be an object of at most {MAX_LABELS} string pairs")
+    for key, value in labels.items():
+        if not isinstance(value, str) or not LABEL_TEXT.fullmatch(key) or not LABEL_TEXT.fullmatch(value):
+            raise ProtocolError(f"labels: {str(key)[:60]!r} is not a key=value pair of printable text without ,=")
+    return RegisterRequest(
+        container_id=container_id,
+        name=name,
+        labels=dict(labels),
+        pid_ns=_namespace_id(data.get("pid_ns"), "pid_ns"),
+        mnt_ns=_namespace_id(data.get("mnt_ns"), "mnt_ns"),
+    )
+
+
+RequestHandler = Callable[[Request], Reply]
+
+
+def _read_line(conn: socket.socket, buffer: bytearray) -> bytes | None:
+    """The next line (without the newline), None at EOF; ProtocolError if over the size bound."""
+    while True:
+        newline = buffer.find(b"\n")
+        if newline >= 0:
+            line = bytes(buffer[:newline])
+            del buffer[: newline + 1]
+            if len(line) > MAX_MESSAGE_BYTES:
+                raise ProtocolError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+            return line
+        if len(buffer) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+        chunk = conn.recv(65536)
+        if not chunk:
+            if buffer.strip():
+                line = bytes(buffer)
+                buffer.clear()
+                return line  # a last request without its newline is still answered
+            return None
+        buffer.extend(chunk)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+    request_handler: RequestHandler
+    slots: threading.BoundedSemaphore
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        if not self.server.slots.acquire(blocking=False):
+            self._send(conn, Reply.failure("too many connections", retry=True))
+            return
+        try:
+            self._serve(conn)
+        finally:
+            self.server.slots.release()
+
+    def _send(self, conn: socket.socket, reply: Reply) -> bool:
+        try:
+            conn.sendall(reply.to_line())
+        except OSError:
+            return False
+        return True
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(READ_TIMEOUT_S)
+        buffer = bytearray()
+        for _ in range(MAX_REQUESTS_PER_CONNECTION):
+            try:
+                line = _read_line(conn, buffer)
+            except ProtocolError as exc:
+                self._send(conn, Reply.failure(str(exc)))
+                return  # the rest of an oversized message cannot be framed: drop the connection
+            except TimeoutError:
+                self._send(conn, Reply.failure(f"no complete request within {READ_TIMEOUT_S:g}s"))
+                return
+            except OSError:
+                return
+            if line is None:
+                return
+            if not line.strip():
+                continue
+            try:
+                request = parse_request(line)
+            except ProtocolError as exc:
+                log.info("control: refused a request: %s", exc)
+                reply = Reply.failure(str(exc))
+            else:
+                try:
+                    reply = self.server.request_handler(request)
+                except Exception as exc:  # the handler's bug must not take the server down
+                    log.exception("control: handler failed on %s", type(request).__name__)
+                    reply = Reply.failure(f"internal error: {type(exc).__name__}")
+            if not self._send(conn, reply):
+                return
+
+
+class ControlServer:
+    """The listening socket plus its accept thread; `close()` stops both and removes the socket."""
+
+    def __init__(self, path: Path, handler: RequestHandler) -> None:
+        self.path = path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._remove_stale()
+        old_umask = os.umask(0o177)  # the socket is created 0600: never a window with wider access
+        try:
+            self._server = _Server(str(path), _Connection)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._server.request_handler = handler
+        self._server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="warden-control", daemon=True
+        )
+
+    def _remove_stale(self) -> None:
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise ProtocolError(f"{self.path} exists and is not a socket; refusing to replace it")
+        self.path.unlink()  # left by a supervisor that was killed: nobody listens on it
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class ControlUnavailable(Exception):
+    """Nothing listens on the control socket (the supervisor is not running)."""
+
+
+def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = READ_TIMEOUT_S) -> dict[str, Any]:
+    """Send one request, return the parsed reply object. ControlUnavailable if nobody listens."""
+    line = message if isinstance(message, bytes) else json.dumps(dict(message)).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlUnavailable(f"{path}: nothing listening ({exc.strerror})") from None
+        conn.sendall(line.rstrip(b"\n") + b"\n")
+        buffer = bytearray()
+        while b"\n" not in buffer:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            buffer.extend(chunk)
+            if len(buffer) > 4 * MAX_MESSAGE_BYTES:
+                raise ControlUnavailable(f"{path}: reply larger than {4 * MAX_MESSAGE_BYTES} bytes")
+    text = bytes(buffer).split(b"\n", 1)[0]
+    if not text:
+        raise ControlUnavailable(f"{path}: the supervisor closed the connection without a reply")
+    try:
+        reply = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ControlUnavailable(f"{path}: the reply is not JSON") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise ControlUnavailable(f"{path}: the reply is not a warden reply object")
+    return reply

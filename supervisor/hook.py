@@ -1,0 +1,231 @@
+"""`warden hook`: the OCI runtime hook that registers containers with the supervisor. Fails closed.
+
+Runs as a runtime-namespace hook (runtime-spec `prestart` / `createRuntime`, and `poststop`), from
+either the Kata guest hook directories (/usr/share/oci/hooks/{prestart,poststop}) or a hooks.d JSON
+file. The runtime passes the container state on stdin (runtime-spec "State"):
+
+    {"ociVersion": "1.0.2", "id": "...", "status": "created", "pid": 4422, "bundle": "/...",
+     "annotations": {...}}
+
+Create stages: resolve the pid and mount namespace ids from /proc/<pid>/ns, the container name and
+labels from annotations, send `register` to the control socket and wait until the supervisor
+acknowledges that the container's rules are in the maps. If that does not happen within the
+timeout (supervisor stopped, restarting, or not READY because the gate refused), exit non-zero: the
+runtime then aborts the container (runtime-spec Lifecycle). KubeArmor's hook gives up silently and
+lets the container run unprotected; this one never does.
+
+Poststop: send `unregister`. A poststop failure only makes the runtime log a warning.
+
+Names and labels, from annotations (untrusted text, validated by the control protocol):
+- name: `io.kubernetes.cri.container-name` (containerd), else `io.kubernetes.container.name`
+  (CRI-O), else the container id;
+- labels: `io.katacontainers.warden.labels`, KubeArmor's "k=v,k=v" form (its alerts' `Labels`).
+  The `io.katacontainers.` prefix is chosen because Kata's containerd runtime handler passes pod
+  annotations matching `io.katacontainers.*` (its usual `pod_annotations`) down to the container
+  spec; pod labels themselves never reach the OCI config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from supervisor.control import ControlUnavailable, call
+
+MAX_STATE_BYTES = 1024 * 1024
+NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
+LABELS_ANNOTATION = "io.katacontainers.warden.labels"
+DEFAULT_SOCKET = Path("/run/warden/warden.sock")
+DEFAULT_TIMEOUT_S = 10.0
+RETRY_INTERVAL_S = 0.1
+NS_LINK = re.compile(r"(pid|mnt):\[(\d+)\]")
+
+
+class HookError(Exception):
+    """The hook cannot do its job; one line, printed to the runtime's log, and a non-zero exit."""
+
+
+class Stage(StrEnum):
+    PRESTART = "prestart"
+    CREATE_RUNTIME = "createRuntime"
+    POSTSTOP = "poststop"
+
+    @property
+    def creates(self) -> bool:
+        return self is not Stage.POSTSTOP
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """The runtime-spec state, validated. `pid` is None only for a stopped container."""
+
+    oci_version: str
+    container_id: str
+    status: str
+    pid: int | None
+    bundle: str
+    annotations: Mapping[str, str] = field(hash=False)
+
+    @property
+    def name(self) -> str:
+        for key in NAME_ANNOTATIONS:
+            value = self.annotations.get(key)
+            if value:
+                return value
+        return self.container_id
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return parse_labels(self.annotations.get(LABELS_ANNOTATION, ""))
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise HookError(f"annotation {LABELS_ANNOTATION}: {item[:60]!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def read_state(stream: BinaryIO) -> bytes:
+    data = stream.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise HookError(f"stdin: OCI state larger than {MAX_STATE_BYTES} bytes")
+    return data
+
+
+def parse_state(raw: bytes) -> ContainerState:
+    """stdin bytes -> ContainerState, or HookError naming the field."""
+    if not raw.strip():
+        raise HookError("stdin: empty; the runtime passes the container state as JSON on stdin")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) \
+            else type(exc).__name__
+        raise HookError(f"stdin: OCI state is not JSON ({detail})") from None
+    if not isinstance(data, dict):
+        raise HookError("stdin: OCI state must be a JSON object")
+
+    def text(key: str) -> str:
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise HookError(f"stdin: OCI state field {key!r} is missing or not a string")
+        return value
+
+    oci_version, container_id, status, bundle = text("ociVersion"), text("id"), text("status"), text("bundle")
+    pid = data.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
+        raise HookError(f"stdin: OCI state field 'pid' is {pid!r}, not a positive integer")
+    annotations = data.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        raise HookError("stdin: OCI state field 'annotations' must map strings to strings")
+    return ContainerState(oci_version, container_id, status, pid, bundle, dict(annotations))
+
+
+def namespace_ids(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
+    """(pid namespace inode, mount namespace inode) of `pid`, from the /proc/<pid>/ns links."""
+    ids: dict[str, int] = {}
+    for kind in ("pid", "mnt"):
+        link = proc / str(pid) / "ns" / kind
+        try:
+            target = os.readlink(link)
+        except OSError as exc:
+            raise HookError(f"{link}: cannot read ({exc.strerror}); is pid {pid} the container's init?") from None
+        match = NS_LINK.fullmatch(target)
+        if match is None or match.group(1) != kind:
+            raise HookError(f"{link}: unexpected link target {target!r}")
+        ids[kind] = int(match.group(2))
+    return ids["pid"], ids["mnt"]
+
+
+def infer_stage(state: ContainerState) -> Stage:
+    """Kata's guest hook directories run the binary without arguments: tell the stage by status."""
+    return Stage.POSTSTOP if state.status == "stopped" else Stage.CREATE_RUNTIME
+
+
+def register_message(state: ContainerState, proc: Path = Path("/proc")) -> dict[str, Any]:
+    if state.pid is None:
+        raise HookError(f"stdin: OCI state of {state.container_id} (status {state.status}) has no pid")
+    pid_ns, mnt_ns = namespace_ids(state.pid, proc)
+    return {
+        "op": "register",
+        "id": state.container_id,
+        "name": state.name,
+        "labels": state.labels,
+        "pid_ns": pid_ns,
+        "mnt_ns": mnt_ns,
+    }
+
+
+def send_until_acknowledged(socket_path: Path, message: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Retry while the supervisor is absent or not READY; HookError at the deadline or on a refusal."""
+    deadline = time.monotonic() + timeout_s
+    last = "no attempt"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HookError(
+                f"supervisor did not acknowledge {message['op']} of {message['id']} within {timeout_s:g}s "
+                f"({last}); failing closed"
+            )
+        try:
+            reply = call(socket_path, message, timeout=max(0.1, min(remaining, 5.0)))
+        except ControlUnavailable as exc:
+            last = str(exc)
+        except (TimeoutError, OSError) as exc:
+            last = f"{socket_path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else 'timed out'}"
+        else:
+            if reply["ok"]:
+                return reply
+            last = str(reply.get("error", "refused"))
+            if not reply.get("retry"):
+                raise HookError(f"supervisor refused {message['op']} of {message['id']}: {last}")
+        time.sleep(min(RETRY_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+
+
+def run_hook(
+    raw_state: bytes,
+    *,
+    stage: Stage | None,
+    socket_path: Path = DEFAULT_SOCKET,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    proc: Path = Path("/proc"),
+) -> str:
+    """The whole hook; returns the line to log on success, raises HookError otherwise."""
+    state = parse_state(raw_state)
+    stage = stage or infer_stage(state)
+    if stage.creates:
+        if state.status == "stopped":
+            raise HookError(f"stage {stage}: container {state.container_id} is already stopped")
+        reply = send_until_acknowledged(socket_path, register_message(state, proc), timeout_s)
+        return (
+            f"registered {state.container_id} as {state.name!r}: rules {reply.get('ruleset', '?')} in the maps"
+        )
+    send_until_acknowledged(socket_path, {"op": "unregister", "id": state.container_id}, timeout_s)
+    return f"unregistered {state.container_id}"
+
+
+def main_with(stdin: BinaryIO, stage: Stage | None, socket_path: Path, timeout_s: float) -> int:
+    try:
+        line = run_hook(read_state(stdin), stage=stage, socket_path=socket_path, timeout_s=timeout_s)
+    except HookError as exc:
+        print(f"warden hook: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"warden hook: {line}", file=sys.stderr)
+    return 0

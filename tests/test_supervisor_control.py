@@ -1,0 +1,182 @@
+"""The control socket protocol over a real AF_UNIX socket: replies, bounds, garbage, permissions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor import control
+from supervisor.control import (
+    ControlServer,
+    ControlUnavailable,
+    ProtocolError,
+    RegisterRequest,
+    Reply,
+    Request,
+    StatusRequest,
+    UnregisterRequest,
+    call,
+    parse_request,
+)
+
+REGISTER = {"op": "register", "id": "c0ffee", "name": "mysql", "labels": {"app": "mysql"}, "pid_ns": 4026532001,
+            "mnt_ns": 4026532002}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+
+    def __call__(self, request: Request) -> Reply:
+        self.requests.append(request)
+        if isinstance(request, StatusRequest):
+            return Reply(ok=True, body={"status": {"phase": "ready"}})
+        if isinstance(request, RegisterRequest) and request.name == "explode":
+            raise RuntimeError("handler bug")
+        return Reply(ok=True, body={"seen": type(request).__name__})
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[Path, Recorder]]:
+    path = tmp_path / "run" / "warden.sock"
+    recorder = Recorder()
+    srv = ControlServer(path, recorder)
+    srv.start()
+    yield path, recorder
+    srv.close()
+
+
+def raw_exchange(path: Path, data: bytes, *, shutdown: bool = True) -> list[dict[str, object]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(path))
+        with contextlib.suppress(BrokenPipeError):
+            conn.sendall(data)
+        if shutdown:
+            conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return [json.loads(line) for line in b"".join(chunks).splitlines() if line]
+
+
+def test_socket_is_0600_and_requests_are_dispatched_typed(server: tuple[Path, Recorder]) -> None:
+    path, recorder = server
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert call(path, {"op": "status"}) == {"ok": True, "status": {"phase": "ready"}}
+    assert call(path, REGISTER)["ok"]
+    assert call(path, {"op": "unregister", "id": "c0ffee"})["ok"]
+    register = recorder.requests[1]
+    assert isinstance(register, RegisterRequest)
+    assert (register.name, dict(register.labels), register.pid_ns, register.mnt_ns) == (
+        "mysql", {"app": "mysql"}, 4026532001, 4026532002)
+    assert isinstance(recorder.requests[2], UnregisterRequest)
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"\xff\xfe garbage", "not JSON"),
+        (b"{\"op\": ", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"{\"op\": \"rm -rf\"}", "op:"),
+        (b"{\"op\": \"status\", \"extra\": 1}", "extra: unknown field"),
+        (json.dumps({**REGISTER, "pid_ns": -1}).encode(), "pid_ns"),
+        (json.dumps({**REGISTER, "mnt_ns": True}).encode(), "mnt_ns"),
+        (json.dumps({**REGISTER, "id": "../etc"}).encode(), "id:"),
+        (json.dumps({**REGISTER, "labels": {"a,b": "c"}}).encode(), "labels"),
+        (json.dumps({**REGISTER, "labels": ["app=x"]}).encode(), "labels"),
+        (b"[" * 100_000 + b"]" * 100_000, "larger than"),
+    ],
+)
+def test_garbage_gets_an_error_reply_and_the_server_lives_on(
+    server: tuple[Path, Recorder], line: bytes, error: str
+) -> None:
+    path, recorder = server
+    replies = raw_exchange(path, line + b"\n")
+    assert len(replies) == 1
+    assert replies[0]["ok"] is False
+    assert error in str(replies[0]["error"])
+    assert replies[0]["retry"] is False
+    assert call(path, {"op": "status"})["ok"]
+    assert not any(isinstance(r, RegisterRequest) for r in recorder.requests)
+
+
+def test_oversized_message_without_newline_is_cut_off(server: tuple[Path, Recorder]) -> None:
+    path, _ = server
+    replies = raw_exchange(path, b"x" * (control.MAX_MESSAGE_BYTES + 10), shutdown=False)
+    assert replies and "larger than" in str(replies[0]["error"])
+
+
+def test_silent_client_is_dropped_after_the_timeout(
+    server: tuple[Path, Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = server
+    monkeypatch.setattr(control, "READ_TIMEOUT_S", 0.3)
+    replies = raw_exchange(path, b"{\"op\": \"sta", shutdown=False)
+    assert "no complete request" in str(replies[0]["error"])
+
+
+def test_several_requests_on_one_connection_and_a_handler_bug(server: tuple[Path, Recorder]) -> None:
+    path, _ = server
+    lines = b"\n".join([b'{"op":"status"}', b"", json.dumps({**REGISTER, "name": "explode"}).encode(),
+                        b'{"op":"reload"}']) + b"\n"
+    replies = raw_exchange(path, lines)
+    assert [r["ok"] for r in replies] == [True, False, True]
+    assert replies[1]["error"] == "internal error: RuntimeError"
+
+
+def test_concurrent_clients(server: tuple[Path, Recorder]) -> None:
+    path, _ = server
+    results: list[bool] = []
+
+    def client() -> None:
+        results.append(bool(call(path, {"op": "status"})["ok"]))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 8
+
+
+def test_stale_socket_is_replaced_but_a_regular_file_is_not(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(stale))
+    sock.close()  # a socket file nobody listens on, as a killed supervisor leaves it
+    srv = ControlServer(stale, Recorder())
+    srv.start()
+    try:
+        assert call(stale, {"op": "status"})["ok"]
+    finally:
+        srv.close()
+    regular = tmp_path / "regular"
+    regular.write_text("not a socket")
+    with pytest.raises(ProtocolError, match="not a socket"):
+        ControlServer(regular, Recorder())
+
+
+def test_call_without_a_server(tmp_path: Path) -> None:
+    with pytest.raises(ControlUnavailable, match="nothing listening"):
+        call(tmp_path / "absent.sock", {"op": "status"})
+
+
+def test_parse_request_defaults_the_name_to_the_id() -> None:
+    request = parse_request(json.dumps({k: v for k, v in REGISTER.items() if k not in ("name", "labels")}).encode())
+    assert isinstance(request, RegisterRequest)
+    assert request.name == "c0ffee" and dict(request.labels) == {}

@@ -1,0 +1,186 @@
+"""`warden hook`: OCI state parsing, namespace ids from /proc, ack waiting, failing closed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.control import ControlServer, RegisterRequest, Reply, Request, UnregisterRequest
+from supervisor.hook import (
+    LABELS_ANNOTATION,
+    HookError,
+    Stage,
+    infer_stage,
+    namespace_ids,
+    parse_state,
+    run_hook,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+WARDEN = REPO / ".venv" / "bin" / "warden"
+
+
+def state(**overrides: object) -> bytes:
+    data: dict[str, object] = {"ociVersion": "1.0.2", "id": "abc123", "status": "created", "pid": os.getpid(),
+                               "bundle": "/run/bundle", "annotations": {}}
+    data.update(overrides)
+    return json.dumps(data).encode()
+
+
+class Supervisor:
+    """A control-socket peer that says "not ready" a few times, then acknowledges."""
+
+    def __init__(self, not_ready: int = 0, refuse: bool = False) -> None:
+        self.not_ready = not_ready
+        self.refuse = refuse
+        self.requests: list[Request] = []
+
+    def __call__(self, request: Request) -> Reply:
+        self.requests.append(request)
+        if self.not_ready > 0:
+            self.not_ready -= 1
+            return Reply.failure("supervisor is not ready (phase attesting)", retry=True)
+        if self.refuse:
+            return Reply.failure("engine refused abc123: map full")
+        return Reply(ok=True, body={"ruleset": "sha256:feed"})
+
+
+@pytest.fixture
+def sock(tmp_path: Path) -> Path:
+    return tmp_path / "warden.sock"
+
+
+def serve(path: Path, peer: Supervisor) -> ControlServer:
+    srv = ControlServer(path, peer)
+    srv.start()
+    return srv
+
+
+@pytest.fixture
+def ready(sock: Path) -> Iterator[Supervisor]:
+    peer = Supervisor()
+    srv = serve(sock, peer)
+    yield peer
+    srv.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "empty"),
+        (b"{not json", "not JSON (Expecting property name"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[]", "must be a JSON object"),
+        (json.dumps({"ociVersion": "1.0.2", "status": "created", "bundle": "/b"}).encode(), "'id'"),
+        (state(pid="12"), "'pid'"),
+        (state(pid=-4), "'pid'"),
+        (state(pid=True), "'pid'"),
+        (state(annotations={"a": 1}), "'annotations'"),
+        (state(bundle=""), "'bundle'"),
+    ],
+)
+def test_malformed_state_is_refused_with_the_field(raw: bytes, message: str) -> None:
+    with pytest.raises(HookError) as caught:
+        parse_state(raw)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("stdin:")
+
+
+def test_name_and_labels_come_from_annotations() -> None:
+    parsed = parse_state(state(annotations={"io.kubernetes.cri.container-name": "mysql",
+                                            LABELS_ANNOTATION: "app=mysql, tier=db"}))
+    assert parsed.name == "mysql"
+    assert parsed.labels == {"app": "mysql", "tier": "db"}
+    assert parse_state(state(annotations={"io.kubernetes.container.name": "crio-name"})).name == "crio-name"
+    assert parse_state(state()).name == "abc123"
+    with pytest.raises(HookError, match="not key=value"):
+        _ = parse_state(state(annotations={LABELS_ANNOTATION: "app"})).labels
+
+
+def test_stage_is_inferred_from_status_for_kata_guest_hooks() -> None:
+    assert infer_stage(parse_state(state(status="stopped", pid=None))) is Stage.POSTSTOP
+    assert infer_stage(parse_state(state(status="creating"))) is Stage.CREATE_RUNTIME
+
+
+def test_namespace_ids_are_those_of_the_process() -> None:
+    pid_ns, mnt_ns = namespace_ids(os.getpid())
+    assert pid_ns == os.stat("/proc/self/ns/pid").st_ino
+    assert mnt_ns == os.stat("/proc/self/ns/mnt").st_ino
+    with pytest.raises(HookError, match="cannot read"):
+        namespace_ids(2**22 + 12345)
+
+
+def test_register_waits_for_the_ack(sock: Path, ready: Supervisor) -> None:
+    line = run_hook(state(annotations={"io.kubernetes.cri.container-name": "web"}), stage=Stage.CREATE_RUNTIME,
+                    socket_path=sock, timeout_s=5)
+    assert "registered abc123 as 'web'" in line and "sha256:feed" in line
+    request = ready.requests[0]
+    assert isinstance(request, RegisterRequest)
+    assert request.pid_ns == os.stat("/proc/self/ns/pid").st_ino
+
+
+def test_not_ready_is_waited_out(sock: Path) -> None:
+    peer = Supervisor(not_ready=3)
+    srv = serve(sock, peer)
+    try:
+        run_hook(state(), stage=None, socket_path=sock, timeout_s=5)
+    finally:
+        srv.close()
+    assert len(peer.requests) == 4
+
+
+def test_no_supervisor_fails_closed_after_the_timeout(sock: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(HookError, match=r"within 0.5s .*nothing listening.*failing closed"):
+        run_hook(state(), stage=Stage.PRESTART, socket_path=sock, timeout_s=0.5)
+    assert 0.4 < time.monotonic() - started < 3
+
+
+def test_supervisor_never_ready_fails_closed(sock: Path) -> None:
+    srv = serve(sock, Supervisor(not_ready=10**6))
+    try:
+        with pytest.raises(HookError, match=r"not ready .*failing closed"):
+            run_hook(state(), stage=Stage.CREATE_RUNTIME, socket_path=sock, timeout_s=0.5)
+    finally:
+        srv.close()
+
+
+def test_a_refusal_fails_at_once(sock: Path) -> None:
+    srv = serve(sock, Supervisor(refuse=True))
+    try:
+        started = time.monotonic()
+        with pytest.raises(HookError, match="refused register of abc123: engine refused"):
+            run_hook(state(), stage=Stage.CREATE_RUNTIME, socket_path=sock, timeout_s=10)
+        assert time.monotonic() - started < 2
+    finally:
+        srv.close()
+
+
+def test_poststop_unregisters_by_id(sock: Path, ready: Supervisor) -> None:
+    assert run_hook(state(status="stopped", pid=None), stage=None, socket_path=sock, timeout_s=5) == \
+        "unregistered abc123"
+    assert isinstance(ready.requests[0], UnregisterRequest)
+
+
+def test_create_stage_on_a_stopped_container_is_an_error(sock: Path) -> None:
+    with pytest.raises(HookError, match="already stopped"):
+        run_hook(state(status="stopped"), stage=Stage.CREATE_RUNTIME, socket_path=sock, timeout_s=1)
+
+
+def test_cli_malformed_state_one_line_exit_1(sock: Path) -> None:
+    result = subprocess.run([WARDEN, "hook", "--stage", "createRuntime", "--socket", str(sock), "--timeout", "1"],
+                            input=b"{\"ociVersion\": ", capture_output=True, timeout=60)
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("warden hook: stdin: OCI state is not JSON")
+
+
+def test_cli_usage_error_exit_2() -> None:
+    result = subprocess.run([WARDEN, "hook", "--stage", "poststart"], input=b"", capture_output=True, timeout=60)
+    assert result.returncode == 2
