@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
 from attest.base import Measurement, MeasurementSource
@@ -50,13 +50,17 @@ from initdata.errors import (
     TrustModeRefused,
 )
 from initdata.keys import DEFAULT_TRUST_DIR, PublicKey, TrustStore, load_public_keys_pem, load_trust_dir
+from initdata.locate import locate_initdata
 from initdata.rollback import RollbackState
+
+if TYPE_CHECKING:  # the policy module is imported at run time only by the validation step
+    from bpf.policy import Policy
 
 BUNDLE_KEY = "warden.bundle"
 TRUST_KEY = "warden.trust"
 DEFAULT_STATE_DIR = Path("/run/warden")
 
-PolicyParser = Callable[[str, str], tuple[object, ...]]
+PolicyParser = Callable[[str, str], "tuple[Policy, ...]"]
 
 
 class TrustMode(enum.StrEnum):
@@ -66,6 +70,17 @@ class TrustMode(enum.StrEnum):
 
 @dataclass(frozen=True)
 class GateConfig:
+    """How the gate decides. The supervisor loads it from YAML with `from_mapping` (same names).
+
+    - trust_dir: image keys (`image` trust mode), *.pem files
+    - threshold: distinct trusted keys that must sign a bundle (k of n)
+    - trust_modes: which of `image` / `initdata` keys may be used (see the module docstring)
+    - measurement_sources: the order sources are tried in (attest.detect explains the rule)
+    - insecure_allow_sample: accept a VM without a TEE (development only; reported INSECURE)
+    - state_dir: where the rollback state lives (a tmpfs: the state is per boot)
+    - attestation_agent_url / _timeout: api-server-rest of guest-components (loopback)
+    """
+
     trust_dir: Path = DEFAULT_TRUST_DIR
     threshold: int = 1
     trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
@@ -167,7 +182,7 @@ class VerifiedPolicy:
     bundle_digest: str  # sha256:<hex> of the signed payload
     expires: datetime
     policies: tuple[PolicyFile, ...]
-    parsed_policies: tuple[object, ...]  # bpf.policy.Policy objects, in file order
+    parsed_policies: tuple[Policy, ...]  # in file order
     bpf_objects: Mapping[str, str] = field(hash=False)  # object name -> sha256:<hex>
     agent_settings: Mapping[str, object] = field(hash=False)
     measurement_source: str  # e.g. "tdx", "vtpm", "attestation-agent", "sample", "given"
@@ -234,20 +249,22 @@ def select_trust(document: InitdataDocument, config: GateConfig) -> tuple[TrustM
     )
 
 
-def default_policy_parser(text: str, origin: str) -> tuple[object, ...]:
+def default_policy_parser(text: str, origin: str) -> tuple[Policy, ...]:
     # Imported here, at the validation step: the policy compiler is a separate, heavier module and
     # the gate's earlier steps (and the initdata CLI) must not depend on it.
     from bpf.policy import parse_policy_text
 
-    return tuple(parse_policy_text(text, origin=origin))
+    return parse_policy_text(text, origin=origin)
 
 
-def validate_policies(payload: BundlePayload, *, origin: str, parser: PolicyParser | None = None) -> tuple[object, ...]:
+def validate_policies(
+    payload: BundlePayload, *, origin: str, parser: PolicyParser | None = None
+) -> tuple[Policy, ...]:
     """Step 4: every policy file parses; no two policies of one kind share a name across files."""
     from bpf.policy import PolicyError
 
     parse = parser or default_policy_parser
-    parsed: list[object] = []
+    parsed: list[Policy] = []
     first_seen: dict[tuple[str, str], str] = {}
     for index, policy_file in enumerate(payload.policies):
         where = f"payload.policies[{index}] ({policy_file.name})"
@@ -260,7 +277,7 @@ def validate_policies(payload: BundlePayload, *, origin: str, parser: PolicyPars
         if not policies:
             raise PolicyInvalid(origin, where, "holds no policy document")
         for policy in policies:
-            key = (str(getattr(policy, "kind", "")), str(getattr(policy, "name", "")))
+            key = (str(policy.kind), policy.name)
             if key in first_seen:
                 raise PolicyInvalid(origin, where, f"duplicate {key[0]} name {key[1]!r}; first in {first_seen[key]}")
             first_seen[key] = policy_file.name
@@ -277,7 +294,7 @@ def verify_bundle(
     state: RollbackState | None,
     now: datetime,
     parser: PolicyParser | None,
-) -> tuple[BundlePayload, tuple[PublicKey, ...], tuple[object, ...]]:
+) -> tuple[BundlePayload, tuple[PublicKey, ...], tuple[Policy, ...]]:
     """Steps 2-4 for an envelope, whether it came in initdata or as an update."""
     envelope = parse_envelope(envelope_bytes, origin=origin)
     signers = verify_envelope(envelope, trust, threshold, origin=origin, payload_type=BUNDLE_PAYLOAD_TYPE)
@@ -410,3 +427,13 @@ def gate_update(
         signer_keyids=tuple(k.keyid for k in signers),
         threshold=current.threshold,
     )
+
+
+def gate_guest(
+    config: GateConfig,
+    initdata_path: Path | None = None,
+    *,
+    now: datetime | None = None,
+) -> VerifiedPolicy:
+    """The supervisor's entry point: find the guest's initdata (initdata.locate), then `gate`."""
+    return gate(locate_initdata(initdata_path), config, now=now)
