@@ -367,3 +367,15 @@ def test_config_errors(mapping: dict[str, object], field: str) -> None:
         GateConfig.from_mapping(mapping, origin="/etc/warden/warden.yaml")
     assert caught.value.field == field
     assert str(caught.value).startswith(f"/etc/warden/warden.yaml: {field}: ")
+
+
+def test_gate_guest_finds_the_initdata_and_runs_the_configured_sources(tmp_path: Path) -> None:
+    from initdata.gate import gate_guest
+
+    given = tmp_path / "initdata.toml"
+    given.write_bytes((HERE / "initdata-v1.toml").read_bytes())
+    cfg = config(tmp_path, measurement_sources=("sample",), insecure_allow_sample=True)
+    verified = gate_guest(cfg, given, now=FIXTURE_NOW)
+    assert verified.initdata_origin == str(given)
+    assert verified.insecure is True
+    assert (tmp_path / "state" / STATE_FILE_NAME).exists()
