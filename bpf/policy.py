@@ -30,8 +30,11 @@ Validation beyond the CRD (why: the values go into BPF map keys and into alerts)
   a text over `MAX_TEXT_BYTES` (1 MiB) is refused before it is parsed.
 
 Selectors (see `Selector`): `kubearmor.io/container.name` in matchLabels is a regular expression (Python
-`re`, full-match) on the container name, like KubeArmor's unorchestrated mode; other labels must match
+`re`) on the container name, as in KubeArmor's unorchestrated mode. It must match the whole name: `web`
+selects the container `web`, not `webserver`; write `web.*` or `.*web.*` for more. Other labels must match
 exactly; matchExpressions use KubeArmor's form `{key: label, operator: In|NotIn, values: ["k=v", ...]}`.
+KubeArmor's bracketed list form (`"[c1,c2]"`, Kubernetes mode only) is not special here: it is a regex
+character class, so write `c1|c2` instead.
 """
 
 from __future__ import annotations
