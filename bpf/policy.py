@@ -33,8 +33,8 @@ Selectors (see `Selector`): `kubearmor.io/container.name` in matchLabels is a re
 `re`) on the container name, as in KubeArmor's unorchestrated mode. It must match the whole name: `web`
 selects the container `web`, not `webserver`; write `web.*` or `.*web.*` for more. Other labels must match
 exactly; matchExpressions use KubeArmor's form `{key: label, operator: In|NotIn, values: ["k=v", ...]}`.
-KubeArmor's bracketed list form (`"[c1,c2]"`, Kubernetes mode only) is not special here: it is a regex
-character class, so write `c1|c2` instead.
+KubeArmor's bracketed list form (`"[c1,c2]"`, Kubernetes mode only) is refused with a hint to write
+`c1|c2`: read as a regex it would be a character class selecting no real container.
 """
 
 from __future__ import annotations
@@ -749,6 +749,15 @@ class _DocumentReader:
                 self.problem(key_node, where, "label keys must not be empty")
                 ok = False
             elif regex and key == CONTAINER_NAME_LABEL:
+                if value.startswith("[") and value.endswith("]") and "," in value:
+                    # KubeArmor's Kubernetes-mode list; as a regex it would be a character class that
+                    # selects no real container, i.e. silently enforce nothing.
+                    alternatives = "|".join(v.strip() for v in value[1:-1].split(","))
+                    self.problem(key_node, f"{where}.{key}",
+                                 f"the bracketed container list {value!r} is not supported; write the regex "
+                                 f"{alternatives!r}")
+                    ok = False
+                    continue
                 try:
                     re.compile(value)
                 except (re.error, RecursionError, OverflowError) as exc:
