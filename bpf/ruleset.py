@@ -99,6 +99,10 @@ class RuleSetFormatError(ValueError):
     """RuleSet JSON that this version cannot load (wrong format, shape or values)."""
 
 
+class RuleSetOrderError(ValueError):
+    """A RuleSet was built with rules out of canonical order or with two rules for one key."""
+
+
 @dataclass(frozen=True)
 class RuleSet:
     file: tuple[FileRule, ...] = ()
@@ -106,6 +110,16 @@ class RuleSet:
     network: tuple[NetworkRule, ...] = ()
     capabilities: tuple[CapabilityRule, ...] = ()
     postures: CategoryPostures = CategoryPostures()
+
+    def __post_init__(self) -> None:
+        # Canonical means one rule per conflict key, in key order. compile() builds it that way; checking
+        # here keeps the invariant for every RuleSet, however it was made.
+        for category, keys in (("file", [file_rule_key(r) for r in self.file]),
+                               ("process", [process_rule_key(r) for r in self.process]),
+                               ("network", [network_rule_key(r) for r in self.network]),
+                               ("capabilities", [capability_rule_key(r) for r in self.capabilities])):
+            if not _strictly_increasing(keys):
+                raise RuleSetOrderError(f"{category}: rules not in canonical order, or two rules with one key")
 
     @property
     def rule_count(self) -> int:
@@ -273,13 +287,9 @@ def _ruleset_from_data(data: Any) -> RuleSet:
                                            _alert(r["alert"], f"{where}.alert")))
     p = _keys(top["postures"], {"file", "process", "network", "capabilities"}, "postures")
     postures = CategoryPostures(**{k: None if v is None else Posture(v) for k, v in p.items()})
-    ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures)
-    # Canonical means one rule per key, in key order; the compiler never writes anything else.
-    _expect(_strictly_increasing([file_rule_key(r) for r in files]), "file: rules not in canonical order")
-    _expect(_strictly_increasing([process_rule_key(r) for r in processes]),
-            "process: rules not in canonical order")
-    _expect(_strictly_increasing([network_rule_key(r) for r in networks]), "network: rules not in canonical order")
-    _expect(_strictly_increasing([capability_rule_key(r) for r in capabilities]),
-            "capabilities: rules not in canonical order")
+    try:
+        ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures)
+    except RuleSetOrderError as exc:
+        raise RuleSetFormatError(str(exc)) from None
     _expect(ruleset.rule_count <= MAX_RULES_PER_SCOPE, f"more than {MAX_RULES_PER_SCOPE} rules")
     return ruleset

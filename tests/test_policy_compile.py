@@ -32,6 +32,7 @@ from bpf.ruleset import (
     RuleAlert,
     RuleSet,
     RuleSetFormatError,
+    RuleSetOrderError,
 )
 
 SEED = Path(__file__).parent / "data" / "policies" / "seed"
@@ -285,6 +286,13 @@ def test_ruleset_is_frozen_hashable_and_round_trips(seed: tuple[Policy, ...]) ->
     assert " " not in text and json.loads(text)["format"] == "coco-warden/ruleset/v1"
     loaded = RuleSet.from_json(text)
     assert loaded == ruleset and loaded.digest == ruleset.digest
+
+
+def test_ruleset_refuses_non_canonical_rule_order() -> None:
+    with pytest.raises(RuleSetOrderError, match="file: rules not in canonical order"):
+        RuleSet(file=(FIM_SBIN, FIM_BIN))
+    with pytest.raises(RuleSetOrderError, match="two rules with one key"):
+        RuleSet(network=(RAW, dataclasses.replace(RAW, action=Action.AUDIT)))
 
 
 def test_ruleset_json_is_ascii_for_any_text() -> None:
