@@ -73,6 +73,7 @@ __all__ = [
     "RuleLimitError",
     "Scope",
     "compile",
+    "selects",
 ]
 
 
