@@ -911,12 +911,11 @@ class _DocumentReader:
         item = self.mapping(node, where, frozenset(flags) | _ALERT_FIELDS, required=("pattern",))
         if item is None:
             return
-        before = len(self.problems)
+        # Parsed in full first, so that every structural problem is reported along with the refusal.
         self.alert_defaults(item, where, outer)
         for key in ("ownerOnly", "readOnly"):
             self.flag(item, key, where)
-        if "pattern" in item and self.string(item["pattern"], f"{where}.pattern") is not None \
-                and len(self.problems) == before:
+        if "pattern" in item and self.string(item["pattern"], f"{where}.pattern") is not None:
             self.problem(item["pattern"], f"{where}.pattern",
                          "matchPatterns cannot be enforced: the BPF-LSM engine matches exact paths and "
                          "directory prefixes, not glob/regex patterns; use matchPaths or matchDirectories")

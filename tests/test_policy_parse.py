@@ -243,6 +243,8 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
     ("missing path", {"file": {"matchPaths": [{"readOnly": True}]}}, f"{R}.path", "is required"),
     ("pattern", {"file": {"matchPatterns": [{"pattern": "/etc/*.conf"}]}}, "spec.file.matchPatterns[0].pattern",
      "BPF-LSM engine matches exact paths and directory prefixes"),
+    ("pattern with other problems", {"file": {"matchPatterns": [{"pattern": "/a*", "severity": 99}]}},
+     "spec.file.matchPatterns[0].pattern", "cannot be enforced"),
     ("process pattern", {"process": {"matchPatterns": [{"pattern": "/**/sh", "ownerOnly": True}]}},
      "spec.process.matchPatterns[0].pattern", "cannot be enforced"),
     ("syscalls", {"syscalls": {"matchSyscalls": [{"syscall": ["unlink"]}]}}, "spec.syscalls", "not supported"),
