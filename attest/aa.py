@@ -179,16 +179,21 @@ class AttestationAgentSource:
 
     def __init__(self, client: AttestationAgentClient | None = None) -> None:
         self.client = client if client is not None else AttestationAgentClient()
+        self._reported_tee: object = None
 
     def available(self) -> bool:
         probe = AttestationAgentClient(
             self.client.base_url, timeout=min(self.client.timeout, 1.0), attempts=1
         )
         try:
-            probe.info()
+            self._reported_tee = probe.info().get("tee")
         except GateError:
             return False
         return True
+
+    def tee_detected(self) -> bool:
+        # The AA reports its primary attester; "sample" means it found no TEE either.
+        return isinstance(self._reported_tee, str) and self._reported_tee not in ("", "sample")
 
     def measure(self) -> Measurement:
         origin = self.client._url("/aa/evidence")

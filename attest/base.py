@@ -34,6 +34,13 @@ class MeasurementSource(Protocol):
 
     def available(self) -> bool: ...
 
+    def tee_detected(self) -> bool:
+        """After available() said yes: does this source stand for real TEE hardware?
+
+        A present TEE that then fails to measure must fail closed rather than fall back to sample.
+        """
+        ...
+
     def measure(self) -> Measurement:
         """Read the register now. Raises MeasurementUnavailable (or another GateError)."""
         ...

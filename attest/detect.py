@@ -3,8 +3,9 @@
 Order comes from the configuration (default: tdx, snp, vtpm, attestation-agent, sample). Each
 source says whether its hardware interface is present (`available()`); the first present one is
 asked. If a present source fails, the next present one is tried, with one exception: `sample` is
-used only when *no* TEE source was present at all. A TEE guest whose interface fails must fail
-closed, never drop silently to "no TEE".
+used only when no present source stood for TEE hardware (`tee_detected()`: the TDX/SNP/TPM
+devices, or an attestation-agent whose primary attester is not `sample`). A TEE guest whose
+interface fails must fail closed, never drop silently to "no TEE".
 """
 
 from __future__ import annotations
@@ -58,8 +59,7 @@ def first_measurement(sources: Sequence[MeasurementSource]) -> Measurement:
             continue
         if not source.available():
             continue
-        if source.name != "sample":
-            tee_present = True
+        tee_present = tee_present or source.tee_detected()
         try:
             return source.measure()
         except GateError as exc:

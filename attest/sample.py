@@ -16,6 +16,9 @@ class SampleSource:
     def available(self) -> bool:
         return True  # always the last resort; the gate decides whether it is acceptable
 
+    def tee_detected(self) -> bool:
+        return False
+
     def measure(self) -> Measurement:
         return Measurement(source=self.name, tee=None, value=b"", detail="no TEE (sample)")
 
@@ -32,6 +35,9 @@ class GivenMeasurementSource:
 
     def available(self) -> bool:
         return True
+
+    def tee_detected(self) -> bool:
+        return self.tee is not None
 
     def measure(self) -> Measurement:
         return Measurement(source=self.name, tee=self.tee, value=self.value, detail=self.detail)

@@ -36,6 +36,9 @@ class SnpSource:
         self.device_dir = sysfs_root / SNP_MISC_DIR
         self.tsm = tsm if tsm is not None else ConfigfsTsm()
 
+    def tee_detected(self) -> bool:
+        return True
+
     def available(self) -> bool:
         return self.device_dir.is_dir()
 

@@ -46,6 +46,9 @@ class TdxSource:
         self.mrconfigid_path = self.device_dir / "measurements" / "mrconfigid"
         self.tsm = tsm if tsm is not None else ConfigfsTsm()
 
+    def tee_detected(self) -> bool:
+        return True
+
     def available(self) -> bool:
         return self.device_dir.is_dir()
 

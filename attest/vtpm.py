@@ -24,6 +24,9 @@ class VtpmSource:
     def __init__(self, sysfs_root: Path = Path("/sys"), tpm: str = "tpm0") -> None:
         self.pcr_path = sysfs_root / "class" / "tpm" / tpm / "pcr-sha256" / str(PCR_INDEX)
 
+    def tee_detected(self) -> bool:
+        return True
+
     def available(self) -> bool:
         return self.pcr_path.exists()
 

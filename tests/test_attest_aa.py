@@ -284,3 +284,16 @@ def test_oversized_evidence_is_refused() -> None:
     huge = b'{"quote": "' + b"A" * (4 * 1024 * 1024) + b'"}'
     with pytest.raises(MeasurementUnavailable, match="evidence: larger than 4194304 bytes"):
         measurement_from_evidence(huge, origin="aa", source="attestation-agent")
+
+
+def test_sample_fallback_depends_on_what_the_agent_reports(fake_agent: FakeAgent) -> None:
+    from attest.detect import first_measurement
+    from attest.sample import SampleSource
+
+    fake_agent.evidence_status = 404  # api-server-rest without the attestation feature
+    sources = [AttestationAgentSource(AttestationAgentClient(fake_agent.url)), SampleSource()]
+    fake_agent.tee = "tdx"  # a TEE is there and its evidence cannot be read: fail closed
+    with pytest.raises(MeasurementUnavailable, match=r"attestation-agent: .*HTTP 404"):
+        first_measurement(sources)
+    fake_agent.tee = "sample"  # the agent found no TEE either: sample may be used
+    assert first_measurement(sources).insecure is True
