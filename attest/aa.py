@@ -8,7 +8,8 @@ Endpoints used (default base http://127.0.0.1:8006, loopback only):
 
 The evidence is read, not verified: we trust the local AA as we trust the kernel interfaces it
 wraps (a relying party verifies the same evidence's signature remotely). Requests never go through
-a proxy (HTTP_PROXY must not redirect a loopback call) and every response is size-bounded.
+a proxy (HTTP_PROXY must not redirect a loopback call), redirects are not followed, and every
+response is size-bounded.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ DEFAULT_AA_URL = "http://127.0.0.1:8006"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # TDX evidence carries the CC event log
 AAEL_DOMAIN = "github.com/coco-warden"  # AAEL: domain and operation must not contain whitespace
 AAEL_OPERATION = "EnforcePolicy"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect would take a loopback call elsewhere; treat it as the error status it is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class _Transient(Exception):
@@ -66,7 +74,7 @@ class AttestationAgentClient:
         def once() -> bytes:
             headers = {"Content-Type": "application/json"} if body is not None else {}
             req = urllib.request.Request(url, data=body, method=method, headers=headers)
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
             try:
                 with opener.open(req, timeout=self.timeout) as response:
                     data: bytes = response.read(MAX_RESPONSE_BYTES + 1)

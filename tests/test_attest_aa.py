@@ -71,6 +71,11 @@ def _handler(agent: FakeAgent) -> type[BaseHTTPRequestHandler]:
                     self._send(agent.evidence_status, b"Attestation Feature Not Enabled", "text/plain")
                 else:
                     self._send(200, agent.evidence, "application/octet-stream")
+            elif url.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "http://192.0.2.1/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif url.path.startswith("/cdh/resource/") and url.path[len("/cdh/resource/") :] in agent.resources:
                 self._send(200, agent.resources[url.path[len("/cdh/resource/") :]], "application/octet-stream")
             else:
@@ -297,3 +302,8 @@ def test_sample_fallback_depends_on_what_the_agent_reports(fake_agent: FakeAgent
         first_measurement(sources)
     fake_agent.tee = "sample"  # the agent found no TEE either: sample may be used
     assert first_measurement(sources).insecure is True
+
+
+def test_redirects_are_not_followed(fake_agent: FakeAgent) -> None:
+    with pytest.raises(AttestationAgentError, match="HTTP 302"):
+        AttestationAgentClient(fake_agent.url, timeout=1.0).request("GET", "/redirect")
