@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpf.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, Scope, compile
@@ -26,6 +26,9 @@ class _NoAliasDumper(yaml.SafeDumper):
 def dump(doc: Any) -> str:
     return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
 
+
+# Generating whole policies is slow on a loaded CI machine; that is not a failure of the code under test.
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --------------------------------------------------------------------------------------------------------
 # Valid policies, from small pools so that rules collide across policies
@@ -113,7 +116,7 @@ SCOPES: list[Scope] = [AnyContainerScope(), HostScope(), ContainerScope("db", {"
                        ContainerScope("web", {"app": "web"}), ContainerScope("other")]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(FUZZ, max_examples=75)
 @given(docs=policy_docs(), seed=st.randoms(use_true_random=False),
        postures=st.builds(Postures, st.sampled_from(Posture), st.sampled_from(Posture), st.sampled_from(Posture)))
 def test_compile_is_deterministic_and_order_independent(docs: list[dict[str, Any]], seed: random.Random,
@@ -137,7 +140,7 @@ def test_compile_is_deterministic_and_order_independent(docs: list[dict[str, Any
         assert keys == sorted(set(keys), key=lambda k: (k[0], k[1], k[2] != "", k[2]))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(FUZZ, max_examples=25)
 @given(docs=policy_docs(), seed=st.randoms(use_true_random=False))
 def test_file_order_does_not_change_the_digest(docs: list[dict[str, Any]], seed: random.Random) -> None:
     digests = set()
@@ -211,13 +214,13 @@ def mutated_docs(draw: st.DrawFn) -> Any:
     return doc
 
 
-@settings(max_examples=200, deadline=None)
+@settings(FUZZ, max_examples=120)
 @given(doc=mutated_docs())
 def test_mutated_documents_give_policy_error_or_policies(doc: Any) -> None:
     assert_clean(dump(doc))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(FUZZ, max_examples=100)
 @given(spec=st.dictionaries(st.sampled_from(FIELD_NAMES), json_tree, max_size=5))
 def test_random_specs_give_policy_error_or_policies(spec: dict[str, Any]) -> None:
     for kind in ("KubeArmorPolicy", "KubeArmorHostPolicy"):
@@ -225,7 +228,7 @@ def test_random_specs_give_policy_error_or_policies(spec: dict[str, Any]) -> Non
                            "spec": spec}))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(FUZZ, max_examples=300)
 @given(text=st.text(max_size=300))
 def test_random_text_gives_policy_error_or_policies(text: str) -> None:
     assert_clean(text)
@@ -236,7 +239,7 @@ YAML_PIECES = ["---\n", "a: ", "- ", "&x ", "*x", "!!str ", "!!binary ", "!custo
                "spec", "apiVersion: security.kubearmor.com/v1\n", "kind: KubeArmorPolicy\n", "%YAML 1.1\n", "#"]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(FUZZ, max_examples=400)
 @given(pieces=st.lists(st.sampled_from(YAML_PIECES), max_size=30))
 def test_yaml_shaped_noise_gives_policy_error_or_policies(pieces: list[str]) -> None:
     assert_clean("".join(pieces))
