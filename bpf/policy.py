@@ -42,6 +42,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,18 +289,25 @@ def load_policy_paths(paths: Sequence[Path]) -> tuple[Policy, ...]:
 
 def _policy_files(paths: Sequence[Path], problems: list[Problem]) -> Iterator[Path]:
     for path in paths:
-        if path.is_dir():
+        try:
+            mode = path.stat().st_mode  # follows symlinks given explicitly
+        except FileNotFoundError:
+            problems.append(Problem(str(path), 0, "path", "no such file or directory"))
+            continue
+        except (OSError, ValueError) as exc:  # e.g. ENAMETOOLONG, ELOOP, EACCES, an embedded NUL
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(Problem(str(path), 0, "path", f"cannot access: {why}"))
+            continue
+        if stat.S_ISDIR(mode):
             before = len(problems)
             found = sorted(_yaml_files_under(path, problems))
             if not found and len(problems) == before:
                 problems.append(Problem(str(path), 0, "path", "directory holds no *.yaml or *.yml files"))
             yield from found
-        elif path.is_file():
+        elif stat.S_ISREG(mode):
             yield path
-        elif path.exists() or path.is_symlink():
-            problems.append(Problem(str(path), 0, "path", "not a regular file or directory"))
         else:
-            problems.append(Problem(str(path), 0, "path", "no such file or directory"))
+            problems.append(Problem(str(path), 0, "path", "not a regular file or directory"))
 
 
 def _yaml_files_under(directory: Path, problems: list[Problem]) -> Iterator[Path]:

@@ -489,6 +489,22 @@ def test_load_paths_reports_every_problem(tmp_path: Path) -> None:
     ]
 
 
+def test_unusable_paths_are_problems_not_exceptions(tmp_path: Path) -> None:
+    long_name = tmp_path / ("n" * 5000)
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(PolicyError) as info:
+        load_policy_paths([long_name, loop, fifo, tmp_path / "dangling"])
+    assert [(p.field, p.message) for p in info.value.problems] == [
+        ("path", "cannot access: File name too long"),
+        ("path", "cannot access: Too many levels of symbolic links"),
+        ("path", "not a regular file or directory"),
+        ("path", "no such file or directory"),
+    ]
+
+
 def test_duplicate_names_across_files(tmp_path: Path) -> None:
     for name in ("x.yaml", "y.yaml"):
         (tmp_path / name).write_text(policy_yaml({"file": {"matchPaths": [{"path": "/a"}]}}, name="dup"))
