@@ -319,9 +319,19 @@ def _yaml_files_under(directory: Path, problems: list[Problem]) -> Iterator[Path
     for root, dirs, files in os.walk(directory, onerror=unreadable, followlinks=False):
         dirs.sort()
         for name in sorted(files):
+            if not name.endswith((".yaml", ".yml")):
+                continue
+            # A policy file that cannot be read (a dangling symlink, a FIFO) is reported, never skipped.
             candidate = Path(root, name)
-            if name.endswith((".yaml", ".yml")) and candidate.is_file():
+            try:
+                mode = candidate.stat().st_mode
+            except OSError as exc:
+                problems.append(Problem(str(candidate), 0, "path", f"cannot access: {exc.strerror or exc}"))
+                continue
+            if stat.S_ISREG(mode):
                 yield candidate
+            else:
+                problems.append(Problem(str(candidate), 0, "path", "not a regular file"))
 
 
 def _read_text(file: Path, problems: list[Problem]) -> str | None:

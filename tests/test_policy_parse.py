@@ -505,6 +505,19 @@ def test_unusable_paths_are_problems_not_exceptions(tmp_path: Path) -> None:
     ]
 
 
+def test_unreadable_entries_in_directories_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "dangling.yaml").symlink_to(tmp_path / "gone")
+    os.mkfifo(tmp_path / "fifo.yml")
+    (tmp_path / "ignored.txt").symlink_to(tmp_path / "gone")
+    (tmp_path / "ok.yaml").write_text(policy_yaml({"file": {"matchPaths": [{"path": "/a"}]}}))
+    with pytest.raises(PolicyError) as info:
+        load_policy_paths([tmp_path])
+    assert [(Path(p.file).name, p.message) for p in info.value.problems] == [
+        ("dangling.yaml", "cannot access: No such file or directory"),
+        ("fifo.yml", "not a regular file"),
+    ]
+
+
 def test_duplicate_names_across_files(tmp_path: Path) -> None:
     for name in ("x.yaml", "y.yaml"):
         (tmp_path / name).write_text(policy_yaml({"file": {"matchPaths": [{"path": "/a"}]}}, name="dup"))
