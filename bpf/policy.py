@@ -264,8 +264,9 @@ def parse_policy_text(text: str, *, origin: str) -> tuple[Policy, ...]:
 
 def load_policy_paths(paths: Sequence[Path]) -> tuple[Policy, ...]:
     """Load policy files and directories (recursively: *.yaml and *.yml, sorted; symlinked directories are
-    not followed). A file named explicitly is read whatever its suffix. Every problem in every file is
-    reported together."""
+    not descended into, symlinked files are read). A file named explicitly is read whatever its suffix; a
+    *.yaml entry that cannot be read is a problem, never skipped. Every problem in every file is reported
+    together."""
     problems: list[Problem] = []
     policies: list[Policy] = []
     seen: set[str] = set()

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpf.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, Scope, compile
-from bpf.policy import PolicyError, load_policy_paths, parse_policy_text
+from bpf.limits import MAX_PATH_BYTES, MAX_PATH_DEPTH
+from bpf.policy import PolicyError, load_policy_paths, normalise_path, parse_policy_text
 from bpf.ruleset import Posture, RuleSet
 
 
@@ -243,6 +244,22 @@ YAML_PIECES = ["---\n", "a: ", "- ", "&x ", "*x", "!!str ", "!!binary ", "!custo
 @given(pieces=st.lists(st.sampled_from(YAML_PIECES), max_size=30))
 def test_yaml_shaped_noise_gives_policy_error_or_policies(pieces: list[str]) -> None:
     assert_clean("".join(pieces))
+
+
+@settings(FUZZ, max_examples=500)
+@given(raw=st.text(alphabet=st.sampled_from(["/", ".", "a", "é", "\x00", "\n", " "]), max_size=40),
+       directory=st.booleans())
+def test_normalised_paths_are_canonical_and_idempotent(raw: str, directory: bool) -> None:
+    normalised, error = normalise_path(raw, directory=directory)
+    assert (normalised is None) != (error is None)
+    if normalised is None:
+        return
+    components = normalised.strip("/").split("/")
+    assert normalised.startswith("/") and "//" not in normalised and "\x00" not in normalised
+    assert normalised == "/" or not {".", ".."} & set(components)
+    assert normalised.endswith("/") == directory
+    assert normalise_path(normalised, directory=directory) == (normalised, None)
+    assert len(normalised.encode()) <= MAX_PATH_BYTES and len([c for c in components if c]) <= MAX_PATH_DEPTH
 
 
 def test_seed_compiles_the_same_across_runs() -> None:
