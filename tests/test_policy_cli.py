@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,11 @@ def test_compile_argument_errors(capsys: pytest.CaptureFixture[str], argv: list[
 def test_compile_option_combinations(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
     code, out, err = run(capsys, "compile", str(SEED), *argv)
     assert (code, out) == (2, "") and words in err
+
+
+def test_registering_the_command_does_not_import_the_compiler() -> None:
+    # Every `warden` invocation registers every command; only `warden policy` should pay for PyYAML.
+    probe = ("import sys, supervisor.commands.policy; "
+             "print(sorted(m for m in sys.modules if m.startswith(('bpf', 'yaml'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -10,10 +10,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bpf.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, Scope, compile
-from bpf.policy import PolicyError, load_policy_paths
-from bpf.ruleset import Posture, RuleAlert, RuleSet
+if TYPE_CHECKING:
+    from bpf.compiler import Scope
+    from bpf.policy import PolicyError
+    from bpf.ruleset import Posture, RuleAlert, RuleSet
+
+# The policy modules (and PyYAML) are imported by the handlers, not here: every `warden` command imports
+# this module at start-up to register its parser.
+POSTURE_CHOICES = ("audit", "block")
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -47,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="a label of this node (with --scope host); when given, host policies' "
                            "nodeSelector must match them, otherwise every nodeSelector selects this VM")
     for category in ("file", "network", "capabilities"):
-        comp.add_argument(f"--{category}-posture", choices=[p.value for p in Posture], default="audit",
+        comp.add_argument(f"--{category}-posture", choices=POSTURE_CHOICES, default="audit",
                           help=f"default {category} posture where the scope has Allow rules "
                                f"(default: audit, as KubeArmor)")
     comp.add_argument("--json", action="store_true", help="print the canonical RuleSet JSON instead")
@@ -59,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from bpf.policy import PolicyError, load_policy_paths
+
     try:
         policies = load_policy_paths(args.paths)
     except PolicyError as exc:
@@ -69,6 +77,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_compile(args: argparse.Namespace) -> int:
+    from bpf.compiler import Postures, compile
+    from bpf.policy import PolicyError, load_policy_paths
+    from bpf.ruleset import Posture
+
     scope_spec: str = args.scope
     if args.label and not scope_spec.startswith("container:"):
         return _usage_error("--label needs --scope container:NAME")
@@ -122,6 +134,8 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _scope(spec: str, labels: dict[str, str], node_labels: dict[str, str] | None) -> Scope:
+    from bpf.compiler import AnyContainerScope, ContainerScope, HostScope
+
     if spec == "host":
         return HostScope(node_labels)
     if spec == "any-container":
