@@ -33,6 +33,9 @@ BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _RINGBUF_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
+# Per-CPU map types: a lookup returns one 8-byte-aligned value per possible CPU.
+_PERCPU_MAP_TYPES = frozenset({5, 6, 10, 21})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
+
 _INFO_BUF_SIZE = 256  # larger than bpf_prog_info/bpf_map_info/bpf_link_info prefixes we read
 
 
@@ -167,6 +170,7 @@ class Libbpf:
             "ring_buffer__poll": ([vp, ci], ci),
             "ring_buffer__consume": ([vp], ci),
             "ring_buffer__free": ([vp], None),
+            "libbpf_num_possible_cpus": ([], ci),
         }
         for name, (argtypes, restype) in signatures.items():
             fn = getattr(self._lib, name)
@@ -232,8 +236,13 @@ class MapHandle:
         self.fd = fd
         self.name = name
         self._owns_fd = owns_fd
-        info = lib.map_info(fd)
-        self.info = info
+        self.info = lib.map_info(fd)
+        # What one lookup returns (and update takes): per-CPU maps hold a value per possible CPU.
+        if self.info.type in _PERCPU_MAP_TYPES:
+            cpus = lib.call_int("libbpf_num_possible_cpus", lib.libbpf_num_possible_cpus)
+            self.value_size = ((self.info.value_size + 7) // 8 * 8) * cpus
+        else:
+            self.value_size = self.info.value_size
 
     @classmethod
     def open_pinned(cls, lib: Libbpf, path: Path) -> MapHandle:
@@ -247,12 +256,12 @@ class MapHandle:
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         k = self._check(key, self.info.key_size, "key")
-        v = self._check(value, self.info.value_size, "value")
+        v = self._check(value, self.value_size, "value")
         self._lib.call_int(f"map_update({self.name})", self._lib.bpf_map_update_elem, self.fd, k, v, flags)
 
     def lookup(self, key: bytes) -> bytes | None:
         k = self._check(key, self.info.key_size, "key")
-        v = ctypes.create_string_buffer(self.info.value_size)
+        v = ctypes.create_string_buffer(self.value_size)
         try:
             self._lib.call_int(f"map_lookup({self.name})", self._lib.bpf_map_lookup_elem, self.fd, k, v)
         except BpfError as exc:

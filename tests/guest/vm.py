@@ -346,7 +346,12 @@ class GuestVM:
     def python(self, code: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
         """Run Python `code` with the project's venv interpreter inside the guest."""
         script = self.write_shared(f"py-{next(self._ids)}.py", code)
-        return self.run(f"{VENV_BIN / 'python'} {script}", timeout=timeout, check=check)
+        return self.run(f"{self.venv_python} {script}", timeout=timeout, check=check)
+
+    @property
+    def venv_python(self) -> str:
+        """The project's venv interpreter, at the same path inside the guest."""
+        return str(VENV_BIN / "python")
 
     def write_shared(self, name: str, content: str) -> str:
         """Write a file into the shared scratch directory; returns its path inside the guest."""

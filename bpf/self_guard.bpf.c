@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * self_guard: keeps coco-warden from being switched off from inside the VM.
+ *
+ * Identity. A task is "warden" when its cgroup (v2) is the unit cgroup named in `self_config`
+ * (by default system.slice/warden.service). Only PID 1 can create that cgroup while the unit
+ * exists and only PID 1 or warden can move a task into it (both enforced below), so a
+ * container's root cannot assume the identity. The name, not the cgroup id, is the identity
+ * because systemd recreates the cgroup with a new id every time it restarts the service.
+ *
+ * Every other task, PID 1 and its not-yet-exec'd forks excepted (systemd must stay able to stop
+ * and restart the service), is denied: signals to warden tasks, ptrace of them, detaching or updating BPF links, write access
+ * to warden's maps, unlinking or renaming under <bpffs>/warden, unmounting or covering bpffs, and
+ * changing anything under the protected inodes (installation, configuration, trust keys, state,
+ * unit files). Each denial is reported on the `self_events` ring buffer.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define EPERM 1
+#define FMODE_WRITE 0x2
+#define BPF_FS_MAGIC 0xcafe4a11
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#define MAX_ANCESTORS 32
+#define NAME_LEN 64
+
+/* What a denial was about; mirrored in bpf/self_protect.py. */
+enum self_attack {
+	ATTACK_SIGNAL = 1,
+	ATTACK_PTRACE = 2,
+	ATTACK_BPF_CMD = 3,
+	ATTACK_MAP_WRITE = 4,
+	ATTACK_PIN_CHANGE = 5,
+	ATTACK_BPFFS_MOUNT = 6,
+	ATTACK_PROTECTED_WRITE = 7,
+	ATTACK_CGROUP_JOIN = 8,
+};
+
+struct self_config {
+	char unit_cgroup[NAME_LEN];   /* e.g. "warden.service" */
+	char parent_cgroup[NAME_LEN]; /* e.g. "system.slice" */
+	char pin_dir[NAME_LEN];       /* the top directory in bpffs, e.g. "warden" */
+};
+
+struct inode_key {
+	__u64 ino;
+	__u32 dev; /* kernel dev_t encoding (MAJOR << 20 | MINOR) */
+	__u32 pad;
+};
+
+struct self_event {
+	__u64 ts_ns;
+	__u32 attack;    /* enum self_attack */
+	__u32 pid;       /* tgid of the attacker */
+	__u32 uid;
+	__u32 target_pid; /* signal/ptrace target, else 0 */
+	__s32 detail;     /* signal number, bpf cmd, or 0 */
+	__u32 pad;
+	__u64 mnt_ns;
+	char comm[16];
+	char name[NAME_LEN]; /* the file, pin or map name involved */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct self_config);
+} self_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct inode_key);
+	__type(value, __u8);
+} self_inodes SEC(".maps");
+
+/* Ids of the maps whose write access is reserved to warden (filled by the loader). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} self_map_ids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} self_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} self_drops SEC(".maps");
+
+/* Linux 6.1 names the kernfs parent `parent`; newer kernels (our vmlinux.h) `__parent`. */
+struct kernfs_node___v61 {
+	struct kernfs_node *parent;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
+{
+	struct kernfs_node___v61 *old = (void *)kn;
+
+	if (bpf_core_field_exists(old->parent))
+		return BPF_CORE_READ(old, parent);
+	return BPF_CORE_READ(kn, __parent);
+}
+
+static __always_inline bool name_is(const char *kernel_name, const char *want)
+{
+	char buf[NAME_LEN] = {};
+	int i;
+
+	if (bpf_probe_read_kernel_str(buf, sizeof(buf), kernel_name) < 0)
+		return false;
+	for (i = 0; i < NAME_LEN; i++) {
+		if (buf[i] != want[i])
+			return false;
+		if (!buf[i])
+			return true;
+	}
+	return false;
+}
+
+static __always_inline struct self_config *self_cfg(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&self_config, &zero);
+}
+
+static __always_inline bool task_is_warden(struct task_struct *task, struct self_config *cfg)
+{
+	struct kernfs_node *kn = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn);
+
+	if (!kn || !name_is(BPF_CORE_READ(kn, name), cfg->unit_cgroup))
+		return false;
+	kn = kn_parent(kn);
+	return kn && name_is(BPF_CORE_READ(kn, name), cfg->parent_cgroup);
+}
+
+/*
+ * Trusted: warden itself, PID 1, and PID 1's own forks that have not exec'd yet. systemd starts
+ * a service from such a fork, which moves itself into the unit's cgroup before exec; without
+ * this, armed self-protection would stop systemd from restarting warden. Such a fork still
+ * shares PID 1's `struct file` for its executable (exec, and prctl(PR_SET_MM_EXE_FILE), install
+ * a new one), so the pointer comparison singles out code that is PID 1's own. A traced task is
+ * never trusted this way: a tracer could be steering it.
+ */
+static __always_inline bool current_is_trusted(struct self_config *cfg)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *parent;
+
+	if (BPF_CORE_READ(task, tgid) == 1 || task_is_warden(task, cfg))
+		return true;
+	parent = BPF_CORE_READ(task, real_parent);
+	return BPF_CORE_READ(parent, tgid) == 1 && BPF_CORE_READ(task, ptrace) == 0 &&
+	       BPF_CORE_READ(task, mm, exe_file) == BPF_CORE_READ(parent, mm, exe_file);
+}
+
+static __always_inline void report(__u32 attack, __u32 target_pid, __s32 detail, const unsigned char *name)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct self_event *event;
+
+	event = bpf_ringbuf_reserve(&self_events, sizeof(*event), 0);
+	if (!event) {
+		__u32 zero = 0;
+		__u64 *drops = bpf_map_lookup_elem(&self_drops, &zero);
+
+		if (drops)
+			*drops += 1;
+		return;
+	}
+	event->ts_ns = bpf_ktime_get_boot_ns();
+	event->attack = attack;
+	event->pid = BPF_CORE_READ(task, tgid);
+	event->uid = (__u32)bpf_get_current_uid_gid();
+	event->target_pid = target_pid;
+	event->detail = detail;
+	event->pad = 0;
+	event->mnt_ns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+	event->name[0] = 0;
+	if (name)
+		bpf_probe_read_kernel_str(event->name, sizeof(event->name), name);
+	bpf_ringbuf_submit(event, 0);
+}
+
+/* Is this dentry, or one of its ancestors on the same filesystem, a protected inode? */
+static __always_inline bool under_protected_inode(struct dentry *dentry)
+{
+	struct inode_key key = {};
+	struct dentry *parent;
+	int i;
+
+	key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
+	for (i = 0; i < MAX_ANCESTORS; i++) {
+		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
+		if (key.ino && bpf_map_lookup_elem(&self_inodes, &key))
+			return true;
+		parent = BPF_CORE_READ(dentry, d_parent);
+		if (!parent || parent == dentry)
+			return false;
+		dentry = parent;
+	}
+	/* Deeper than we look: treat as protected only if nothing above could be; stay open. */
+	return false;
+}
+
+/* Is this dentry <bpffs root>/<pin_dir> or below it? */
+static __always_inline bool under_pin_dir(struct dentry *dentry, struct self_config *cfg)
+{
+	struct dentry *parent;
+	int i;
+
+	if (BPF_CORE_READ(dentry, d_sb, s_magic) != BPF_FS_MAGIC)
+		return false;
+	for (i = 0; i < MAX_ANCESTORS; i++) {
+		parent = BPF_CORE_READ(dentry, d_parent);
+		if (!parent || parent == dentry)
+			return false; /* reached the root itself: not under the pin dir */
+		if (BPF_CORE_READ(parent, d_parent) == parent)
+			return name_is((const char *)BPF_CORE_READ(dentry, d_name.name), cfg->pin_dir);
+		dentry = parent;
+	}
+	return false;
+}
+
+/* A file inside the warden unit's cgroup directory (cgroup.procs, cgroup.threads, ...). */
+static __always_inline bool in_warden_cgroup_dir(struct dentry *dentry, struct self_config *cfg)
+{
+	struct dentry *dir;
+
+	if (BPF_CORE_READ(dentry, d_sb, s_magic) != CGROUP2_SUPER_MAGIC)
+		return false;
+	dir = BPF_CORE_READ(dentry, d_parent);
+	return dir && name_is((const char *)BPF_CORE_READ(dir, d_name.name), cfg->unit_cgroup);
+}
+
+/* The common check for every hook that changes a file or directory entry. */
+static __always_inline int guard_change(struct dentry *dentry, struct self_config *cfg)
+{
+	if (under_pin_dir(dentry, cfg)) {
+		report(ATTACK_PIN_CHANGE, 0, 0, BPF_CORE_READ(dentry, d_name.name));
+		return -EPERM;
+	}
+	if (under_protected_inode(dentry)) {
+		report(ATTACK_PROTECTED_WRITE, 0, 0, BPF_CORE_READ(dentry, d_name.name));
+		return -EPERM;
+	}
+	return 0;
+}
+
+#define GUARD_PROLOGUE(ret)                                   \
+	struct self_config *cfg;                              \
+	if (ret)                                              \
+		return ret;                                   \
+	cfg = self_cfg();                                       \
+	if (!cfg || !cfg->unit_cgroup[0] || current_is_trusted(cfg)) \
+		return 0;
+
+SEC("lsm/task_kill")
+int BPF_PROG(self_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig,
+	     const struct cred *cred, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	if (sig == 0 || !task_is_warden(p, cfg))
+		return 0;
+	report(ATTACK_SIGNAL, BPF_CORE_READ(p, tgid), sig, 0);
+	return -EPERM;
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(self_ptrace, struct task_struct *child, unsigned int mode, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	if (!task_is_warden(child, cfg))
+		return 0;
+	report(ATTACK_PTRACE, BPF_CORE_READ(child, tgid), (__s32)mode, 0);
+	return -EPERM;
+}
+
+SEC("lsm/bpf")
+int BPF_PROG(self_bpf, int cmd, union bpf_attr *attr, unsigned int size, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	/* LSM (tracing) links cannot be detached or updated in place on 6.1 anyway; refuse the
+	 * attempt outright so that a later kernel adding that ability does not open a hole. */
+	if (cmd != BPF_LINK_DETACH && cmd != BPF_LINK_UPDATE)
+		return 0;
+	report(ATTACK_BPF_CMD, 0, cmd, 0);
+	return -EPERM;
+}
+
+SEC("lsm/bpf_map")
+int BPF_PROG(self_bpf_map, struct bpf_map *map, fmode_t fmode, int ret)
+{
+	__u32 id;
+
+	GUARD_PROLOGUE(ret);
+	if (!(fmode & FMODE_WRITE))
+		return 0;
+	id = BPF_CORE_READ(map, id);
+	if (!bpf_map_lookup_elem(&self_map_ids, &id))
+		return 0;
+	report(ATTACK_MAP_WRITE, 0, (__s32)id, (const unsigned char *)map->name);
+	return -EPERM;
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(self_file_open, struct file *file, int ret)
+{
+	struct dentry *dentry;
+
+	GUARD_PROLOGUE(ret);
+	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
+		return 0;
+	dentry = BPF_CORE_READ(file, f_path.dentry);
+	if (in_warden_cgroup_dir(dentry, cfg)) {
+		report(ATTACK_CGROUP_JOIN, 0, 0, BPF_CORE_READ(dentry, d_name.name));
+		return -EPERM;
+	}
+	return guard_change(dentry, cfg);
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(self_path_unlink, const struct path *dir, struct dentry *dentry, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(dentry, cfg);
+}
+
+SEC("lsm/path_rmdir")
+int BPF_PROG(self_path_rmdir, const struct path *dir, struct dentry *dentry, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(dentry, cfg);
+}
+
+SEC("lsm/path_mkdir")
+int BPF_PROG(self_path_mkdir, const struct path *dir, struct dentry *dentry, umode_t mode, int ret)
+{
+	struct dentry *parent;
+
+	GUARD_PROLOGUE(ret);
+	parent = BPF_CORE_READ(dir, dentry);
+	/* Nobody but PID 1 may create the unit cgroup: it is warden's identity. */
+	if (BPF_CORE_READ(parent, d_sb, s_magic) == CGROUP2_SUPER_MAGIC &&
+	    name_is((const char *)BPF_CORE_READ(dentry, d_name.name), cfg->unit_cgroup)) {
+		report(ATTACK_CGROUP_JOIN, 0, 0, BPF_CORE_READ(dentry, d_name.name));
+		return -EPERM;
+	}
+	return guard_change(parent, cfg);
+}
+
+SEC("lsm/path_mknod")
+int BPF_PROG(self_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode,
+	     unsigned int dev, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(BPF_CORE_READ(dir, dentry), cfg);
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(self_path_symlink, const struct path *dir, struct dentry *dentry, const char *old_name,
+	     int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(BPF_CORE_READ(dir, dentry), cfg);
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(self_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, int ret)
+{
+	int denied;
+
+	GUARD_PROLOGUE(ret);
+	denied = guard_change(old_dentry, cfg);
+	if (denied)
+		return denied;
+	return guard_change(BPF_CORE_READ(new_dir, dentry), cfg);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(self_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	int denied;
+
+	GUARD_PROLOGUE(ret);
+	denied = guard_change(old_dentry, cfg);
+	if (denied)
+		return denied;
+	return guard_change(BPF_CORE_READ(new_dir, dentry), cfg);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(self_path_truncate, const struct path *path, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(BPF_CORE_READ(path, dentry), cfg);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(self_path_chmod, const struct path *path, umode_t mode, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(BPF_CORE_READ(path, dentry), cfg);
+}
+
+/* Reaching pins at all (BPF_OBJ_GET, listing, traversal) needs permission on the pin directory,
+ * whose bpffs inode the loader lists in self_inodes: cheaper than parsing bpf() path arguments,
+ * and immune to bind mounts of bpffs. The magic check comes first: this hook is hot. */
+SEC("lsm/inode_permission")
+int BPF_PROG(self_inode_permission, struct inode *inode, int mask, int ret)
+{
+	struct inode_key key = {};
+	struct self_config *cfg;
+
+	if (ret)
+		return ret;
+	if (BPF_CORE_READ(inode, i_sb, s_magic) != BPF_FS_MAGIC)
+		return 0;
+	key.ino = BPF_CORE_READ(inode, i_ino);
+	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	if (!bpf_map_lookup_elem(&self_inodes, &key))
+		return 0;
+	cfg = self_cfg();
+	if (!cfg || !cfg->unit_cgroup[0] || current_is_trusted(cfg))
+		return 0;
+	report(ATTACK_PIN_CHANGE, 0, mask, 0);
+	return -EPERM;
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(self_sb_umount, struct vfsmount *mnt, int flags, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	if (BPF_CORE_READ(mnt, mnt_sb, s_magic) != BPF_FS_MAGIC)
+		return 0;
+	report(ATTACK_BPFFS_MOUNT, 0, flags, 0);
+	return -EPERM;
+}
+
+/* Mounting over bpffs or a protected directory would hide pins or swap configuration. */
+static __always_inline int guard_mount_target(struct dentry *target, struct self_config *cfg)
+{
+	if (BPF_CORE_READ(target, d_sb, s_magic) == BPF_FS_MAGIC) {
+		report(ATTACK_BPFFS_MOUNT, 0, 0, BPF_CORE_READ(target, d_name.name));
+		return -EPERM;
+	}
+	if (under_protected_inode(target)) {
+		report(ATTACK_PROTECTED_WRITE, 0, 0, BPF_CORE_READ(target, d_name.name));
+		return -EPERM;
+	}
+	return 0;
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(self_sb_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags, void *data, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_mount_target(BPF_CORE_READ(path, dentry), cfg);
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(self_move_mount, const struct path *from_path, const struct path *to_path, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_mount_target(BPF_CORE_READ(to_path, dentry), cfg);
+}
+
+char LICENSE[] SEC("license") = "GPL";
