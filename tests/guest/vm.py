@@ -103,6 +103,9 @@ GUEST_FSTAB = "# coco-warden test bed: the root is an overlay set up by the init
 # Debian's tmpfiles.d/tmp.conf empties /tmp at boot ("D /tmp"), which in the guest would hide a
 # checkout that lives under the host's /tmp (CI may clone there). Keep /tmp as the host has it.
 GUEST_TMPFILES_TMP = "d /tmp 1777 root root -\n"
+# `make bench` installs AppArmor's tools on the host, which enables apparmor.service; in the guest
+# it would compile Debian's profiles at every boot. The benchmark loads its own profile instead.
+GUEST_NO_APPARMOR_AT_BOOT = "[Unit]\nConditionPathExists=/etc/warden-testbed/load-apparmor-profiles\n"
 
 
 class GuestError(Exception):
@@ -384,6 +387,7 @@ class GuestVM:
         files = {
             "/etc/fstab": GUEST_FSTAB,
             "/etc/tmpfiles.d/tmp.conf": GUEST_TMPFILES_TMP,
+            "/etc/systemd/system/apparmor.service.d/warden-testbed.conf": GUEST_NO_APPARMOR_AT_BOOT,
             "/etc/systemd/system/warden-testbed.target": TESTBED_TARGET,
             "/etc/systemd/system/warden-testbed-agent.service": AGENT_UNIT,
             **self.options.files,
