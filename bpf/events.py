@@ -1,0 +1,196 @@
+"""Decode warden's BPF events (struct warden_event) into KubeArmor alert fields.
+
+The ring buffer is pinned at /sys/fs/bpf/warden/events, so events produced while no reader is alive
+wait for the next one (up to the buffer size); losses are counted in warden_drops. The kernel only knows
+ids: the scope id and the alert id. `EventContext` (built from the engine manifest) maps them to the
+container and the policy metadata, so an `Alert` carries the fields KubeArmor users know (KubeArmor
+protobuf `Alert`: PolicyName, Severity, Tags, Message, Type, Source, Operation, Resource, Data, Enforcer,
+Action, Result ...).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from bpf.maps import (
+    ACTION_NAMES,
+    CAPABILITY_NUMBERS,
+    CATEGORY_NAMES,
+    SCOPE_ANY_CONTAINER,
+    SCOPE_HOST,
+    AlertInfo,
+)
+
+EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHH4x16s256s256s4x")  # struct warden_event (608)
+EV_DEFAULT_POSTURE: Final = 1
+EV_TRUNCATED: Final = 2
+
+HOOK_NAMES: Final = {
+    352: "SECURITY_BPRM_CHECK", 450: "FILE_OPEN", 452: "FILE_MKNOD", 453: "FILE_UNLINK", 454: "FILE_MKDIR",
+    455: "FILE_RMDIR", 456: "FILE_SYMLINK", 457: "FILE_LINK", 459: "FILE_CHMOD", 460: "FILE_TRUNCATE",
+    461: "SOCKET_CREATE", 464: "CAPABLE", 466: "FILE_CHOWN", 8458: "FILE_RENAME",
+}
+_CAP_NAMES: Final = {number: f"CAP_{name.upper()}" for name, number in CAPABILITY_NUMBERS.items()}
+_FAMILIES: Final = {2: "AF_INET", 10: "AF_INET6", 17: "AF_PACKET"}
+_TYPES: Final = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
+                 6: "SOCK_DCCP", 10: "SOCK_PACKET"}
+
+
+class EventDecodeError(ValueError):
+    """Bytes that are not a warden event."""
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    ts_boot_ns: int
+    pid: int
+    tgid: int
+    ppid: int
+    uid: int
+    scope: int
+    mnt_ns: int
+    pid_ns: int
+    alert: int
+    retval: int
+    hook: int
+    category: int
+    action: int
+    flags: int
+    args: tuple[int, int, int, int]
+    comm: str
+    path: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ScopeInfo:
+    name: str  # "host", "any-container" or the container name
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What user space knows that the kernel does not: scope and alert ids -> names and metadata."""
+
+    scopes: Mapping[int, ScopeInfo]
+    alerts: Mapping[int, AlertInfo]
+    hostname: str = field(default_factory=socket.gethostname)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """KubeArmor alert fields (kubearmor.proto `Alert`) plus warden's scope id."""
+
+    Timestamp: int
+    UpdatedTime: str
+    HostName: str
+    NamespaceName: str
+    ContainerName: str
+    Labels: str
+    HostPPID: int
+    HostPID: int
+    PPID: int
+    PID: int
+    UID: int
+    ProcessName: str
+    PolicyName: str
+    Severity: str
+    Tags: str
+    ATags: tuple[str, ...]
+    Message: str
+    Type: str
+    Source: str
+    Operation: str
+    Resource: str
+    Data: str
+    Enforcer: str
+    Action: str
+    Result: str
+    Scope: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ATags"] = list(self.ATags)
+        return data
+
+
+def _text(raw: bytes, length: int) -> str:
+    return raw[: min(length, len(raw))].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def parse_event(raw: bytes) -> RawEvent:
+    if len(raw) < EVENT.size:
+        raise EventDecodeError(f"event of {len(raw)} bytes; a warden event has {EVENT.size}")
+    f = EVENT.unpack_from(raw)
+    (ts, pid, tgid, ppid, uid, scope, mnt_ns, pid_ns, alert, retval, hook, category, action, flags,
+     a0, a1, a2, a3, path_len, source_len, comm, path, source) = f
+    return RawEvent(ts, pid, tgid, ppid, uid, scope, mnt_ns, pid_ns, alert, retval, hook, category, action,
+                    flags, (a0, a1, a2, a3), comm.split(b"\0", 1)[0].decode(errors="replace"),
+                    _text(path, path_len), _text(source, source_len))
+
+
+def _resource(ev: RawEvent) -> str:
+    if ev.category == 3:  # network: KubeArmor's socket resource form
+        family, sock_type, protocol = ev.args[0], ev.args[1] & 0xF, ev.args[2]
+        return (f"domain={_FAMILIES.get(family, str(family))} type={_TYPES.get(sock_type, str(sock_type))} "
+                f"protocol={protocol}")
+    if ev.category == 4:
+        return _CAP_NAMES.get(ev.args[0], f"CAP_{ev.args[0]}")
+    return ev.path
+
+
+def boot_to_unix_ns(ts_boot_ns: int) -> int:
+    """CLOCK_BOOTTIME (what bpf_ktime_get_boot_ns gives) to wall-clock nanoseconds, now."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME) + ts_boot_ns
+
+
+def decode_event(raw: bytes, context: EventContext) -> Alert:
+    """One ring-buffer record -> a KubeArmor-style Alert."""
+    ev = parse_event(raw)
+    scope = context.scopes.get(ev.scope)
+    if scope is None:
+        scope = ScopeInfo({SCOPE_HOST: "host", SCOPE_ANY_CONTAINER: "any-container"}.get(ev.scope,
+                                                                                        f"scope-{ev.scope}"))
+    host = ev.scope == SCOPE_HOST
+    if ev.flags & EV_DEFAULT_POSTURE:
+        info = AlertInfo("DefaultPosture", None, (), None)
+    else:
+        info = context.alerts.get(ev.alert, AlertInfo(f"unknown-alert-{ev.alert}", None, (), None))
+    ts_ns = boot_to_unix_ns(ev.ts_boot_ns)
+    data = f"lsm={HOOK_NAMES.get(ev.hook, str(ev.hook))}"
+    if ev.flags & EV_TRUNCATED:
+        data += " truncated=true"
+    return Alert(
+        Timestamp=ts_ns // 1_000_000_000,
+        UpdatedTime=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ns / 1e9))
+        + f".{ts_ns % 1_000_000_000 // 1000:06d}Z",
+        HostName=context.hostname,
+        NamespaceName="" if host else "container_namespace",
+        ContainerName="" if host else scope.name,
+        Labels=",".join(f"{k}={v}" for k, v in sorted(scope.labels.items())),
+        HostPPID=ev.ppid,
+        HostPID=ev.tgid,
+        PPID=ev.ppid,
+        PID=ev.tgid,
+        UID=ev.uid,
+        ProcessName=ev.source or ev.comm,
+        PolicyName=info.policy,
+        Severity="" if info.severity is None else str(info.severity),
+        Tags=",".join(info.tags),
+        ATags=info.tags,
+        Message=info.message or "",
+        Type="MatchedHostPolicy" if host else "MatchedPolicy",
+        Source=ev.source or ev.comm,
+        Operation=CATEGORY_NAMES.get(ev.category, str(ev.category)),
+        Resource=_resource(ev),
+        Data=data,
+        Enforcer="BPFLSM",
+        Action=ACTION_NAMES.get(ev.action, str(ev.action)),
+        Result="Permission denied" if ev.retval < 0 else "Passed",
+        Scope=ev.scope,
+    )

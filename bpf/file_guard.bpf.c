@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * file_guard: KubeArmor `file` rules. file_open decides reads and writes by f_mode; the path_*
+ * hooks catch the changes that never open the file (unlink, rename (both ends), link (both ends),
+ * symlink, mkdir, rmdir, mknod, truncate, chmod, chown), so readOnly on /bin keeps /bin intact.
+ * Every program returns an earlier LSM's refusal unchanged.
+ */
+#include "warden.h"
+
+#define FILE_RULES(hook, d, mnt, write, inode) enforce_path(hook, WARDEN_CAT_FILE, d, mnt, write, inode)
+
+SEC("lsm/file_open")
+int BPF_PROG(warden_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_FILE_OPEN, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt),
+			  (BPF_CORE_READ(file, f_mode) & FMODE_WRITE) ? 1 : 0, BPF_CORE_READ(file, f_inode));
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(warden_path_unlink, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_UNLINK, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+}
+
+SEC("lsm/path_mkdir")
+int BPF_PROG(warden_path_mkdir, const struct path *dir, struct dentry *dentry, umode_t mode, int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_MKDIR, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+}
+
+SEC("lsm/path_rmdir")
+int BPF_PROG(warden_path_rmdir, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_RMDIR, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+}
+
+SEC("lsm/path_mknod")
+int BPF_PROG(warden_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev,
+	     int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_MKNOD, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(warden_path_symlink, const struct path *dir, struct dentry *dentry, const char *old_name, int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_SYMLINK, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(warden_path_link, struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry,
+	     int ret)
+{
+	struct vfsmount *mnt = BPF_CORE_READ(new_dir, mnt); /* links never cross mounts */
+
+	if (ret)
+		return ret;
+	ret = FILE_RULES(WARDEN_HOOK_PATH_LINK, old_dentry, mnt, 1, 0);
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_LINK, new_dentry, mnt, 1, 0);
+}
+
+/* 6.1 passes the RENAME_* flags as a fifth argument (checked against the guest's BTF). */
+SEC("lsm/path_rename")
+int BPF_PROG(warden_path_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	if (ret)
+		return ret;
+	ret = FILE_RULES(WARDEN_HOOK_PATH_RENAME, old_dentry, BPF_CORE_READ(old_dir, mnt), 1, 0);
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_RENAME, new_dentry, BPF_CORE_READ(new_dir, mnt), 1, 0);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(warden_path_truncate, const struct path *path, int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_TRUNCATE, BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), 1, 0);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(warden_path_chmod, const struct path *path, umode_t mode, int ret)
+{
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_CHMOD, BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), 1, 0);
+}
+
+/* kuid_t/kgid_t are structs passed by value (one 8-byte slot each), which BPF_PROG cannot
+ * unpack: read the context directly. `ret` is the fourth slot. */
+SEC("lsm/path_chown")
+int warden_path_chown(unsigned long long *ctx)
+{
+	const struct path *path = (const struct path *)ctx[0];
+	int ret = (int)ctx[3];
+
+	if (ret)
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_PATH_CHOWN, BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), 1, 0);
+}

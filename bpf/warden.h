@@ -1,0 +1,675 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * warden.h: what every warden BPF-LSM object shares: the maps (each object declares them; the
+ * engine makes the second and later objects reuse the pinned ones, so there is one set in the
+ * kernel), scope resolution, the path walk, prefix hashing and matching, decisions and events.
+ *
+ * Matching costs O(path depth), independent of the rule count: the path of the object is rebuilt
+ * root to leaf in a per-CPU buffer, then each prefix ("/", "/var/", "/var/lib/", ...) is hashed
+ * incrementally and looked up in one hash map; the walk stops at the first prefix below which no
+ * rule lies. Loops run through bpf_loop so the verifier checks each body once (6.1 has it).
+ */
+#ifndef WARDEN_H
+#define WARDEN_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "warden_types.h"
+
+#define EPERM 1
+#define FMODE_WRITE 0x2
+
+#define WALK_MAX 128   /* dentries and mount crossings followed from the leaf to the root */
+#define BUF_SIZE 512   /* path buffer: any offset < 256 plus any read < 256 stays inside */
+#define MAX_BUILD (WARDEN_MAX_DEPTH + 1) /* a 32-component directory rule sees its children */
+#define ENDS 64
+
+/* Maps (pinned under /sys/fs/bpf/warden/ by the engine). Sizes: see bpf/maps.py. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* memory follows the rule count */
+	__uint(max_entries, 1 << 19);
+	__type(key, struct warden_rule_key);
+	__type(value, struct warden_rule_node);
+} warden_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u64);
+	__type(value, struct warden_source_val);
+} warden_sources SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct warden_scope_cfg);
+} warden_scopes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct warden_ns_key);
+	__type(value, __u32);
+} warden_ctrs SEC(".maps");
+
+/* [0] = inode number of the host mount namespace (set before any link is attached). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} warden_config SEC(".maps");
+
+/* What is loaded, in the kernel itself: object and RuleSet digests by name. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct warden_meta_key);
+	__type(value, struct warden_meta_val);
+} warden_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} warden_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} warden_drops SEC(".maps");
+
+struct pathbuf {
+	char buf[BUF_SIZE];
+	__u16 ends[ENDS]; /* ends[k] = length of prefix k: "/" is 1, "/a/" is 3, ... */
+	__u32 nprefix;    /* valid entries of ends */
+	__u32 ncomp;      /* components written */
+	__u32 complete;   /* the whole path fit: prefix ncomp is the object itself plus "/" */
+	__u32 len;        /* bytes of the path shown in events */
+};
+
+struct scratch {
+	struct pathbuf obj;
+	struct pathbuf src;
+	__u64 dents[WALK_MAX];
+};
+
+/* Per CPU, not pinned: each object has its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} warden_scratch SEC(".maps");
+
+char LICENSE[] SEC("license") = "GPL";
+
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&warden_scratch, &zero);
+}
+
+static __always_inline struct pathbuf *get_pb(struct scratch *s, int which)
+{
+	return which ? &s->src : &s->obj;
+}
+
+static __always_inline __u64 buf_word(struct pathbuf *pb, __u32 i)
+{
+	return *(__u64 *)(pb->buf + ((i << 3) & (BUF_SIZE - 8)));
+}
+
+/* ---- scopes ------------------------------------------------------------------------------- */
+
+static __always_inline __u32 resolve_scope(struct warden_ns_key *nk)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 zero = 0, *id;
+	__u64 *host;
+
+	nk->mnt_ns = BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
+	nk->pid_ns = BPF_CORE_READ(t, nsproxy, pid_ns_for_children, ns.inum);
+	id = bpf_map_lookup_elem(&warden_ctrs, nk);
+	if (id)
+		return *id;
+	host = bpf_map_lookup_elem(&warden_config, &zero);
+	if (host && *host && *host == nk->mnt_ns)
+		return WARDEN_SCOPE_HOST;
+	/* Nobody registered this namespace: the rules for every container, never nothing. */
+	return WARDEN_SCOPE_ANY_CONTAINER;
+}
+
+static __always_inline struct warden_scope_cfg *scope_cfg(__u32 *scope)
+{
+	struct warden_scope_cfg *cfg = bpf_map_lookup_elem(&warden_scopes, scope);
+
+	if (!cfg) {
+		/* A mapped scope always has its configuration written first; fail towards the
+		 * any-container rules rather than towards nothing. */
+		*scope = WARDEN_SCOPE_ANY_CONTAINER;
+		cfg = bpf_map_lookup_elem(&warden_scopes, scope);
+	}
+	return cfg;
+}
+
+/* ---- path walk ------------------------------------------------------------------------------ */
+
+struct walk_ctx {
+	__u64 d, vmnt, mnt, root_d, root_vmnt;
+	__u32 n;
+	__u32 which;
+};
+
+static long walk_cb(__u32 i, void *data)
+{
+	struct walk_ctx *w = data;
+	struct dentry *d = (struct dentry *)w->d;
+	struct vfsmount *vmnt = (struct vfsmount *)w->vmnt;
+	struct mount *mnt = (struct mount *)w->mnt;
+	struct dentry *parent, *mnt_root;
+	struct mount *mnt_parent;
+	struct scratch *s;
+
+	if (!d || (w->d == w->root_d && w->vmnt == w->root_vmnt))
+		return 1;
+	mnt_root = BPF_CORE_READ(vmnt, mnt_root);
+	if (d == mnt_root) {
+		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+		if (!mnt_parent || mnt_parent == mnt)
+			return 1; /* the root of the mount tree */
+		w->d = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = (__u64)mnt_parent;
+		w->vmnt = (__u64)mnt_parent + bpf_core_field_offset(struct mount, mnt);
+		return 0;
+	}
+	parent = BPF_CORE_READ(d, d_parent);
+	if (!parent || parent == d)
+		return 1; /* root of a filesystem that is not mounted (pipes, sockets) */
+	s = get_scratch();
+	if (!s)
+		return 1;
+	s->dents[w->n & (WALK_MAX - 1)] = w->d;
+	w->n++;
+	w->d = (__u64)parent;
+	return 0;
+}
+
+struct build_ctx {
+	__u32 n;
+	__u32 which;
+	__u32 off;
+};
+
+static long build_cb(__u32 i, void *data)
+{
+	struct build_ctx *b = data;
+	struct scratch *s = get_scratch();
+	struct pathbuf *pb;
+	const unsigned char *name;
+	__u64 d;
+	__u32 len, off;
+
+	if (!s || i >= b->n)
+		return 1;
+	pb = get_pb(s, b->which);
+	if (pb->ncomp >= MAX_BUILD) {
+		pb->complete = 0;
+		return 1;
+	}
+	d = s->dents[(b->n - 1 - i) & (WALK_MAX - 1)];
+	len = BPF_CORE_READ((struct dentry *)d, d_name.len);
+	name = BPF_CORE_READ((struct dentry *)d, d_name.name);
+	off = b->off;
+	if (off + len + 1 > WARDEN_PATH_MAX || len == 0) {
+		pb->complete = 0; /* rules are at most 255 bytes: only the prefixes so far can match */
+		return 1;
+	}
+	bpf_probe_read_kernel(pb->buf + (off & (WARDEN_PATH_MAX - 1)), len & (WARDEN_PATH_MAX - 1), name);
+	off += len;
+	pb->buf[off & (BUF_SIZE - 1)] = '/';
+	off += 1;
+	pb->ncomp++;
+	pb->ends[pb->ncomp & (ENDS - 1)] = off;
+	pb->nprefix = pb->ncomp + 1;
+	b->off = off;
+	return 0;
+}
+
+/* Rebuild the path of (d, vmnt) root to leaf into pathbuf `which`, relative to the task's root. */
+static __always_inline void resolve_path(struct scratch *s, int which, struct dentry *d, struct vfsmount *vmnt)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct pathbuf *pb = get_pb(s, which);
+	struct walk_ctx w = {};
+	struct build_ctx b = {};
+
+	w.d = (__u64)d;
+	w.vmnt = (__u64)vmnt;
+	w.mnt = (__u64)vmnt - bpf_core_field_offset(struct mount, mnt);
+	w.root_d = (__u64)BPF_CORE_READ(t, fs, root.dentry);
+	w.root_vmnt = (__u64)BPF_CORE_READ(t, fs, root.mnt);
+	pb->buf[0] = '/';
+	pb->ends[0] = 1;
+	pb->nprefix = 1;
+	pb->ncomp = 0;
+	pb->complete = 1;
+	bpf_loop(WALK_MAX, walk_cb, &w, 0);
+	if (w.n >= WALK_MAX)
+		pb->complete = 0; /* deeper than we follow: the root side is unknown */
+	if (pb->complete) {
+		b.n = w.n;
+		b.which = which;
+		b.off = 1;
+		bpf_loop(WALK_MAX, build_cb, &b, 0);
+	}
+	/* The path shown in events: "/a/b" (no trailing slash) or "/" */
+	if (pb->ncomp && pb->complete)
+		pb->len = pb->ends[pb->ncomp & (ENDS - 1)] - 1;
+	else
+		pb->len = pb->ends[(pb->nprefix - 1) & (ENDS - 1)];
+}
+
+/* ---- hashing and matching ------------------------------------------------------------------- */
+
+/* Hash of pb->buf[0..len) given the state `h` after `done` full words; advances h/done. */
+static __always_inline __u64 prefix_hash(struct pathbuf *pb, __u64 *h, __u32 *done, __u32 len)
+{
+	__u32 nw = len >> 3;
+	__u64 ph;
+	int j;
+
+	for (j = 0; j < WARDEN_PATH_MAX / 8; j++) {
+		if (*done >= nw)
+			break;
+		*h = warden_mix(*h, buf_word(pb, *done));
+		*done += 1;
+	}
+	ph = *h;
+	if (len & 7)
+		ph = warden_mix(ph, buf_word(pb, nw) & warden_tail_mask(len & 7));
+	return warden_mix(ph, len);
+}
+
+/* `stored` (WARDEN_PATH_MAX bytes in a map value) holds `stored_len` bytes equal to pb->buf[0..len)? */
+static __always_inline int same_string(const char *stored, __u32 stored_len, struct pathbuf *pb, __u32 len)
+{
+	__u32 nw = len >> 3;
+	__u64 a;
+	int j;
+
+	if (stored_len != len || len > WARDEN_PATH_MAX - 1)
+		return 0;
+	for (j = 0; j < WARDEN_PATH_MAX / 8; j++) {
+		if (j >= nw)
+			break;
+		if (*(__u64 *)(stored + j * 8) != buf_word(pb, j))
+			return 0;
+	}
+	if (len & 7) {
+		a = *(__u64 *)(stored + ((nw << 3) & (WARDEN_PATH_MAX - 8)));
+		if ((a ^ buf_word(pb, nw)) & warden_tail_mask(len & 7))
+			return 0;
+	}
+	return 1;
+}
+
+struct match_ctx {
+	__u64 source;
+	__u64 h;
+	__u32 done;
+	__u32 scope;
+	__u32 which;
+	__u32 category;
+	__s32 last_below; /* deepest prefix found, verified, with rules below it; -1 none */
+	struct warden_rule_slot best;
+};
+
+static __always_inline void take(struct warden_rule_slot *best, struct warden_rule_slot *slot)
+{
+	if (slot->action)
+		*best = *slot;
+}
+
+static long match_cb(__u32 k, void *data)
+{
+	struct match_ctx *m = data;
+	struct scratch *s = get_scratch();
+	struct warden_rule_key key = {};
+	struct warden_rule_node *node;
+	struct pathbuf *pb;
+	__u32 len;
+
+	if (!s)
+		return 1;
+	pb = get_pb(s, m->which);
+	if (k >= pb->nprefix)
+		return 1;
+	len = pb->ends[k & (ENDS - 1)];
+	key.hash = prefix_hash(pb, &m->h, &m->done, len);
+	key.source = m->source;
+	key.scope = m->scope;
+	key.category = m->category;
+	node = bpf_map_lookup_elem(&warden_rules, &key);
+	if (!node || !same_string(node->path, node->len, pb, len))
+		return 1;
+	/* Deeper prefixes come later and override: the most specific rule wins. A directory rule
+	 * covers its direct children and the directory itself (prefix ncomp = the object + "/"). */
+	take(&m->best, &node->recursive);
+	if (pb->complete && (k + 1 == pb->ncomp || k == pb->ncomp))
+		take(&m->best, &node->dir);
+	if (!node->below)
+		return 1;
+	m->last_below = k;
+	return 0;
+}
+
+/* Find the most specific rule for pathbuf `which` in (scope, category, source). */
+static __always_inline void match_path(struct scratch *s, int which, __u32 scope, __u32 category, __u64 source,
+				       struct warden_rule_slot *best)
+{
+	struct pathbuf *pb = get_pb(s, which);
+	struct match_ctx m = {};
+	struct warden_rule_key key = {};
+	struct warden_rule_node *node;
+	__u32 len, done = 0;
+	__u64 h = WARDEN_HASH_SEED;
+
+	m.source = source;
+	m.h = WARDEN_HASH_SEED;
+	m.scope = scope;
+	m.which = which;
+	m.category = category;
+	m.last_below = -1;
+	bpf_loop(ENDS, match_cb, &m, 0);
+	if (m.best.action)
+		*best = m.best;
+	/* The exact path, once the walk reached its parent directory with rules below it. */
+	if (!pb->complete || !pb->ncomp || m.last_below + 1 < (__s32)pb->ncomp)
+		return;
+	len = pb->ends[pb->ncomp & (ENDS - 1)] - 1;
+	key.hash = prefix_hash(pb, &h, &done, len);
+	key.source = source;
+	key.scope = scope;
+	key.category = category;
+	node = bpf_map_lookup_elem(&warden_rules, &key);
+	if (node && same_string(node->path, node->len, pb, len))
+		take(best, &node->exact);
+}
+
+/* The current task's executable into pathbuf src; 0 when it has none (kernel threads). */
+static __always_inline int resolve_exe(struct scratch *s)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
+
+	if (!exe) {
+		s->src.len = 0;
+		s->src.complete = 0;
+		return 0;
+	}
+	resolve_path(s, 1, BPF_CORE_READ(exe, f_path.dentry), BPF_CORE_READ(exe, f_path.mnt));
+	return 1;
+}
+
+/* The hash of the current task's executable if it is a known fromSource path, else 0. */
+static __always_inline __u64 current_source(struct scratch *s, int *resolved)
+{
+	struct pathbuf *pb = &s->src;
+	struct warden_source_val *val;
+	__u32 len, done = 0;
+	__u64 h = WARDEN_HASH_SEED, hash;
+
+	*resolved = 1;
+	if (!resolve_exe(s) || !pb->complete || !pb->ncomp)
+		return 0;
+	len = pb->len;
+	hash = prefix_hash(pb, &h, &done, len);
+	val = bpf_map_lookup_elem(&warden_sources, &hash);
+	if (!val || !same_string(val->path, val->len, pb, len))
+		return 0; /* not a fromSource program of any rule, or a forged hash collision */
+	return hash;
+}
+
+/* ---- decisions and events ------------------------------------------------------------------- */
+
+struct warden_req {
+	__u32 scope;
+	__u32 category;
+	__u16 hook;
+	__u8 write;
+	__u8 owner;     /* the task's fsuid owns the object */
+	__u32 arg[4];
+	struct warden_ns_key nk;
+	int src_resolved;
+	int has_path;
+};
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *drops = bpf_map_lookup_elem(&warden_drops, &zero);
+
+	if (drops)
+		*drops += 1;
+}
+
+static __always_inline void emit(struct scratch *s, struct warden_req *r, struct warden_rule_slot *slot,
+				 int retval, __u8 flags)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct warden_event *ev;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if (!r->src_resolved)
+		resolve_exe(s);
+	ev = bpf_ringbuf_reserve(&warden_events, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(); /* enforcement already decided; only the alert is lost, and counted */
+		return;
+	}
+	ev->ts_boot_ns = bpf_ktime_get_boot_ns();
+	ev->pid = (__u32)pid_tgid;
+	ev->tgid = pid_tgid >> 32;
+	ev->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->scope = r->scope;
+	ev->mnt_ns = r->nk.mnt_ns;
+	ev->pid_ns = r->nk.pid_ns;
+	ev->alert = slot->alert;
+	ev->retval = retval;
+	ev->hook = r->hook;
+	ev->category = r->category;
+	ev->action = slot->action;
+	ev->flags = flags;
+	ev->arg[0] = r->arg[0];
+	ev->arg[1] = r->arg[1];
+	ev->arg[2] = r->arg[2];
+	ev->arg[3] = r->arg[3];
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	if (r->has_path) {
+		if (!s->obj.complete)
+			ev->flags |= WARDEN_EV_TRUNCATED;
+		ev->path_len = s->obj.len;
+		bpf_probe_read_kernel(ev->path, sizeof(ev->path), s->obj.buf);
+	} else {
+		ev->path_len = 0;
+		ev->path[0] = 0;
+	}
+	ev->source_len = s->src.len;
+	bpf_probe_read_kernel(ev->source, sizeof(ev->source), s->src.buf);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Apply the matched rule (or the default posture): returns 0 or -EPERM, emitting the event. One
+ * emit call site keeps the verifier's work (and the load time) small. */
+static __always_inline int decide(struct scratch *s, struct warden_req *r, struct warden_rule_slot *best,
+				  __u8 posture)
+{
+	struct warden_rule_slot slot = *best;
+	__u8 f = best->flags, flags = 0;
+	int ok = (!(f & WARDEN_RULE_READ_ONLY) || !r->write) && (!(f & WARDEN_RULE_OWNER_ONLY) || r->owner);
+	int retval = 0;
+
+	if (best->action == WARDEN_ACT_ALLOW && ok)
+		return 0;
+	if (best->action == WARDEN_ACT_BLOCK || best->action == WARDEN_ACT_AUDIT) {
+		/* readOnly / ownerOnly narrow what the rule refuses: a read, or the owner, passes */
+		if (f && ok)
+			return 0;
+	} else {
+		/* No rule (or an Allow whose readOnly/ownerOnly the operation breaks): default posture. */
+		if (!posture)
+			return 0;
+		slot.alert = 0;
+		slot.action = posture;
+		slot.flags = 0;
+		flags = WARDEN_EV_DEFAULT_POSTURE;
+	}
+	if (slot.action == WARDEN_ACT_BLOCK)
+		retval = -EPERM;
+	emit(s, r, &slot, retval, flags);
+	return retval;
+}
+
+static __always_inline __u8 is_owner(struct inode *inode)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 fsuid = BPF_CORE_READ(t, cred, fsuid.val);
+
+	return inode && BPF_CORE_READ(inode, i_uid.val) == fsuid;
+}
+
+/* File and process categories: the object is the path (d, vmnt). A global function, so the
+ * verifier checks it once per program however many times the program calls it. `op` packs the
+ * hook id (bits 0-15), the category (16-23) and whether the operation writes (bit 24). */
+__attribute__((noinline)) int enforce_path_op(__u64 op, __u64 dentry, __u64 vfsmnt, __u64 inode_ptr)
+{
+	__u16 hook = op & 0xffff;
+	__u32 category = (op >> 16) & 0xff;
+	int write = (op >> 24) & 1;
+	struct dentry *d = (struct dentry *)dentry;
+	struct vfsmount *vmnt = (struct vfsmount *)vfsmnt;
+	struct inode *inode = (struct inode *)inode_ptr;
+	struct warden_rule_slot best = {};
+	struct warden_scope_cfg *cfg;
+	struct warden_req r = {};
+	struct scratch *s;
+	__u8 rules, posture;
+	__u64 source = 0;
+
+	r.scope = resolve_scope(&r.nk);
+	cfg = scope_cfg(&r.scope);
+	if (!cfg)
+		return 0;
+	rules = cfg->rules[category & 7];
+	posture = cfg->posture[category & 7];
+	if (!rules && !posture)
+		return 0; /* the common case for an unrestricted scope: two lookups and out */
+	s = get_scratch();
+	if (!s)
+		return 0;
+	r.category = category;
+	r.hook = hook;
+	r.write = write;
+	r.arg[0] = write;
+	r.has_path = 1;
+	s->src.len = 0;
+	resolve_path(s, 0, d, vmnt);
+	if (rules & WARDEN_SCOPE_SOURCED)
+		source = current_source(s, &r.src_resolved);
+	if (source)
+		match_path(s, 0, r.scope, category, source, &best);
+	if (!best.action && (rules & WARDEN_SCOPE_RULES))
+		match_path(s, 0, r.scope, category, 0, &best);
+	if (best.flags & WARDEN_RULE_OWNER_ONLY) {
+		if (!inode)
+			inode = BPF_CORE_READ(d, d_inode);
+		if (!inode) /* a name being created: its directory's owner */
+			inode = BPF_CORE_READ(d, d_parent, d_inode);
+		r.owner = is_owner(inode);
+	}
+	return decide(s, &r, &best, posture);
+}
+
+/* A typed kernel pointer as a plain number: global functions take scalars only. */
+static __always_inline __u64 scalar_of(const void *p)
+{
+	__u64 v = 0;
+
+	bpf_probe_read_kernel(&v, sizeof(v), &p);
+	return v;
+}
+
+static __always_inline int enforce_path(__u16 hook, __u32 category, struct dentry *d, struct vfsmount *vmnt,
+					int write, struct inode *inode)
+{
+	__u64 op = hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
+
+	return enforce_path_op(op, scalar_of(d), scalar_of(vmnt), scalar_of(inode));
+}
+
+/* Network and capability categories: up to `n` codes, the strongest matching rule wins. */
+static __always_inline void match_codes(__u32 scope, __u32 category, __u64 source, __u64 *codes, int n,
+					struct warden_rule_slot *best)
+{
+	struct warden_rule_key key = {};
+	struct warden_rule_node *node;
+	int i;
+
+	key.scope = scope;
+	key.category = category;
+	key.source = source;
+	for (i = 0; i < 4; i++) {
+		if (i >= n)
+			break;
+		key.hash = codes[i];
+		node = bpf_map_lookup_elem(&warden_rules, &key);
+		if (node && node->exact.action > best->action)
+			*best = node->exact;
+	}
+}
+
+static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *codes, int n, __u32 *args)
+{
+	struct warden_rule_slot best = {};
+	struct warden_scope_cfg *cfg;
+	struct warden_req r = {};
+	struct scratch *s;
+	__u8 rules, posture;
+	__u64 source = 0;
+
+	r.scope = resolve_scope(&r.nk);
+	cfg = scope_cfg(&r.scope);
+	if (!cfg)
+		return 0;
+	rules = cfg->rules[category & 7];
+	posture = cfg->posture[category & 7];
+	if (!rules && !posture)
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	r.category = category;
+	r.hook = hook;
+	r.arg[0] = args[0];
+	r.arg[1] = args[1];
+	r.arg[2] = args[2];
+	r.arg[3] = args[3];
+	s->src.len = 0;
+	if (rules & WARDEN_SCOPE_SOURCED)
+		source = current_source(s, &r.src_resolved);
+	if (source)
+		match_codes(r.scope, category, source, codes, n, &best);
+	if (!best.action && (rules & WARDEN_SCOPE_RULES))
+		match_codes(r.scope, category, 0, codes, n, &best);
+	return decide(s, &r, &best, posture);
+}
+
+#endif /* WARDEN_H */
