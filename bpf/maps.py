@@ -229,11 +229,11 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
         tables.alerts[alert_id(c.alert)] = _info(c.alert)
 
     seen: dict[bytes, bytes] = {}
-    for (category, src, path), n in nodes.items():
-        key = RULE_KEY.pack(path_hash(path), src, scope, category)
-        if key in seen and seen[key] != path:
-            raise EncodingError(f"paths {seen[key]!r} and {path!r} have the same hash; rename one")
-        seen[key] = path
+    for (category, src, raw_path), n in nodes.items():
+        key = RULE_KEY.pack(path_hash(raw_path), src, scope, category)
+        if key in seen and seen[key] != raw_path:
+            raise EncodingError(f"paths {seen[key]!r} and {raw_path!r} have the same hash; rename one")
+        seen[key] = raw_path
         tables.nodes[key] = n.encode()
     for (category, src, code), slot in coded.items():
         tables.nodes[RULE_KEY.pack(code, src, scope, category)] = _Node(b"", exact=slot).encode()
