@@ -31,8 +31,8 @@ from typing import Any, Final
 
 from bpf import maps
 from bpf.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, compile
-from bpf.events import EventContext, ScopeInfo
-from bpf.loader import BpfError, BpfObject, Libbpf, Link, MapHandle
+from bpf.events import Alert, EventContext, ScopeInfo, decode_event
+from bpf.loader import BpfError, BpfObject, Libbpf, Link, MapHandle, RingBuffer
 from bpf.objects import ObjectNotFound, object_digest, object_path
 from bpf.policy import Policy, PolicyError
 from bpf.ruleset import RuleSet
@@ -700,6 +700,21 @@ class Engine:
         manifest = self._read_manifest() or _Manifest()
         return EventContext(scopes={sc.id: ScopeInfo(sc.name, sc.labels) for sc in manifest.scopes.values()},
                             alerts=dict(manifest.alerts))
+
+    def read_alerts(self, timeout_ms: int = 200) -> list[Alert]:
+        """Consume the pinned ring buffer until it stays empty for `timeout_ms`; decode each event.
+        (The agent owns the long-running reader; this is for tools and tests.)"""
+        handle = MapHandle.open_pinned(self.lib, self._map_pin(EVENTS_MAP))
+        context = self.event_context()
+        alerts: list[Alert] = []
+        ring = RingBuffer(self.lib, handle.fd, lambda raw: alerts.append(decode_event(raw, context)))
+        try:
+            while ring.poll(timeout_ms) > 0:
+                pass
+        finally:
+            ring.free()
+            handle.close()
+        return alerts
 
     # -- teardown ------------------------------------------------------------------------------
 
