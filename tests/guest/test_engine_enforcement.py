@@ -29,7 +29,7 @@ WARDEN = f"{REPO_ROOT}/.venv/bin/warden"
 MYSQL_FILE = "/var/lib/mysql/any-file"
 
 LOADER = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     from pathlib import Path
     from bpf.engine import Engine
     from bpf.policy import load_policy_paths
@@ -40,7 +40,7 @@ LOADER = textwrap.dedent("""
     report = engine.load_or_adopt(policies)
     digests = {c["name"]: engine.register_container(c["name"], c["labels"], c["pid_ns"], c["mnt_ns"])
                for c in containers}
-    result = {"mode": report.mode, "link_ids": report.link_ids, "digests": digests,
+    result = {"pid": os.getpid(), "mode": report.mode, "link_ids": report.link_ids, "digests": digests,
               "health": engine.health(), "added": report.added, "removed": report.removed,
               "timings": report.timings_s}
     Path(sys.argv[2]).write_text(json.dumps(result))
@@ -96,12 +96,13 @@ def start_loader(guest: GuestVM, containers: list[Container], ready: str, env: s
     guest.run(f"rm -f {ready}", check=True)
     started = guest.run(f"cd {REPO_ROOT} && {env} setsid nohup {PY} {script} '{spec}' {ready} {SEED} "
                         f"> {ready}.log 2>&1 & echo $!", check=True)
-    pid = int(started.stdout.split()[-1])
+    assert started.stdout.strip()
     deadline = time.monotonic() + 240
     while guest.run(f"test -s {ready}").returncode != 0:
-        assert guest.run(f"kill -0 {pid}").returncode == 0, guest.run(f"cat {ready}.log").stdout
-        assert time.monotonic() < deadline, "loader did not finish loading"
+        assert time.monotonic() < deadline, guest.run(f"cat {ready}.log").stdout
         time.sleep(0.5)
+    pid = int(read_result(guest, ready)["pid"])
+    assert guest.run(f"kill -0 {pid}").returncode == 0, "the loader must still be running"
     return pid
 
 
@@ -178,7 +179,8 @@ FIM_CHANGES = {
     "rename": "mv {d}/victim {d}/renamed",
     "chmod": "chmod 700 {d}/victim",
     "mkdir": "mkdir {d}/new-dir",
-    "truncate": "truncate -s 0 {d}/victim",
+    "truncate": "truncate -s 0 {d}/victim",  # refused at file_open (opened for writing)
+    "truncate-path": PY + " -c \"import os; os.truncate('{d}/victim', 0)\"",  # path_truncate, no open
     "link": "ln {d}/victim /tmp/hard-link",
 }
 
