@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -237,8 +238,21 @@ class Engine:
     def _map_pin(self, name: str) -> Path:
         return self.pin_dir / "events" if name == EVENTS_MAP else self.pin_dir / "maps" / name
 
-    def _link_dir(self, name: str, digest: str) -> Path:
-        return self.pin_dir / "links" / f"{name}-{digest.removeprefix('sha256:')[:12]}"
+    def _new_link_dir(self, name: str, digest: str) -> Path:
+        # A new directory per attach, never reused: make-before-break needs the old pins to stay
+        # until the new links are pinned, even when the same object is attached again.
+        return self.pin_dir / "links" / f"{name}-{digest.removeprefix('sha256:')[:12]}-{time.time_ns()}"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (supervisor, CLI, image builder): map syncs must not interleave."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     # -- manifest ------------------------------------------------------------------------------
 
@@ -377,9 +391,9 @@ class Engine:
     def _pinned_links_match(self, name: str, digest: str, recorded: Mapping[str, Any] | None) -> bool:
         """Whether every program of object `name` (this digest) has a pinned link running the program
         whose tag was recorded when it was loaded."""
-        if recorded is None or recorded.get("digest") != digest:
+        if recorded is None or recorded.get("digest") != digest or "dir" not in recorded:
             return False
-        link_dir = self._link_dir(name, digest)
+        link_dir = Path(recorded["dir"])
         programs: Mapping[str, Any] = recorded.get("programs", {})
         if not programs:
             return False
@@ -411,11 +425,8 @@ class Engine:
         return obj
 
     def _attach_and_pin(self, name: str, digest: str, obj: BpfObject) -> dict[str, Any]:
-        link_dir = self._link_dir(name, digest)
-        if link_dir.exists():  # a half-done earlier attempt: its links are replaced below
-            for stale in link_dir.iterdir():
-                stale.unlink()
-        link_dir.mkdir(parents=True, exist_ok=True)
+        link_dir = self._new_link_dir(name, digest)
+        link_dir.mkdir(parents=True)
         programs: dict[str, Any] = {}
         for prog in obj.programs():
             try:
@@ -436,8 +447,8 @@ class Engine:
         links_root = self.pin_dir / "links"
         if not links_root.is_dir():
             return removed
-        for d in sorted(links_root.glob(f"{name}-*")):
-            if d == keep:
+        for d in sorted(links_root.iterdir()):
+            if d == keep or d.name.split("-", 1)[0] != name:
                 continue
             for pin in sorted(d.iterdir()):
                 pin.unlink()
@@ -448,6 +459,10 @@ class Engine:
     def load_or_adopt(self, policies: Sequence[Policy], postures: Postures = DEFAULT_POSTURES) -> EngineReport:
         """Enforce `policies`: adopt the pinned programs when they are the shipped ones, else load (or
         upgrade make-before-break); sync every scope's rules (host, any-container, registered containers)."""
+        with self._locked():
+            return self._load_or_adopt(policies, postures)
+
+    def _load_or_adopt(self, policies: Sequence[Policy], postures: Postures = DEFAULT_POSTURES) -> EngineReport:
         timings: dict[str, float] = {}
         start = time.monotonic()
         self._policies = tuple(policies)
@@ -519,7 +534,7 @@ class Engine:
                 manifest.objects[name] = self._attach_and_pin(name, digests[name], loaded_objs[name])
             # make-before-break: only now drop links of other (older) object versions
             for name in to_load:
-                self._unpin_other_link_dirs(name, self._link_dir(name, digests[name]))
+                self._unpin_other_link_dirs(name, Path(manifest.objects[name]["dir"]))
             timings["attach"] = time.monotonic() - t0
             self._write_meta(handles, manifest)
             self._write_manifest(manifest)
@@ -555,6 +570,10 @@ class Engine:
     def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str:
         """Compile and write the container's scope, then map its namespaces to it (never half-configured).
         Uses the policies of the last load_or_adopt in this process. Returns the scope's RuleSet digest."""
+        with self._locked():
+            return self._register_container(name, labels, pid_ns, mnt_ns)
+
+    def _register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str:
         manifest = self._require_manifest()
         if not self._have_policies:
             raise EngineStateError("register_container: call load_or_adopt(policies) on this Engine first "
@@ -580,6 +599,10 @@ class Engine:
         return sc.ruleset_digest
 
     def unregister_container(self, pid_ns: int, mnt_ns: int) -> None:
+        with self._locked():
+            self._unregister_container(pid_ns, mnt_ns)
+
+    def _unregister_container(self, pid_ns: int, mnt_ns: int) -> None:
         manifest = self._require_manifest()
         sc = next((s for s in manifest.scopes.values() if s.kind == "container"
                    and (s.pid_ns, s.mnt_ns) == (pid_ns, mnt_ns)), None)
@@ -615,7 +638,7 @@ class Engine:
         if not links_root.is_dir():
             return out
         for d in sorted(links_root.iterdir()):
-            obj_name = d.name.rsplit("-", 1)[0]
+            obj_name = d.name.split("-", 1)[0]
             recorded = (manifest.objects.get(obj_name, {}) if manifest else {}).get("programs", {})
             for pin in sorted(d.iterdir()):
                 hook = recorded.get(pin.name, {}).get("hook", "")
@@ -721,6 +744,10 @@ class Engine:
     def teardown(self) -> list[str]:
         """Unpin every link (detaching the programs) and every map; remove the manifest. Returns what
         was removed, for the log."""
+        with self._locked():
+            return self._teardown()
+
+    def _teardown(self) -> list[str]:
         removed: list[str] = []
         links_root = self.pin_dir / "links"
         if links_root.is_dir():

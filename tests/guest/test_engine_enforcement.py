@@ -346,6 +346,34 @@ def test_upgrade_is_make_before_break(guest: GuestVM, first_load: dict[str, Any]
     assert mysql.run(guest, f"cat {MYSQL_FILE}")[0] != 0
 
 
+REGISTRY = textwrap.dedent("""
+    import json, subprocess, sys
+    from pathlib import Path
+    from bpf.engine import Engine
+    from bpf.policy import load_policy_paths
+    pid, pid_ns, mnt_ns = map(int, sys.argv[2:5])
+    cat = ["nsenter", "-t", str(pid), "-m", "-p", "--", "cat", "/var/lib/mysql/any-file"]
+    engine = Engine()
+    mode = engine.load_or_adopt(load_policy_paths([Path(sys.argv[1])])).mode
+    engine.unregister_container(pid_ns, mnt_ns)
+    after_unregister = subprocess.run(cat, capture_output=True).returncode
+    digest = engine.register_container("mysql", {"app": "mysql"}, pid_ns, mnt_ns)
+    after_register = subprocess.run(cat, capture_output=True).returncode
+    print(json.dumps([mode, after_unregister, after_register, digest, engine.health()]))
+""")
+
+
+def test_unregister_and_register_a_container(guest: GuestVM, first_load: dict[str, Any],
+                                             mysql: Container) -> None:
+    script = guest.write_shared("registry.py", REGISTRY)
+    out = guest.run(f"cd {REPO_ROOT} && WARDEN_BPF_DIR=/run/objs2 {PY} {script} {SEED} {mysql.pid} "
+                    f"{mysql.pid_ns} {mysql.mnt_ns}", timeout=300, check=True)
+    mode, after_unregister, after_register, digest, health = json.loads(out.stdout)
+    assert mode == "adopted" and health == []
+    assert after_unregister == 0  # back to the rules for every container: no mysql rule there
+    assert after_register != 0 and digest == first_load["digests"]["mysql"]
+
+
 # -- CLI and teardown ---------------------------------------------------------------------------------
 
 
@@ -358,7 +386,8 @@ def test_engine_cli(guest: GuestVM, first_load: dict[str, Any]) -> None:
                                                       "lsm/capable", "lsm/bprm_check_security"}
     assert status["scopes"]["mysql"]["rule_count"] == 4  # mysql + the three rules for every container
     assert status["maps"]["warden_rules"]["max_entries"] >= 8 * 65_536
-    assert status["event_drops"] == 0
+    # Nobody read the 1 MiB ring buffer while the probes hammered denied writes: the losses are counted.
+    assert status["event_drops"] > 1000
     bad = guest.run(f"{WARDEN} engine apply /nonexistent.yaml --no-gate")
     assert bad.returncode == 1 and "/nonexistent.yaml" in bad.stderr and "Traceback" not in bad.stderr
 
