@@ -421,7 +421,7 @@ class Engine:
             obj.load()
         except BpfError as exc:
             obj.close()
-            raise EngineLoadError(f"{name}: load failed: {_one_line(exc)}") from None
+            raise EngineLoadError(f"{name}: load failed: {_one_line(exc)}{_verifier_reason(exc.libbpf_log)}") from None
         return obj
 
     def _attach_and_pin(self, name: str, digest: str, obj: BpfObject) -> dict[str, Any]:
@@ -769,6 +769,15 @@ class Engine:
             self.manifest_path.unlink()
             removed.append(str(self.manifest_path))
         return removed
+
+
+def _verifier_reason(log: str) -> str:
+    """The verifier's own complaint (the lines before "processed N insns"), if the log has one."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("processed ") and "insns" in line:
+            return " (verifier: " + "; ".join(lines[max(0, i - 2) : i]) + ")"
+    return ""
 
 
 def _possible_cpus() -> int:

@@ -130,12 +130,15 @@ static __always_inline __u64 buf_word(struct pathbuf *pb, __u32 i)
 
 static __always_inline __u32 resolve_scope(struct warden_ns_key *nk)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	/* Direct (BTF, exception-protected) loads instead of probe-read helper calls: this runs on
+	 * every hooked operation. A NULL nsproxy (an exiting task) reads as 0: any-container scope. */
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct nsproxy *nsp = t->nsproxy;
 	__u32 zero = 0, *id;
 	__u64 *host;
 
-	nk->mnt_ns = BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
-	nk->pid_ns = BPF_CORE_READ(t, nsproxy, pid_ns_for_children, ns.inum);
+	nk->mnt_ns = nsp->mnt_ns->ns.inum;
+	nk->pid_ns = nsp->pid_ns_for_children->ns.inum;
 	id = bpf_map_lookup_elem(&warden_ctrs, nk);
 	if (id)
 		return *id;
@@ -162,7 +165,7 @@ static __always_inline struct warden_scope_cfg *scope_cfg(__u32 *scope)
 /* ---- path walk ------------------------------------------------------------------------------ */
 
 struct walk_ctx {
-	__u64 d, vmnt, mnt, root_d, root_vmnt;
+	__u64 d, vmnt, mnt, mnt_root, root_d, root_vmnt;
 	__u32 n;
 	__u32 which;
 };
@@ -173,20 +176,21 @@ static long walk_cb(__u32 i, void *data)
 	struct dentry *d = (struct dentry *)w->d;
 	struct vfsmount *vmnt = (struct vfsmount *)w->vmnt;
 	struct mount *mnt = (struct mount *)w->mnt;
-	struct dentry *parent, *mnt_root;
+	struct dentry *parent;
 	struct mount *mnt_parent;
 	struct scratch *s;
 
 	if (!d || (w->d == w->root_d && w->vmnt == w->root_vmnt))
 		return 1;
-	mnt_root = BPF_CORE_READ(vmnt, mnt_root);
-	if (d == mnt_root) {
+	if (w->d == w->mnt_root) {
 		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
 		if (!mnt_parent || mnt_parent == mnt)
 			return 1; /* the root of the mount tree */
 		w->d = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
 		w->mnt = (__u64)mnt_parent;
-		w->vmnt = (__u64)mnt_parent + bpf_core_field_offset(struct mount, mnt);
+		vmnt = (struct vfsmount *)((__u64)mnt_parent + bpf_core_field_offset(struct mount, mnt));
+		w->vmnt = (__u64)vmnt;
+		w->mnt_root = (__u64)BPF_CORE_READ(vmnt, mnt_root); /* a local: CO-RE relocates kernel types only */
 		return 0;
 	}
 	parent = BPF_CORE_READ(d, d_parent);
@@ -212,7 +216,7 @@ static long build_cb(__u32 i, void *data)
 	struct build_ctx *b = data;
 	struct scratch *s = get_scratch();
 	struct pathbuf *pb;
-	const unsigned char *name;
+	struct qstr q = {};
 	__u64 d;
 	__u32 len, off;
 
@@ -224,14 +228,14 @@ static long build_cb(__u32 i, void *data)
 		return 1;
 	}
 	d = s->dents[(b->n - 1 - i) & (WALK_MAX - 1)];
-	len = BPF_CORE_READ((struct dentry *)d, d_name.len);
-	name = BPF_CORE_READ((struct dentry *)d, d_name.name);
+	BPF_CORE_READ_INTO(&q, (struct dentry *)d, d_name); /* length and name in one read */
+	len = q.len;
 	off = b->off;
 	if (off + len + 1 > WARDEN_PATH_MAX || len == 0) {
 		pb->complete = 0; /* rules are at most 255 bytes: only the prefixes so far can match */
 		return 1;
 	}
-	bpf_probe_read_kernel(pb->buf + (off & (WARDEN_PATH_MAX - 1)), len & (WARDEN_PATH_MAX - 1), name);
+	bpf_probe_read_kernel(pb->buf + (off & (WARDEN_PATH_MAX - 1)), len & (WARDEN_PATH_MAX - 1), q.name);
 	off += len;
 	pb->buf[off & (BUF_SIZE - 1)] = '/';
 	off += 1;
@@ -245,7 +249,7 @@ static long build_cb(__u32 i, void *data)
 /* Rebuild the path of (d, vmnt) root to leaf into pathbuf `which`, relative to the task's root. */
 static __always_inline void resolve_path(struct scratch *s, int which, struct dentry *d, struct vfsmount *vmnt)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *t = bpf_get_current_task_btf();
 	struct pathbuf *pb = get_pb(s, which);
 	struct walk_ctx w = {};
 	struct build_ctx b = {};
@@ -253,8 +257,9 @@ static __always_inline void resolve_path(struct scratch *s, int which, struct de
 	w.d = (__u64)d;
 	w.vmnt = (__u64)vmnt;
 	w.mnt = (__u64)vmnt - bpf_core_field_offset(struct mount, mnt);
-	w.root_d = (__u64)BPF_CORE_READ(t, fs, root.dentry);
-	w.root_vmnt = (__u64)BPF_CORE_READ(t, fs, root.mnt);
+	w.mnt_root = (__u64)BPF_CORE_READ(vmnt, mnt_root);
+	w.root_d = (__u64)t->fs->root.dentry;
+	w.root_vmnt = (__u64)t->fs->root.mnt;
 	pb->buf[0] = '/';
 	pb->ends[0] = 1;
 	pb->nprefix = 1;

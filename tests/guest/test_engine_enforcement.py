@@ -99,7 +99,8 @@ def start_loader(guest: GuestVM, containers: list[Container], ready: str, env: s
     assert started.stdout.strip()
     deadline = time.monotonic() + 240
     while guest.run(f"test -s {ready}").returncode != 0:
-        assert time.monotonic() < deadline, guest.run(f"cat {ready}.log").stdout
+        log = guest.run(f"cat {ready}.log").stdout
+        assert time.monotonic() < deadline and "Traceback" not in log, log
         time.sleep(0.5)
     pid = int(read_result(guest, ready)["pid"])
     assert guest.run(f"kill -0 {pid}").returncode == 0, "the loader must still be running"
