@@ -12,7 +12,7 @@ int BPF_PROG(warden_bprm_check, struct linux_binprm *bprm, int ret)
 
 	if (ret)
 		return ret;
-	file = BPF_CORE_READ(bprm, file);
-	return enforce_path(WARDEN_HOOK_BPRM_CHECK, WARDEN_CAT_PROCESS, BPF_CORE_READ(file, f_path.dentry),
-			    BPF_CORE_READ(file, f_path.mnt), 0, BPF_CORE_READ(file, f_inode));
+	file = bprm->file;
+	return enforce_path(WARDEN_HOOK_BPRM_CHECK, WARDEN_CAT_PROCESS, file->f_path.dentry, file->f_path.mnt, 0,
+			    file->f_inode);
 }

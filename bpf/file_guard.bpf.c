@@ -14,8 +14,9 @@ int BPF_PROG(warden_file_open, struct file *file, int ret)
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_FILE_OPEN, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt),
-			  (BPF_CORE_READ(file, f_mode) & FMODE_WRITE) ? 1 : 0, BPF_CORE_READ(file, f_inode));
+	/* direct (BTF) loads: no helper call on the hottest hook */
+	return FILE_RULES(WARDEN_HOOK_FILE_OPEN, file->f_path.dentry, file->f_path.mnt,
+			  (file->f_mode & FMODE_WRITE) ? 1 : 0, file->f_inode);
 }
 
 SEC("lsm/path_unlink")
@@ -23,7 +24,7 @@ int BPF_PROG(warden_path_unlink, const struct path *dir, struct dentry *dentry, 
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_UNLINK, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_UNLINK, dentry, dir->mnt, 1, 0);
 }
 
 SEC("lsm/path_mkdir")
@@ -31,7 +32,7 @@ int BPF_PROG(warden_path_mkdir, const struct path *dir, struct dentry *dentry, u
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_MKDIR, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_MKDIR, dentry, dir->mnt, 1, 0);
 }
 
 SEC("lsm/path_rmdir")
@@ -39,7 +40,7 @@ int BPF_PROG(warden_path_rmdir, const struct path *dir, struct dentry *dentry, i
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_RMDIR, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_RMDIR, dentry, dir->mnt, 1, 0);
 }
 
 SEC("lsm/path_mknod")
@@ -48,7 +49,7 @@ int BPF_PROG(warden_path_mknod, const struct path *dir, struct dentry *dentry, u
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_MKNOD, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_MKNOD, dentry, dir->mnt, 1, 0);
 }
 
 SEC("lsm/path_symlink")
@@ -56,14 +57,14 @@ int BPF_PROG(warden_path_symlink, const struct path *dir, struct dentry *dentry,
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_SYMLINK, dentry, BPF_CORE_READ(dir, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_SYMLINK, dentry, dir->mnt, 1, 0);
 }
 
 SEC("lsm/path_link")
 int BPF_PROG(warden_path_link, struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry,
 	     int ret)
 {
-	struct vfsmount *mnt = BPF_CORE_READ(new_dir, mnt); /* links never cross mounts */
+	struct vfsmount *mnt = new_dir->mnt; /* links never cross mounts */
 
 	if (ret)
 		return ret;
@@ -80,10 +81,10 @@ int BPF_PROG(warden_path_rename, const struct path *old_dir, struct dentry *old_
 {
 	if (ret)
 		return ret;
-	ret = FILE_RULES(WARDEN_HOOK_PATH_RENAME, old_dentry, BPF_CORE_READ(old_dir, mnt), 1, 0);
+	ret = FILE_RULES(WARDEN_HOOK_PATH_RENAME, old_dentry, old_dir->mnt, 1, 0);
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_RENAME, new_dentry, BPF_CORE_READ(new_dir, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_RENAME, new_dentry, new_dir->mnt, 1, 0);
 }
 
 SEC("lsm/path_truncate")
@@ -91,7 +92,7 @@ int BPF_PROG(warden_path_truncate, const struct path *path, int ret)
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_TRUNCATE, BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_TRUNCATE, path->dentry, path->mnt, 1, 0);
 }
 
 SEC("lsm/path_chmod")
@@ -99,7 +100,7 @@ int BPF_PROG(warden_path_chmod, const struct path *path, umode_t mode, int ret)
 {
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_CHMOD, BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_CHMOD, path->dentry, path->mnt, 1, 0);
 }
 
 /* kuid_t/kgid_t are structs passed by value (one 8-byte slot each), which BPF_PROG cannot
@@ -112,5 +113,5 @@ int warden_path_chown(unsigned long long *ctx)
 
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_CHOWN, BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), 1, 0);
+	return FILE_RULES(WARDEN_HOOK_PATH_CHOWN, path->dentry, path->mnt, 1, 0);
 }

@@ -98,6 +98,7 @@ struct scratch {
 	struct pathbuf obj;
 	struct pathbuf src;
 	__u64 dents[WALK_MAX];
+	__u64 arg_dentry, arg_vfsmnt, arg_inode; /* enforce_path's pointer arguments (see there) */
 };
 
 /* Per CPU, not pinned: each object has its own. */
@@ -554,14 +555,21 @@ static __always_inline __u8 is_owner(struct inode *inode)
 /* File and process categories: the object is the path (d, vmnt). A global function, so the
  * verifier checks it once per program however many times the program calls it. `op` packs the
  * hook id (bits 0-15), the category (16-23) and whether the operation writes (bit 24). */
-__attribute__((noinline)) int enforce_path_op(__u64 op, __u64 dentry, __u64 vfsmnt, __u64 inode_ptr)
+__attribute__((noinline)) int enforce_path_op(__u64 op)
 {
 	__u16 hook = op & 0xffff;
 	__u32 category = (op >> 16) & 0xff;
 	int write = (op >> 24) & 1;
-	struct dentry *d = (struct dentry *)dentry;
-	struct vfsmount *vmnt = (struct vfsmount *)vfsmnt;
-	struct inode *inode = (struct inode *)inode_ptr;
+	struct scratch *sa = get_scratch();
+	struct dentry *d;
+	struct vfsmount *vmnt;
+	struct inode *inode;
+
+	if (!sa)
+		return 0;
+	d = (struct dentry *)sa->arg_dentry;
+	vmnt = (struct vfsmount *)sa->arg_vfsmnt;
+	inode = (struct inode *)sa->arg_inode;
 	struct warden_rule_slot best = {};
 	struct warden_scope_cfg *cfg;
 	struct warden_req r = {};
@@ -603,21 +611,21 @@ __attribute__((noinline)) int enforce_path_op(__u64 op, __u64 dentry, __u64 vfsm
 	return decide(s, &r, &best, posture);
 }
 
-/* A typed kernel pointer as a plain number: global functions take scalars only. */
-static __always_inline __u64 scalar_of(const void *p)
-{
-	__u64 v = 0;
-
-	bpf_probe_read_kernel(&v, sizeof(v), &p);
-	return v;
-}
-
+/* Global functions take scalars only, and turning a typed pointer into one costs a helper call
+ * (expensive on every open); so the pointers go through the per-CPU scratch (a store of a kernel
+ * pointer into a map value, allowed to a privileged loader) and come back as numbers. */
 static __always_inline int enforce_path(__u16 hook, __u32 category, struct dentry *d, struct vfsmount *vmnt,
 					int write, struct inode *inode)
 {
 	__u64 op = hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
+	struct scratch *s = get_scratch();
 
-	return enforce_path_op(op, scalar_of(d), scalar_of(vmnt), scalar_of(inode));
+	if (!s)
+		return 0;
+	s->arg_dentry = (__u64)d;
+	s->arg_vfsmnt = (__u64)vmnt;
+	s->arg_inode = (__u64)inode;
+	return enforce_path_op(op);
 }
 
 /* Network and capability categories: up to `n` codes, the strongest matching rule wins. */
