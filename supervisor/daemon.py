@@ -182,6 +182,8 @@ class Supervisor:
         self._control: ControlServer | None = None
         self._agent: AgentRunner | None = None
         self._engine_errors: tuple[type[BaseException], ...] = (EnforcementError, *engine_error_types())
+        # What a failing engine call may raise, besides bugs: its own errors and OS errors (bpffs, /proc).
+        self._failure_types: tuple[type[BaseException], ...] = (*self._engine_errors, OSError)
         self._last_agent_degraded = False
 
     # -- status ------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ class Supervisor:
         with self._lock:
             try:
                 digest = engine.register_container(request.name, dict(request.labels), request.pid_ns, request.mnt_ns)
-            except self._engine_errors as exc:
+            except self._failure_types as exc:
                 log.error("register %s failed: %s", request.container_id, exc)
                 return Reply.failure(f"engine refused {request.container_id}: {exc}")
             self._containers[request.container_id] = {
@@ -308,7 +310,7 @@ class Supervisor:
                 return Reply(ok=True, body={"id": request.container_id, "known": False})
             try:
                 engine.unregister_container(int(entry["pid_ns"]), int(entry["mnt_ns"]))
-            except self._engine_errors as exc:
+            except self._failure_types as exc:
                 return Reply.failure(f"engine could not unregister {request.container_id}: {exc}")
             del self._containers[request.container_id]
             self._save_registry()
@@ -350,7 +352,7 @@ class Supervisor:
         with self._lock:
             try:
                 report = engine.load_or_adopt(policies, postures=postures)
-            except self._engine_errors as exc:
+            except self._failure_types as exc:
                 raise EnforcementError(f"enforcement failed: {exc}") from None
         return report_summary(report)
 

@@ -1,0 +1,444 @@
+"""warden.service under the guest's real systemd 252, kernel 6.1 (BPF LSM) and swtpm vTPM; crun for OCI.
+
+One guest for the whole module (a boot costs 15-100 s under TCG); the tests run in file order and
+build on each other, like the life of a pod VM:
+
+ 1. a bad configuration key: one clear line, no start;
+ 2. PCR8 not extended yet, so the gate refuses: the baseline bundle is enforced, READY never comes,
+    STATUS says why, the process exits 1 after gate_failure_exit_s and systemd restarts it;
+ 3. PCR8 extended with the initdata digest: READY only after enforcement, StatusText = status line;
+ 4. kill -9 five times under a probe loop: zero probe successes, restarts adopt the same links;
+ 5. SIGSTOP: the watchdog fires, systemd restarts the supervisor, enforcement holds;
+ 6. the agent killed in a loop: backoff grows, `degraded` reported, events produced meanwhile arrive;
+ 7. garbage on the control socket, `warden status`;
+ 8. reload: an untrusted bundle is refused (nothing changes), a newer signed one is applied;
+ 9. crun + the hook: the container policy holds inside a busybox container; a malformed state is refused;
+10. supervisor stopped: enforcement stays, and crun cannot create a container (the hook fails closed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from initdata.bundle import PolicyFile
+from initdata.document import parse_initdata
+from tests.data.initdata.factory import make_envelope, make_initdata, public_pem, signing_key
+from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
+
+WARDEN = f"{REPO_ROOT}/.venv/bin/warden"
+UNIT_SOURCE = REPO_ROOT / "units" / "usr" / "lib" / "systemd" / "system" / "warden.service"
+PROBE_DIR = "/var/tmp/warden-probe"
+BASELINE_DIR = "/var/tmp/warden-baseline"
+V2_DIR = "/var/tmp/warden-v2"
+ALERTS = "/var/log/warden-alerts.json"
+BUNDLE_DIR = "/var/tmp/ctr"
+
+
+def host_block(name: str, directory: str) -> PolicyFile:
+    text = textwrap.dedent(f"""\
+        apiVersion: security.kubearmor.com/v1
+        kind: KubeArmorHostPolicy
+        metadata:
+          name: {name}
+        spec:
+          nodeSelector:
+            matchLabels: {{}}
+          severity: 7
+          message: "guest test: {name}"
+          action: Block
+          file:
+            matchDirectories:
+              - dir: {directory}/
+                recursive: true
+        """)
+    return PolicyFile(f"{name}.yaml", text)
+
+
+CONTAINER_SECRET = PolicyFile("container-secret.yaml", textwrap.dedent("""\
+    apiVersion: security.kubearmor.com/v1
+    kind: KubeArmorPolicy
+    metadata:
+      name: container-secret
+    spec:
+      selector:
+        matchLabels:
+          kubearmor.io/container.name: ".*"
+      action: Block
+      file:
+        matchDirectories:
+          - dir: /secret/
+            recursive: true
+    """))
+
+
+def bundle(version: int, policies: list[PolicyFile], key: str = "owner-ed25519") -> str:
+    return make_envelope([signing_key(key)], version=version, policies=policies).to_json().decode()
+
+
+V1 = [host_block("probe-block", PROBE_DIR), CONTAINER_SECRET]
+INITDATA = make_initdata(make_envelope([signing_key("owner-ed25519")], version=1, policies=V1)).decode()
+INITDATA_DIGEST = parse_initdata(INITDATA.encode(), origin="test").digest_hex
+
+
+def config_yaml(**agent: object) -> str:
+    agent_settings = {"backoff_initial_s": 0.5, "backoff_max_s": 4, "backoff_jitter_s": 0.1, "crash_budget": 3,
+                      "crash_window_s": 120, "logPath": ALERTS, "maxAlertPerSec": 1000, **agent}
+    return json.dumps({  # JSON is YAML
+        "gate": {"trust_dir": "/etc/warden/trust", "measurement_sources": ["vtpm"]},
+        "initdata": "/etc/warden/initdata.toml",
+        "baseline_bundle": "/usr/share/warden/baseline.bundle.json",
+        "update_bundle": "/etc/warden/update.bundle.json",
+        "gate_failure_exit_s": 8,
+        "record_ruleset": False,
+        "agent": agent_settings,
+    }, indent=2)
+
+
+@pytest.fixture(scope="module")
+def guest_options() -> GuestOptions:
+    unit = UNIT_SOURCE.read_text().replace("/usr/bin/warden", WARDEN)
+    return GuestOptions(tpm=True, files={
+        "/etc/systemd/system/warden.service": unit,
+        "/etc/warden/warden.yaml": config_yaml(),
+        "/etc/warden/initdata.toml": INITDATA,
+        "/etc/warden/trust/owner.pem": public_pem("owner-ed25519").decode(),
+        "/usr/share/warden/baseline.bundle.json": bundle(1, [host_block("baseline-block", BASELINE_DIR)]),
+        f"{PROBE_DIR}/secret": "probe secret\n",
+        f"{BASELINE_DIR}/secret": "baseline secret\n",
+        f"{V2_DIR}/secret": "v2 secret\n",
+    })
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def show(guest: GuestVM, *props: str) -> dict[str, str]:
+    out = guest.run(f"systemctl show warden.service -p {','.join(props)}", check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float, guest: GuestVM) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.3)
+    journal = guest.run("journalctl -u warden.service -n 60 --no-pager -o short-monotonic").stdout
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{journal}")
+
+
+def readable(guest: GuestVM, path: str) -> bool:
+    return guest.run(f"cat {path}").returncode == 0
+
+
+def lsm_link_ids(guest: GuestVM) -> set[int]:
+    links = json.loads(guest.run("bpftool -j link list", check=True).stdout or "[]")
+    return {link["id"] for link in links if link.get("attach_type") == "lsm_mac"}
+
+
+def status_json(guest: GuestVM) -> dict[str, object]:
+    result = guest.run(f"{WARDEN} status --json")
+    assert result.returncode in (0, 1), result
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def is_ready(guest: GuestVM) -> bool:
+    state = show(guest, "ActiveState", "SubState")
+    return state["ActiveState"] == "active" and state["SubState"] == "running"
+
+
+def start_probe(guest: GuestVM, path: str, log: str) -> None:
+    guest.run(
+        f"setsid nohup sh -c 'while :; do if cat {path} >/dev/null 2>&1; then echo OK; else echo DENIED; fi; "
+        f"sleep 0.1; done' > {log} 2>&1 < /dev/null & echo $! > {log}.pid",
+        check=True,
+    )
+
+
+def stop_probe(guest: GuestVM, log: str) -> tuple[int, int]:
+    guest.run(f"kill $(cat {log}.pid)")
+    text = guest.run(f"cat {log}", check=True).stdout
+    return text.count("OK"), text.count("DENIED")
+
+
+# -- 1. configuration ---------------------------------------------------------------------------
+
+
+def test_bad_config_key_gives_one_clear_line_and_no_start(guest: GuestVM) -> None:
+    guest.run("mkdir -p /var/tmp/bad && printf 'agent:\\n  maxAlertPerSecond: 5\\n' > /var/tmp/bad/warden.yaml",
+              check=True)
+    result = guest.run(f"{WARDEN} run --check-config --config /var/tmp/bad/warden.yaml")
+    assert result.returncode == 1
+    assert result.stderr == ("warden: /var/tmp/bad/warden.yaml: agent.maxAlertPerSecond: unknown key (known: "
+                             "alertThrottling, backoff_initial_s, backoff_jitter_s, backoff_max_s, command, "
+                             "crash_budget, crash_window_s, enabled, logPath, maxAlertPerSec, stable_after_s, "
+                             "stop_timeout_s, throttleSec)\n")
+    ok = guest.run(f"{WARDEN} run --check-config --config /etc/warden/warden.yaml")
+    assert ok.returncode == 0, ok
+
+
+# -- 2. the gate refuses: baseline, never READY, exit 1 -------------------------------------------
+
+
+def test_refused_gate_enforces_the_baseline_and_never_sends_ready(guest: GuestVM) -> None:
+    assert readable(guest, f"{BASELINE_DIR}/secret")
+    guest.run("systemctl start --no-block warden.service", check=True)
+    wait_until("the baseline STATUS", lambda: "enforcing baseline" in show(guest, "StatusText")["StatusText"],
+               240, guest)
+    text = show(guest, "StatusText")["StatusText"]
+    assert text.startswith("NOT READY: gate refused: /sys/class/tpm/tpm0/pcr-sha256/8: PCR8: measured 0000")
+    assert "enforcing baseline bundle v1" in text
+    assert show(guest, "ActiveState")["ActiveState"] == "activating"  # READY=1 was never sent
+    assert not readable(guest, f"{BASELINE_DIR}/secret")
+    assert readable(guest, f"{PROBE_DIR}/secret")
+    # exit 1 after gate_failure_exit_s (8 s), then Restart=always; the baseline stays enforced meanwhile
+    wait_until("a restart after exit 1", lambda: int(show(guest, "NRestarts")["NRestarts"]) >= 1, 120, guest)
+    journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
+    assert "Main process exited, code=exited, status=1/FAILURE" in journal
+    assert not readable(guest, f"{BASELINE_DIR}/secret")
+    guest.run("systemctl stop warden.service; systemctl reset-failed warden.service", check=True)
+    assert not readable(guest, f"{BASELINE_DIR}/secret"), "stopping must not remove enforcement"
+
+
+# -- 3. READY after enforcement ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ready(guest: GuestVM) -> dict[str, float]:
+    guest.run(f"tpm2_pcrextend 8:sha256={INITDATA_DIGEST}", check=True)
+    started = time.monotonic()
+    result = guest.run("systemctl start warden.service", timeout=240)  # returns once READY=1 arrived
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, f"{result}\n{guest.run('journalctl -u warden -n 80 --no-pager').stdout}"
+    return {"start_s": elapsed}
+
+
+def test_ready_only_after_enforcement_with_the_status_line(guest: GuestVM, ready: dict[str, float]) -> None:
+    props = show(guest, "ActiveState", "StatusText", "Type", "NotifyAccess", "WatchdogUSec")
+    assert props["ActiveState"] == "active"
+    assert (props["Type"], props["NotifyAccess"], props["WatchdogUSec"]) == ("notify", "main", "10s")
+    assert re.match(r"enforcing bundle v1 \(sha256:[0-9a-f]{12}\), ruleset sha256:[0-9a-f]{12}, measured by vtpm",
+                    props["StatusText"]), props["StatusText"]
+    # READY=1 means enforced: the very first probe after `systemctl start` returned is denied.
+    assert not readable(guest, f"{PROBE_DIR}/secret")
+    status = status_json(guest)
+    assert status["phase"] == "ready"
+    assert status["gate"]["result"] == "accepted"  # type: ignore[index]
+    assert status["gate"]["measurement_source"] == "vtpm"  # type: ignore[index]
+    print(f"systemctl start -> READY: {ready['start_s']:.1f}s; supervisor ready_after_s={status['ready_after_s']}")
+
+
+# -- 4. kill -9 five times ----------------------------------------------------------------------
+
+
+def test_kill_9_five_times_enforcement_holds_and_links_are_adopted(guest: GuestVM, ready: dict[str, float]) -> None:
+    links_before = lsm_link_ids(guest)
+    assert links_before
+    probe_log = "/var/tmp/probe-kill9.log"
+    start_probe(guest, f"{PROBE_DIR}/secret", probe_log)
+    restart_times = []
+    try:
+        for _ in range(5):
+            old_pid = show(guest, "MainPID")["MainPID"]
+            guest.run("systemctl kill --kill-who=main --signal=SIGKILL warden.service", check=True)
+            restart_times.append(wait_until(
+                "READY again after kill -9",
+                lambda old=old_pid: show(guest, "MainPID")["MainPID"] not in ("0", old) and is_ready(guest),
+                120, guest))
+            assert lsm_link_ids(guest) == links_before
+    finally:
+        successes, denials = stop_probe(guest, probe_log)
+    assert successes == 0
+    assert denials > 10
+    assert int(show(guest, "NRestarts")["NRestarts"]) >= 5
+    status = status_json(guest)
+    assert status["enforcement"]["adopted"] is True  # type: ignore[index]
+    print(f"kill -9 -> READY again: {', '.join(f'{t:.1f}s' for t in restart_times)}; probe denials {denials}")
+
+
+# -- 5. SIGSTOP: the watchdog ---------------------------------------------------------------------
+
+
+def test_sigstop_fires_the_watchdog_and_systemd_restarts(guest: GuestVM, ready: dict[str, float]) -> None:
+    guest.run("systemctl reset-failed warden.service")
+    links_before = lsm_link_ids(guest)
+    old_pid = show(guest, "MainPID")["MainPID"]
+    probe_log = "/var/tmp/probe-stop.log"
+    start_probe(guest, f"{PROBE_DIR}/secret", probe_log)
+    try:
+        guest.run("systemctl kill --kill-who=main --signal=SIGSTOP warden.service", check=True)
+        elapsed = wait_until(
+            "a watchdog restart",
+            lambda: show(guest, "MainPID")["MainPID"] not in ("0", old_pid) and is_ready(guest), 180, guest)
+    finally:
+        successes, denials = stop_probe(guest, probe_log)
+    journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
+    assert "Watchdog timeout" in journal
+    assert successes == 0 and denials > 10
+    assert lsm_link_ids(guest) == links_before
+    print(f"SIGSTOP -> watchdog restart READY after {elapsed:.1f}s")
+
+
+# -- 6. the agent ---------------------------------------------------------------------------------
+
+
+def agent_status(guest: GuestVM) -> dict[str, object]:
+    agent = status_json(guest)["agent"]
+    assert isinstance(agent, dict)
+    return agent
+
+
+def test_agent_killed_in_a_loop_backs_off_degrades_and_events_arrive_later(
+    guest: GuestVM, ready: dict[str, float]
+) -> None:
+    wait_until("the agent running", lambda: agent_status(guest).get("pid") is not None, 60, guest)
+    marker = f"{PROBE_DIR}/marker-{uuid.uuid4().hex[:12]}"
+    for round_number in range(4):
+        pid = wait_until_agent_pid(guest)
+        guest.run(f"kill -9 {pid}", check=True)
+        if round_number == 2:
+            # produced while the agent is down (backing off): must be delivered by the next agent
+            guest.run(f"cat {marker}")
+    agent = agent_status(guest)
+    assert agent["degraded"] is True
+    history = agent["backoff_history"]
+    assert isinstance(history, list) and len(history) >= 3
+    assert history[1] > history[0] and history[2] > history[1], history  # exponential (jitter <= 0.1 s)
+    assert "DEGRADED" in show(guest, "StatusText")["StatusText"]
+    assert is_ready(guest)  # enforcement and READY are not affected
+    wait_until("the marker event in the alert log",
+               lambda: marker in guest.run(f"cat {ALERTS}").stdout, 60, guest)
+    line = next(json.loads(x) for x in guest.run(f"cat {ALERTS}").stdout.splitlines() if marker in x)
+    assert line["PolicyName"] == "probe-block" and line["Action"] == "Block"
+    print(f"agent backoff history {history}")
+
+
+def wait_until_agent_pid(guest: GuestVM) -> int:
+    found: list[int] = []
+
+    def running() -> bool:
+        pid = agent_status(guest).get("pid")
+        if isinstance(pid, int):
+            found.append(pid)
+            return True
+        return False
+
+    wait_until("the agent restarted", running, 60, guest)
+    return found[-1]
+
+
+# -- 7. control socket ----------------------------------------------------------------------------
+
+
+def test_garbage_on_the_control_socket_gets_an_error_and_the_supervisor_lives(
+    guest: GuestVM, ready: dict[str, float]
+) -> None:
+    code = textwrap.dedent("""
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.connect("/run/warden/warden.sock")
+        s.sendall(b"\\x00\\xffnot json at all\\n")
+        print(s.recv(4096).decode().strip())
+    """)
+    reply = json.loads(guest.python(code, check=True).stdout)
+    assert reply == {"ok": False, "error": "request is not JSON (UnicodeDecodeError)", "retry": False}
+    assert guest.run("stat -c %a /run/warden/warden.sock", check=True).stdout.strip() == "600"
+    assert is_ready(guest)
+    text = guest.run(f"{WARDEN} status", check=True).stdout
+    assert "phase:        ready" in text and "measurement:  vtpm" in text
+
+
+# -- 8. reload ------------------------------------------------------------------------------------
+
+
+def test_reload_refuses_an_untrusted_bundle_and_applies_a_newer_one(guest: GuestVM, ready: dict[str, float]) -> None:
+    untrusted = bundle(2, [*V1, host_block("v2-block", V2_DIR)], key="owner-p256")
+    guest.run(f"cat > /etc/warden/update.bundle.json < {guest.write_shared('untrusted.json', untrusted)}", check=True)
+    guest.run("systemctl reload warden.service", check=True)
+    wait_until("the refused reload", lambda: (status_json(guest)["last_reload"] or {}).get("result") == "refused",
+               60, guest)
+    assert readable(guest, f"{V2_DIR}/secret")
+    assert "bundle v1" in show(guest, "StatusText")["StatusText"]
+
+    good = bundle(2, [*V1, host_block("v2-block", V2_DIR)])
+    guest.run(f"cat > /etc/warden/update.bundle.json < {guest.write_shared('v2.json', good)}", check=True)
+    guest.run("systemctl reload warden.service", check=True)
+    wait_until("bundle v2", lambda: "bundle v2" in show(guest, "StatusText")["StatusText"], 60, guest)
+    assert not readable(guest, f"{V2_DIR}/secret")
+    assert not readable(guest, f"{PROBE_DIR}/secret")
+    assert is_ready(guest)
+
+
+# -- 9. crun with the hook ------------------------------------------------------------------------
+
+
+def make_bundle(guest: GuestVM, name: str) -> str:
+    directory = f"{BUNDLE_DIR}/{name}"
+    guest.run(
+        f"set -e; mkdir -p {directory}/rootfs/bin {directory}/rootfs/secret; cp /bin/busybox {directory}/rootfs/bin/;"
+        f" for a in sh cat echo; do ln -sf busybox {directory}/rootfs/bin/$a; done;"
+        f" echo container-secret > {directory}/rootfs/secret/data; echo public > {directory}/rootfs/public;"
+        f" cd {directory} && rm -f config.json && crun spec",
+        check=True,
+    )
+    edit = textwrap.dedent(f"""
+        import json
+        path = "{directory}/config.json"
+        config = json.load(open(path))
+        config["process"]["terminal"] = False
+        config["process"]["args"] = ["sh", "-c", "cat /public; cat /secret/data; echo secret-rc=$?"]
+        hook = {{"path": "{WARDEN}", "args": ["warden", "hook", "--timeout", "8"], "timeout": 20}}
+        config["hooks"] = {{"createRuntime": [hook], "poststop": [hook]}}
+        config.setdefault("annotations", {{}})["io.kubernetes.cri.container-name"] = "{name}"
+        json.dump(config, open(path, "w"))
+    """)
+    guest.python(edit, check=True)
+    return directory
+
+
+def test_container_policy_is_enforced_inside_a_crun_container(guest: GuestVM, ready: dict[str, float]) -> None:
+    directory = make_bundle(guest, "web")
+    result = guest.run(f"crun run -b {directory} web-1", timeout=120)
+    assert result.returncode == 0, result
+    assert "public" in result.stdout
+    assert "container-secret" not in result.stdout
+    assert "secret-rc=1" in result.stdout
+    assert "Permission denied" in result.stderr or "Operation not permitted" in result.stderr
+    journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
+    assert "registered container web-1 (web)" in journal
+    assert "unregistered container web-1" in journal  # poststop
+    assert "web-1" not in status_json(guest)["containers"]  # type: ignore[operator]
+
+
+def test_hook_with_malformed_state_fails_with_a_clear_error(guest: GuestVM, ready: dict[str, float]) -> None:
+    result = guest.run(f"echo '{{\"ociVersion\": \"1.0\", \"id\": ' | {WARDEN} hook --stage createRuntime")
+    assert result.returncode == 1
+    assert result.stderr.startswith("warden hook: stdin: OCI state is not JSON (Expecting value at line 2")
+
+
+# -- 10. supervisor stopped -----------------------------------------------------------------------
+
+
+def test_with_the_supervisor_stopped_enforcement_stays_and_containers_cannot_start(
+    guest: GuestVM, ready: dict[str, float]
+) -> None:
+    guest.run("systemctl stop warden.service", check=True)
+    journal = guest.run("journalctl -u warden.service -n 20 --no-pager -o cat", check=True).stdout
+    assert "stopped; enforcement remains pinned" in journal
+    assert show(guest, "ExecMainStatus")["ExecMainStatus"] == "0"
+    assert not readable(guest, f"{PROBE_DIR}/secret")
+    directory = make_bundle(guest, "late")
+    started = time.monotonic()
+    result = guest.run(f"crun run -b {directory} late-1", timeout=120)
+    assert result.returncode != 0
+    assert "failing closed" in result.stderr, result
+    assert "container-secret" not in result.stdout and "public" not in result.stdout
+    print(f"crun refused in {time.monotonic() - started:.1f}s with the supervisor stopped")
