@@ -221,6 +221,7 @@ class Engine:
         self._lib = lib
         self._policies: tuple[Policy, ...] = ()
         self._postures = Postures()
+        self._host_postures = Postures()
         self._have_policies = False
 
     # -- paths ---------------------------------------------------------------------------------
@@ -234,6 +235,10 @@ class Engine:
     @property
     def manifest_path(self) -> Path:
         return self.state_dir / "engine.json"
+
+    @property
+    def events_pin(self) -> Path:
+        return self._map_pin(EVENTS_MAP)
 
     def _map_pin(self, name: str) -> Path:
         return self.pin_dir / "events" if name == EVENTS_MAP else self.pin_dir / "maps" / name
@@ -312,7 +317,8 @@ class Engine:
             else:
                 scope = ContainerScope(sc.name, sc.labels)
             try:
-                ruleset = compile(self._policies, scope, postures=self._postures)
+                postures = self._host_postures if sc.kind == "host" else self._postures
+                ruleset = compile(self._policies, scope, postures=postures)
                 tables = maps.encode_scope(sc.id, ruleset, maps.resolve_in_root("/"))
             except (PolicyError, maps.EncodingError) as exc:
                 raise EngineRuleError(f"scope {scope}: {_one_line(exc)}") from None
@@ -456,24 +462,29 @@ class Engine:
             d.rmdir()
         return removed
 
-    def load_or_adopt(self, policies: Sequence[Policy], postures: Postures = DEFAULT_POSTURES) -> EngineReport:
+    def load_or_adopt(self, policies: Sequence[Policy], postures: Postures = DEFAULT_POSTURES,
+                      host_postures: Postures | None = None) -> EngineReport:
         """Enforce `policies`: adopt the pinned programs when they are the shipped ones, else load (or
-        upgrade make-before-break); sync every scope's rules (host, any-container, registered containers)."""
+        upgrade make-before-break); sync every scope's rules (host, any-container, registered containers).
+        `postures` apply to container scopes, `host_postures` (default: the same) to the host scope."""
         with self._locked():
-            return self._load_or_adopt(policies, postures)
+            return self._load_or_adopt(policies, postures, host_postures or postures)
 
-    def _load_or_adopt(self, policies: Sequence[Policy], postures: Postures = DEFAULT_POSTURES) -> EngineReport:
+    def _load_or_adopt(self, policies: Sequence[Policy], postures: Postures, host_postures: Postures) -> EngineReport:
         timings: dict[str, float] = {}
         start = time.monotonic()
         self._policies = tuple(policies)
         self._postures = postures
+        self._host_postures = host_postures
         self._have_policies = True
         ensure_bpffs(self.pin_dir.parent)
         (self.pin_dir / "maps").mkdir(parents=True, exist_ok=True)
         previous = self._read_manifest()
         manifest = previous or _Manifest()
         manifest.postures = {"file": postures.file.value, "network": postures.network.value,
-                             "capabilities": postures.capabilities.value}
+                             "capabilities": postures.capabilities.value,
+                             "host_file": host_postures.file.value, "host_network": host_postures.network.value,
+                             "host_capabilities": host_postures.capabilities.value}
         manifest.scopes.setdefault(maps.SCOPE_HOST, _Scope(maps.SCOPE_HOST, "host", "host"))
         manifest.scopes.setdefault(maps.SCOPE_ANY_CONTAINER,
                                    _Scope(maps.SCOPE_ANY_CONTAINER, "any-container", "any-container"))
@@ -631,6 +642,14 @@ class Engine:
         except BpfError:
             return 0
         return sum(int.from_bytes(value.raw[i * 8 : i * 8 + 8], "little") for i in range(ncpu))
+
+    def event_drops(self) -> int:
+        """Events the kernel could not put in the ring buffer (it was full), since the maps were created."""
+        handle = MapHandle.open_pinned(self.lib, self._map_pin("warden_drops"))
+        try:
+            return self._drops(handle)
+        finally:
+            handle.close()
 
     def _link_statuses(self, manifest: _Manifest | None) -> list[LinkStatus]:
         out: list[LinkStatus] = []
