@@ -21,6 +21,7 @@
 
 #define EPERM 1
 #define FMODE_WRITE 0x2
+#define PTRACE_MODE_ATTACH 0x02 /* include/linux/ptrace.h */
 #define BPF_FS_MAGIC 0xcafe4a11
 #define CGROUP2_SUPER_MAGIC 0x63677270
 #define MAX_ANCESTORS 32
@@ -281,7 +282,10 @@ SEC("lsm/ptrace_access_check")
 int BPF_PROG(self_ptrace, struct task_struct *child, unsigned int mode, int ret)
 {
 	GUARD_PROLOGUE(ret);
-	if (!task_is_warden(child, cfg))
+	/* Read mode (ps, journald's metadata, /proc/<pid>/status) stays open: denying it only makes
+	 * noise. Attach mode is what reads or changes warden: ptrace attach, /proc/<pid>/mem,
+	 * process_vm_readv/writev, pidfd_getfd. */
+	if (!(mode & PTRACE_MODE_ATTACH) || !task_is_warden(child, cfg))
 		return 0;
 	report(ATTACK_PTRACE, BPF_CORE_READ(child, tgid), (__s32)mode, 0);
 	return -EPERM;
