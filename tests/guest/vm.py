@@ -65,7 +65,10 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroo
   || fail "mount hostroot failed"
 mount -t tmpfs -o mode=0755 tmpfs /rw
 mkdir -p /rw/upper /rw/work
-mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot \\
+# xino=on: inode numbers unique across the 9p lower and the tmpfs upper (fs id in the high bits), as
+# on a single-filesystem pod-VM root; without it a new file can share i_ino with a lower one, and
+# self-protection (keyed by device and inode number) would see a protected inode there.
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work,xino=on /newroot \\
   || fail "overlay failed"
 mkdir -p /newroot{GUEST_TESTBED}
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=512000 testbed /newroot{GUEST_TESTBED} \\
