@@ -17,7 +17,6 @@ throttling interval ends.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -161,54 +160,91 @@ class EventSource(Protocol):
 
 
 class PinnedRingBufferSource:
-    """The engine's pinned ring buffer, decoded by bpf.events.decode_event."""
+    """The engine's pinned events ring buffer and self_guard's, decoded into alert field dicts.
+
+    Raw events are decoded after each poll with the engine manifest as it is then, so a container
+    registered after this agent started is still named in its alerts."""
 
     def __init__(self, pin_dir: Path, state_dir: Path) -> None:
-        try:
-            events_module = importlib.import_module("bpf.events")
-            from bpf.loader import BpfError, Libbpf, RingBuffer
-        except ImportError as exc:
-            raise AgentError(f"the BPF event decoder is not available: {exc}") from None
-        self._events = events_module
-        self._pending: list[object] = []
-        self._lib = Libbpf()
-        path = pin_dir / EVENTS_PIN
-        try:
-            self._fd = self._lib.obj_get(path)
-        except BpfError as exc:
-            raise AgentError(f"{path}: cannot open the events ring buffer ({exc})") from None
-        self._manifest = _load_manifest(events_module, pin_dir, state_dir)
-        self._ring = RingBuffer(self._lib, self._fd, self._on_event)
-        self._drops_reader: Callable[[], int | None] = _drops_reader(events_module, self._lib, pin_dir)
+        from bpf.engine import Engine
+        from bpf.loader import BpfError, MapHandle, RingBuffer
+        from bpf.self_protect import SelfGuard
 
-    def _on_event(self, raw: bytes) -> None:
-        self._pending.append(self._events.decode_event(raw, self._manifest))
+        self._engine = Engine(pin_dir=pin_dir, state_dir=state_dir)
+        self._guard = SelfGuard(pin_root=pin_dir, lib=self._engine.lib)
+        self._raw: list[bytes] = []
+        self._self_raw: list[bytes] = []
+        self._handles: list[MapHandle] = []
+        self._rings: list[RingBuffer] = []
+        for path, sink, required in ((self._engine.events_pin, self._raw, True),
+                                     (self._guard.pin_dir / "self_events", self._self_raw, False)):
+            if not required and not path.exists():
+                continue  # self-protection not loaded (a test bed, a tool): engine events only
+            try:
+                handle = MapHandle.open_pinned(self._engine.lib, path)
+            except BpfError as exc:
+                self.close()
+                raise AgentError(f"{path}: cannot open the ring buffer ({exc})") from None
+            self._handles.append(handle)
+            self._rings.append(RingBuffer(self._engine.lib, handle.fd, sink.append))
+        self._has_guard = len(self._rings) == 2
 
     def poll(self, timeout_ms: int) -> Iterator[object]:
-        self._ring.poll(timeout_ms)
-        pending, self._pending = self._pending, []
-        yield from pending
+        from bpf.events import EventDecodeError, decode_event
+        from bpf.self_protect import decode_self_event
+
+        self._rings[0].poll(timeout_ms)
+        for ring in self._rings[1:]:
+            ring.poll(0)
+        # Drain in place: the ring buffer callbacks hold these very lists.
+        raw, self_raw = list(self._raw), list(self._self_raw)
+        self._raw.clear()
+        self._self_raw.clear()
+        if raw:
+            context = self._engine.event_context()
+            for item in raw:
+                try:
+                    yield decode_event(item, context)
+                except EventDecodeError as exc:
+                    yield system_event("UndecodableEvent", str(exc))
+        for item in self_raw:
+            try:
+                yield self_protection_alert(decode_self_event(item))
+            except ValueError as exc:
+                yield system_event("UndecodableEvent", str(exc))
 
     def drops(self) -> int | None:
-        return self._drops_reader()
+        return self._engine.event_drops() + (self._guard.drops() if self._has_guard else 0)
 
     def close(self) -> None:
-        self._ring.free()
-        os.close(self._fd)
+        for ring in self._rings:
+            ring.free()
+        for handle in self._handles:
+            handle.close()
 
 
-def _load_manifest(events_module: Any, pin_dir: Path, state_dir: Path) -> object:
-    loader = getattr(events_module, "load_manifest", None)
-    if callable(loader):
-        return loader(state_dir)
-    return None
+def self_protection_alert(event: Any) -> dict[str, Any]:
+    """A self_guard denial (bpf.self_protect.SelfEvent) in KubeArmor's alert shape."""
+    from bpf.events import boot_to_unix_ns
 
-
-def _drops_reader(events_module: Any, lib: Any, pin_dir: Path) -> Callable[[], int | None]:
-    reader = getattr(events_module, "read_drops", None)
-    if callable(reader):
-        return lambda: reader(pin_dir)
-    return lambda: None
+    unix_ns = boot_to_unix_ns(event.ts_ns)
+    return {
+        "Timestamp": unix_ns // 1_000_000_000,
+        "UpdatedTime": datetime.fromtimestamp(unix_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "HostName": socket.gethostname(),
+        "HostPID": event.pid,
+        "UID": event.uid,
+        "ProcessName": event.comm,
+        "PolicyName": "warden-self-protection",
+        "Severity": "10",
+        "Type": "MatchedHostPolicy",
+        "Operation": event.attack,
+        "Resource": event.name or (f"pid {event.target_pid}" if event.target_pid else ""),
+        "Data": f"target_pid={event.target_pid} detail={event.detail} mnt_ns={event.mnt_ns}",
+        "Enforcer": "BPFLSM",
+        "Action": "Block",
+        "Result": "Permission denied",
+    }
 
 
 @dataclass

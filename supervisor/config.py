@@ -127,7 +127,7 @@ class WardenConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     initdata: Path | None = None
     baseline_bundle: Path = Path("/usr/share/warden/baseline.bundle.json")
-    update_bundle: Path = Path("/run/warden/update.bundle.json")
+    update_bundle: Path = Path("/var/lib/warden/update.bundle.json")  # signed: needs no protection
     pin_dir: Path = Path("/sys/fs/bpf/warden")
     state_dir: Path = Path("/run/warden")
     control_socket: Path = Path("/run/warden/warden.sock")

@@ -34,13 +34,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from attest.aa import record_ruleset_digest
+from bpf.policy import Policy
 from initdata.errors import GateError, MalformedBundle
 from initdata.gate import VerifiedPolicy, gate, gate_update, verify_bundle
 from initdata.keys import load_trust_dir, read_bounded
@@ -57,13 +58,11 @@ from supervisor.control import (
     UnregisterRequest,
 )
 from supervisor.enforcement import (
-    EnforcementEngine,
+    Enforcement,
     EnforcementError,
     LoadSummary,
-    engine_error_types,
-    open_engine,
-    postures_for,
-    report_summary,
+    check_expected_objects,
+    postures_from,
 )
 from supervisor.notify import Notifier, child_environment, watchdog_interval
 
@@ -73,6 +72,7 @@ EXIT_OK = 0
 EXIT_GATE_REFUSED = 1
 EXIT_PREREQUISITES = 1
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
+ACCEPTED_UPDATE_NAME = "accepted-update.bundle.json"
 IDLE_TICK_S = 5.0
 
 
@@ -158,12 +158,12 @@ class Supervisor:
         config: WardenConfig,
         *,
         notifier: Notifier | None = None,
-        engine_factory: Callable[[Path, Path], EnforcementEngine] = open_engine,
+        engine_factory: Callable[[Path, Path], Enforcement] = Enforcement,
     ) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
         self._engine_factory = engine_factory
-        self.engine: EnforcementEngine | None = None
+        self.engine: Enforcement | None = None
         self.phase = Phase.STARTING
         self.status_line = "starting"
         self.verified: VerifiedPolicy | None = None
@@ -174,6 +174,8 @@ class Supervisor:
         self.watchdog_pings = 0
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
+        # Start-up split for `warden status` and the benchmark: self-protection, gate, enforcement (s).
+        self.timings: dict[str, Any] = {}
         self._lock = threading.RLock()  # engine calls, phase and container registry
         self._wake = threading.Event()
         self._stop_requested = False
@@ -181,9 +183,6 @@ class Supervisor:
         self._containers: dict[str, dict[str, Any]] = {}
         self._control: ControlServer | None = None
         self._agent: AgentRunner | None = None
-        self._engine_errors: tuple[type[BaseException], ...] = (EnforcementError, *engine_error_types())
-        # What a failing engine call may raise, besides bugs: its own errors and OS errors (bpffs, /proc).
-        self._failure_types: tuple[type[BaseException], ...] = (*self._engine_errors, OSError)
         self._last_agent_degraded = False
 
     # -- status ------------------------------------------------------------------------------
@@ -206,15 +205,10 @@ class Supervisor:
         return text
 
     def status(self) -> dict[str, Any]:
-        engine_status: Any = None
+        engine_status: dict[str, Any] | None = None
         if self.engine is not None:
-            try:
-                with self._lock:
-                    engine_status = self.engine.status().to_json()
-                if isinstance(engine_status, str):
-                    engine_status = json.loads(engine_status)
-            except Exception as exc:  # status must answer even when the engine misbehaves
-                engine_status = {"error": f"{type(exc).__name__}: {exc}"}
+            with self._lock:
+                engine_status = self.engine.status()
         verified = self.verified
         agent: AgentSnapshot | None = self._agent.snapshot() if self._agent is not None else None
         return {
@@ -222,6 +216,7 @@ class Supervisor:
             "status": self.status_line,
             "pid": os.getpid(),
             "ready_after_s": self.ready_after_s,
+            "timings": self.timings,
             "gate": {
                 "result": "accepted" if verified is not None else ("refused" if self.gate_error else "pending"),
                 "error": self.gate_error,
@@ -288,11 +283,11 @@ class Supervisor:
             return self._unregister(engine, request)
         return Reply.failure("unsupported request")  # pragma: no cover - parse_request is exhaustive
 
-    def _register(self, engine: EnforcementEngine, request: RegisterRequest) -> Reply:
+    def _register(self, engine: Enforcement, request: RegisterRequest) -> Reply:
         with self._lock:
             try:
                 digest = engine.register_container(request.name, dict(request.labels), request.pid_ns, request.mnt_ns)
-            except self._failure_types as exc:
+            except EnforcementError as exc:
                 log.error("register %s failed: %s", request.container_id, exc)
                 return Reply.failure(f"engine refused {request.container_id}: {exc}")
             self._containers[request.container_id] = {
@@ -303,14 +298,14 @@ class Supervisor:
                  request.container_id, request.name, request.pid_ns, request.mnt_ns, digest)
         return Reply(ok=True, body={"ruleset": digest, "id": request.container_id})
 
-    def _unregister(self, engine: EnforcementEngine, request: UnregisterRequest) -> Reply:
+    def _unregister(self, engine: Enforcement, request: UnregisterRequest) -> Reply:
         with self._lock:
             entry = self._containers.get(request.container_id)
             if entry is None:
                 return Reply(ok=True, body={"id": request.container_id, "known": False})
             try:
                 engine.unregister_container(int(entry["pid_ns"]), int(entry["mnt_ns"]))
-            except self._failure_types as exc:
+            except EnforcementError as exc:
                 return Reply.failure(f"engine could not unregister {request.container_id}: {exc}")
             del self._containers[request.container_id]
             self._save_registry()
@@ -325,8 +320,7 @@ class Supervisor:
 
         def work() -> None:
             try:
-                document = locate_initdata(self.config.initdata)
-                result["verified"] = gate(document, self.config.gate)
+                result["verified"] = self._gate()
             except BaseException as exc:
                 result["error"] = exc
 
@@ -344,26 +338,53 @@ class Supervisor:
         verified: VerifiedPolicy = result["verified"]
         return verified
 
-    def _load(self, policies: tuple[object, ...]) -> LoadSummary:
+    @property
+    def _accepted_update_path(self) -> Path:
+        return self.config.state_dir / ACCEPTED_UPDATE_NAME
+
+    def _gate(self) -> VerifiedPolicy:
+        """The boot gate; after a reload earlier in this boot, the boot gate plus that update again.
+
+        The rollback state (per boot) then names the update, so the initdata bundle alone would be
+        refused as older: its measurement and signatures are checked without rollback memory (the
+        measurement binds it to this VM for the whole boot), and the update must pass gate_update
+        against it, rollback state included, exactly as when it was first applied."""
+        document = locate_initdata(self.config.initdata)
+        try:
+            update = self._accepted_update_path.read_bytes()
+        except FileNotFoundError:
+            return gate(document, self.config.gate)
+        except OSError as exc:
+            raise MalformedBundle(str(self._accepted_update_path), "file", f"cannot be read ({exc.strerror})") from None
+        boot = gate(document, replace(self.config.gate, state_dir=None))
+        verified = gate_update(update, boot, self.config.gate, origin=str(self._accepted_update_path))
+        log.info("resumed bundle v%d accepted by a reload earlier in this boot", verified.bundle_version)
+        return verified
+
+    def _remember_update(self, envelope: bytes) -> None:
+        path = self._accepted_update_path
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(envelope)
+        os.replace(tmp, path)
+
+    def _load(self, policies: tuple[Policy, ...]) -> LoadSummary:
         engine = self.engine
         assert engine is not None
-        postures = postures_for(self.config.postures.file, self.config.postures.network,
-                                self.config.postures.capabilities)
+        container, host = self.config.postures, self.config.host_postures
         with self._lock:
-            try:
-                report = engine.load_or_adopt(policies, postures=postures)
-            except self._failure_types as exc:
-                raise EnforcementError(f"enforcement failed: {exc}") from None
-        return report_summary(report)
+            return engine.load(policies, postures_from(container.file, container.network, container.capabilities),
+                               postures_from(host.file, host.network, host.capabilities))
 
     def _something_enforced(self) -> bool:
         """Whether an earlier instance left pinned enforcement (which must not be replaced by the baseline)."""
-        try:
-            return any(self.config.pin_dir.iterdir())
-        except OSError:
-            return False
+        engine = self.engine
+        assert engine is not None
+        with self._lock:
+            return engine.is_loaded()
 
-    def _load_baseline(self) -> tuple[int, str, tuple[object, ...]]:
+    def _load_baseline(self) -> tuple[int, str, tuple[Policy, ...]]:
         path = self.config.baseline_bundle
         envelope = read_bounded(path, MAX_BUNDLE_BYTES, field="baseline_bundle", error=MalformedBundle)
         trust = load_trust_dir(self.config.gate.trust_dir)
@@ -426,13 +447,16 @@ class Supervisor:
             try:
                 envelope = read_bounded(path, MAX_BUNDLE_BYTES, field="update_bundle", error=MalformedBundle)
                 new = gate_update(envelope, current, self.config.gate, origin=str(path))
-            except GateError as exc:
+                check_expected_objects(new.bpf_objects)
+            except (GateError, EnforcementError) as exc:
                 self.last_reload = {"result": "refused", "error": str(exc), "via": origin}
                 log.warning("reload (%s) refused, running policy unchanged: %s", origin, exc)
                 return Reply.failure(f"reload refused: {exc}")
             if new is current:
                 self.last_reload = {"result": "unchanged", "bundle_version": current.bundle_version, "via": origin}
                 return Reply(ok=True, body={"reload": "unchanged", "bundle_version": current.bundle_version})
+            # The rollback state now names the new version; a restart must find the envelope to resume it.
+            self._remember_update(envelope)
             self.phase = Phase.RELOADING
             self.notifier.reloading(f"reloading: bundle v{current.bundle_version} -> v{new.bundle_version}")
             try:
@@ -473,11 +497,8 @@ class Supervisor:
         problems: list[str] = []
         engine = self.engine
         if engine is not None:
-            try:
-                with self._lock:
-                    problems.extend(engine.health())
-            except Exception as exc:  # a health check that cannot run is a failed health check
-                problems.append(f"engine health check failed: {type(exc).__name__}: {exc}")
+            with self._lock:
+                problems.extend(engine.health())
         if self._agent is not None and not self._agent.healthy():
             problems.append("agent runner thread is not running")
         return problems
@@ -544,8 +565,12 @@ class Supervisor:
         if problems:
             self._set_status("NOT READY: " + "; ".join(problems))
             return EXIT_PREREQUISITES
+        self.engine = self._engine_factory(self.config.pin_dir, self.config.state_dir)
+        # Self-protection first: it is not policy, so it holds whatever the gate decides.
         try:
-            self.engine = self._engine_factory(self.config.pin_dir, self.config.state_dir)
+            started = time.monotonic()
+            log.info("%s", self.engine.protect_self())
+            self.timings["self_protection_s"] = round(time.monotonic() - started, 3)
         except EnforcementError as exc:
             self._set_status(f"NOT READY: {exc}")
             return EXIT_PREREQUISITES
@@ -561,15 +586,24 @@ class Supervisor:
     def _run_started(self) -> int:
         self.phase = Phase.ATTESTING
         self._set_status("attesting: running the initdata gate")
+        started = time.monotonic()
         try:
             verified = self._run_gate_with_extensions()
         except GateError as exc:
+            log.error("gate refused: %s", exc)
+            return self._on_gate_refused(str(exc))
+        finally:
+            self.timings["gate_s"] = round(time.monotonic() - started, 3)
+        try:
+            check_expected_objects(verified.bpf_objects)
+        except EnforcementError as exc:
             log.error("gate refused: %s", exc)
             return self._on_gate_refused(str(exc))
         if self._stop_requested:
             return self._shutdown()
         self.phase = Phase.ENFORCING
         self._set_status(f"gate accepted bundle v{verified.bundle_version}; loading enforcement")
+        started = time.monotonic()
         try:
             summary = self._load(verified.parsed_policies)
         except EnforcementError as exc:
@@ -578,6 +612,8 @@ class Supervisor:
             self._set_status(f"NOT READY: bundle v{verified.bundle_version} accepted but {exc}")
             self._sleep_unless_stopped(self.config.gate_failure_exit_s)
             return EXIT_GATE_REFUSED
+        self.timings["enforce_s"] = round(time.monotonic() - started, 3)
+        self.timings["engine"] = dict(summary.timings_s)
         self.verified = verified
         self.enforced = Enforced("gate", verified.bundle_version, verified.bundle_digest, summary.ruleset_digest,
                                  adopted=summary.adopted,

@@ -1,44 +1,42 @@
-"""The supervisor's view of the BPF engine (bpf/engine.py, owned by the engine work).
+"""The supervisor's side of the kernel: the BPF engine (bpf.engine) and self-protection (bpf.self_protect).
 
-The daemon talks to enforcement only through `EnforcementEngine`, the subset of `bpf.engine.Engine`
-it uses, so that the engine module is imported in one place (`open_engine`) and the rest of the
-supervisor is typed against what it actually needs. Engine errors become `EnforcementError` here,
-so the daemon has a single exception type to report for "the kernel side failed".
+`Enforcement` is the one object the daemon drives. It keeps the two BPF lifecycles apart, as the
+objects are: self-protection is armed first and unconditionally (it is not policy: no bundle can
+switch it off), the engine enforces whichever bundle the gate accepted. Every failure of either
+becomes `EnforcementError` with a one-line message for STATUS and the journal.
+
+The digest the supervisor reports as "the enforced RuleSet" covers the scopes every workload gets
+(host and any-container): sha256 over their per-scope RuleSet digests. Registered containers add
+scopes of their own; their digests are reported per container by the control socket.
 """
 
 from __future__ import annotations
 
-import importlib
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from bpf.compiler import Postures
+from bpf.engine import OBJECTS, Engine, EngineError, EngineReport
+from bpf.loader import BpfError
+from bpf.objects import ObjectNotFound, object_digest, object_path
+from bpf.policy import Policy
+from bpf.ruleset import Posture
+from bpf.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
+
+# What a failing kernel-side call raises, besides bugs: the engine's and libbpf's errors, self-protection's,
+# and OS errors (bpffs, /proc).
+FAILURES: tuple[type[BaseException], ...] = (EngineError, BpfError, SelfProtectionError, ObjectNotFound, OSError)
+
+# Scopes that apply without any registration; their digests make up the reported RuleSet digest.
+STANDING_SCOPES = ("host", "any-container")
 
 
 class EnforcementError(Exception):
-    """The engine failed or is unavailable; the message is one line for STATUS and logs."""
-
-
-class EngineReportLike(Protocol):
-    """What load_or_adopt returns; read through `report_summary` (fields may differ by engine version)."""
-
-
-class EngineStatusLike(Protocol):
-    def to_json(self) -> Any: ...
-
-
-class EnforcementEngine(Protocol):
-    def ensure_bpffs(self) -> Any: ...
-
-    def load_or_adopt(self, policies: Sequence[object], postures: Any = ...) -> Any: ...
-
-    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str: ...
-
-    def unregister_container(self, pid_ns: int, mnt_ns: int) -> Any: ...
-
-    def status(self) -> EngineStatusLike: ...
-
-    def health(self) -> list[str]: ...
+    """The engine or self-protection failed; the message is one line for STATUS and logs."""
 
 
 @dataclass(frozen=True)
@@ -46,44 +44,120 @@ class LoadSummary:
     """The parts of an EngineReport the supervisor reports (STATUS, status output, AAEL)."""
 
     ruleset_digest: str
-    adopted: bool
-    detail: str
+    scope_digests: Mapping[str, str]
+    adopted: bool  # every object's pinned links were kept (nothing loaded or attached)
+    timings_s: Mapping[str, float]
 
 
-def report_summary(report: object) -> LoadSummary:
-    digest = ""
-    for name in ("ruleset_digest", "digest", "host_digest"):
-        value = getattr(report, name, None)
-        if isinstance(value, str) and value:
-            digest = value
-            break
-    adopted = bool(getattr(report, "adopted", False))
-    return LoadSummary(ruleset_digest=digest, adopted=adopted, detail=str(report))
+def enforced_digest(scope_digests: Mapping[str, str]) -> str:
+    standing = {name: scope_digests[name] for name in STANDING_SCOPES if name in scope_digests}
+    canonical = json.dumps(standing, sort_keys=True, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
-def engine_error_types() -> tuple[type[BaseException], ...]:
-    """The exception types the engine raises (EngineError, and libbpf's BpfError beneath it)."""
-    types: list[type[BaseException]] = []
-    for module_name, attr in (("bpf.engine", "EngineError"), ("bpf.loader", "BpfError")):
-        try:
-            types.append(getattr(importlib.import_module(module_name), attr))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(types)
+def summarize(report: EngineReport) -> LoadSummary:
+    return LoadSummary(ruleset_digest=enforced_digest(report.ruleset_digests),
+                       scope_digests=dict(report.ruleset_digests), adopted=not report.loaded,
+                       timings_s=dict(report.timings_s))
 
 
-def open_engine(pin_dir: Path, state_dir: Path) -> EnforcementEngine:
+def shipped_objects() -> dict[str, str]:
+    """File name -> sha256 of every BPF object this installation loads (what a bundle may pin)."""
+    return {f"{name}.bpf.o": object_digest(object_path(name)) for name in (*OBJECTS, "self_guard")}
+
+
+def check_expected_objects(expected: Mapping[str, str]) -> None:
+    """The signed bundle may name the BPF objects it was written for; each must be what this image ships,
+    so a policy is never enforced by code its signers did not expect (an empty list pins nothing)."""
+    if not expected:
+        return
     try:
-        module = importlib.import_module("bpf.engine")
-    except ImportError as exc:
-        raise EnforcementError(f"the BPF engine is not available: {exc}") from None
-    engine: EnforcementEngine = module.Engine(pin_dir=pin_dir, state_dir=state_dir)
-    return engine
+        shipped = shipped_objects()
+    except FAILURES as exc:
+        raise EnforcementError(f"cannot hash the shipped BPF objects: {exc}") from None
+    for name, digest in sorted(expected.items()):
+        if name not in shipped:
+            raise EnforcementError(f"bundle expects BPF object {name}, which this image does not ship "
+                                   f"(it ships {', '.join(sorted(shipped))})")
+        if shipped[name] != digest:
+            raise EnforcementError(f"bundle expects {name} {digest[:19]}, this image ships {shipped[name][:19]}")
 
 
-def postures_for(file: str, network: str, capabilities: str) -> object:
-    """compiler.Postures from configured strings (imported late: the compiler is heavy)."""
-    from bpf.compiler import Postures
-    from bpf.ruleset import Posture
-
+def postures_from(file: str, network: str, capabilities: str) -> Postures:
     return Postures(file=Posture(file), network=Posture(network), capabilities=Posture(capabilities))
+
+
+class Enforcement:
+    def __init__(self, pin_dir: Path, state_dir: Path) -> None:
+        self.pin_dir = pin_dir
+        self.engine = Engine(pin_dir=pin_dir, state_dir=state_dir)
+        self._guard: SelfGuard | None = None
+        self._guard_report: SelfGuardReport | None = None
+
+    def protect_self(self) -> str:
+        """Load or adopt self_guard and arm it (identity, protected paths); also re-protect the engine's
+        maps when they exist. Returns a one-line summary."""
+        try:
+            self._guard = SelfGuard(pin_root=self.pin_dir, lib=self.engine.lib)
+            report = self._guard.load_or_adopt(SelfProtectionConfig(protected_map_ids=self._engine_map_ids()))
+        except FAILURES as exc:
+            raise EnforcementError(f"self-protection failed: {exc}") from None
+        self._guard_report = report
+        return (f"self-protection {'adopted' if report.adopted else 'loaded'}: {len(report.link_ids)} links, "
+                f"{report.protected_inodes} protected paths")
+
+    def _engine_map_ids(self) -> tuple[int, ...]:
+        status = self.engine.status()
+        return tuple(int(info["id"]) for info in status.maps.values()) if status.loaded else ()
+
+    def load(self, policies: Sequence[Policy], postures: Postures, host_postures: Postures) -> LoadSummary:
+        """Enforce `policies` (load or adopt), then reserve write access to the engine's maps for warden."""
+        try:
+            report = self.engine.load_or_adopt(policies, postures=postures, host_postures=host_postures)
+            if self._guard is not None:
+                self._guard.protect_maps(self._engine_map_ids())
+        except FAILURES as exc:
+            raise EnforcementError(f"enforcement failed: {exc}") from None
+        return summarize(report)
+
+    def is_loaded(self) -> bool:
+        """Whether pinned enforcement exists (left by this or an earlier instance)."""
+        try:
+            return self.engine.status().loaded
+        except FAILURES:
+            return False
+
+    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str:
+        try:
+            return self.engine.register_container(name, labels, pid_ns, mnt_ns)
+        except FAILURES as exc:
+            raise EnforcementError(str(exc)) from None
+
+    def unregister_container(self, pid_ns: int, mnt_ns: int) -> None:
+        try:
+            self.engine.unregister_container(pid_ns, mnt_ns)
+        except FAILURES as exc:
+            raise EnforcementError(str(exc)) from None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.engine.status().to_json())
+            if self._guard is not None and self._guard_report is not None:
+                data["self_protection"] = {"adopted": self._guard_report.adopted,
+                                           "links": {k: v.id for k, v in self._guard.link_infos().items()},
+                                           "maps": self._guard_report.map_ids,
+                                           "protected_paths": self._guard_report.protected_inodes,
+                                           "drops": self._guard.drops()}
+        except FAILURES as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return data
+
+    def health(self) -> list[str]:
+        """Problems, one line each: the engine's, and self_guard's pinned links readable."""
+        try:
+            problems = self.engine.health()
+            if self._guard is not None:
+                self._guard.link_infos()
+        except FAILURES as exc:
+            problems = [f"health check failed: {type(exc).__name__}: {exc}"]
+        return problems
