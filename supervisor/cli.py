@@ -2,7 +2,9 @@
 
 Every subcommand group lives in its own module under `supervisor.commands` (discovered, so adding a
 command touches one file); each module exposes `register(subparsers)`, which adds its parser and sets
-`handler` to a function `(argparse.Namespace) -> int`. Domain errors are turned into one-line
+`handler` to a function `(argparse.Namespace) -> int`. A module is named after its command, so a
+command line that names one imports only that module: `warden hook` runs on every container start
+and must not pay for importing the gate, the compiler and the engine. Domain errors are turned into one-line
 messages by the command modules; this entry point is the last line of defence: no input may ever produce a traceback.
 """
 
@@ -31,22 +33,29 @@ class CommandModule(Protocol):
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_names() -> list[str]:
+    return sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or with just `only` (which must be a command name)."""
     parser = argparse.ArgumentParser(
         prog="warden",
         description="coco-warden: attestation-gated BPF-LSM enforcement for confidential guest VMs.",
     )
     parser.add_argument("--version", action="version", version=f"warden {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module: CommandModule = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for name in [only] if only is not None else command_names():
+        module: CommandModule = importlib.import_module(f"{commands.__name__}.{name}")
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on usage errors, as argparse does
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    named = arguments[0] if arguments and arguments[0] in command_names() else None
+    parser = build_parser(only=named)
+    args = parser.parse_args(arguments)  # exits 2 on usage errors, as argparse does
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,3 +185,14 @@ def test_cli_malformed_state_one_line_exit_1(sock: Path) -> None:
 def test_cli_usage_error_exit_2() -> None:
     result = subprocess.run([WARDEN, "hook", "--stage", "poststart"], input=b"", capture_output=True, timeout=60)
     assert result.returncode == 2
+
+
+def test_the_hook_command_imports_neither_the_gate_nor_the_engine() -> None:
+    """`warden hook` runs on every container start: it loads the control protocol, not warden's bulk."""
+    code = ("import sys\nfrom supervisor.cli import main\n"
+            "code = main(['hook', '--stage', 'poststop', '--socket', '/nonexistent', '--timeout', '0.1'])\n"
+            "heavy = [m for m in ('initdata.gate', 'bpf.engine', 'bpf.compiler', 'cryptography', 'yaml') "
+            "if m in sys.modules]\n"
+            "print(code, heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], input=b"", capture_output=True, check=True).stdout
+    assert out.decode().strip() == "1 []"
