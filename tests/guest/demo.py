@@ -1,119 +1,280 @@
-"""`make demo`: the main job, shown end to end in a Kata-like guest VM.
+"""`make demo`: the whole story of coco-warden in Kata-like guest VMs, one progress line per step.
 
-Each step prints one progress line and then what it proved; the demo exits 0 only when every
-expectation held. It grows as capabilities land (see the issues); today it shows the foundation:
-a CO-RE BPF-LSM object from bpf/ loads in the guest's 6.1 kernel, pins its link, and keeps
-blocking a write after the process that loaded it has exited.
+1. The pod owner signs the seed's three policies, builds the CoCo initdata, and gets the Kata
+   annotation and the reference values a Trustee operator registers (TDX, SNP, vTPM).
+2. A guest boots with a swtpm vTPM; at launch PCR8 is extended with the initdata digest (what the
+   firmware and kata-agent do in a CoCo VM); warden.service, enabled, gates and enforces.
+3. Real crun containers, started through the OCI hook: raw socket, /bin write and the MySQL data are
+   blocked; the alert JSON the agent wrote is shown.
+4. Root in the VM cannot kill the supervisor or the agent; systemd (PID 1) can, and enforcement holds
+   through the gap while systemd brings them back.
+5. An unrestricted pod (its own VM, its own initdata) can do all of it. Then the initdata that pod
+   reads is swapped for a tampered one: the gate refuses it and the workload never starts.
+
+Exit 0 only when every expectation held. Output is plain text (no colour), one line per check.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.guest.vm import GuestError, GuestOptions, GuestVM
+from bpf.objects import object_dir
+from supervisor.enforcement import shipped_objects
+from tests.guest.service import (
+    ALERTS,
+    INITDATA,
+    is_ready,
+    lsm_link_ids,
+    make_container,
+    pod_image_files,
+    run_checks,
+    show,
+    wait_until,
+)
+from tests.guest.vm import REPO_ROOT, GuestError, GuestOptions, GuestVM
 
-GUARDED = "/var/lib/demo-guarded"
-PIN_DIR = "/sys/fs/bpf/warden-demo"
-
-LOAD_AND_PIN = textwrap.dedent(f"""
-    import os
-    from pathlib import Path
-    from bpf.loader import BpfObject, Libbpf
-    from bpf.objects import object_path
-
-    lib = Libbpf()
-    Path("{PIN_DIR}").mkdir(exist_ok=True)
-    with BpfObject(lib, object_path("write_guard")) as obj:
-        obj.load()
-        st = os.stat("{GUARDED}")
-        key = st.st_ino.to_bytes(8, "little") + st.st_dev.to_bytes(4, "little") + bytes(4)
-        obj.map("guarded_dirs").update(key, b"\\x01")
-        link = obj.program("write_guard_file_open").attach()
-        link.pin(Path("{PIN_DIR}/write_guard_link"))
-        print(f"pid {{os.getpid()}} loaded write_guard, link id {{link.info().id}} pinned; exiting")
-        link.release()
-""")
+SEED_POLICIES = REPO_ROOT / "tests" / "data" / "policies" / "seed"
+HOST_WARDEN = str(REPO_ROOT / ".venv" / "bin" / "warden")
+PROBE_SCRIPT = "while :; do if touch /bin/probe 2>/dev/null; then echo OK; else echo DENIED; fi; sleep 0.1; done"
 
 
 @dataclass
 class Report:
-    failures: int = 0
+    failures: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
-    def step(self, title: str) -> None:
-        print(f"\n==> {title}", flush=True)
+    def step(self, number: int, title: str) -> None:
+        print(f"\n==> [{number}/5] {title}  (t+{time.monotonic() - self.started:.0f}s)", flush=True)
+
+    def progress(self, text: str) -> None:
+        print(f"    ... {text}", flush=True)
 
     def show(self, text: str) -> None:
         for line in text.rstrip().splitlines():
             print(f"    {line}")
 
-    def expect(self, what: str, ok: bool) -> None:
+    def expect(self, what: str, ok: bool) -> bool:
         print(f"    [{'PASS' if ok else 'FAIL'}] {what}", flush=True)
         if not ok:
-            self.failures += 1
+            self.failures.append(what)
+        return ok
+
+    def table(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+        for i, row in enumerate((header, *rows)):
+            self.show("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+            if i == 0:
+                self.show("  ".join("-" * w for w in widths))
 
 
-def timed(report: Report, title: str, action: Callable[[], None]) -> None:
-    report.step(title)
-    started = time.monotonic()
-    action()
-    print(f"    ({time.monotonic() - started:.1f}s)")
+def host_warden(*args: str, output: Path | None = None) -> str:
+    result = subprocess.run([HOST_WARDEN, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise GuestError(f"warden {' '.join(args)}: {result.stderr.strip()}")
+    if output is not None:
+        output.write_text(result.stdout)
+    return result.stdout.strip()
 
 
-def run_demo(vm: GuestVM, report: Report) -> None:
-    def boot() -> None:
+@dataclass(frozen=True)
+class Artifacts:
+    owner_pem: str
+    initdata: str  # the restricted pod's: the seed's three policies
+    unrestricted_initdata: str  # another pod's: only block-mysql-data-access
+    tampered_initdata: str  # the unrestricted pod's, with the bundle swapped by an attacker
+    baseline: str
+
+
+def sign(work: Path, name: str, key: Path, policies: list[Path], version: int = 1) -> Path:
+    directory = work / f"{name}-policies"
+    directory.mkdir()
+    for policy in policies:
+        shutil.copy(policy, directory / policy.name)
+    bundle = work / f"{name}.bundle.json"
+    # The bundle pins the BPF objects it was written for: the supervisor refuses other enforcement code.
+    objects = [arg for path in sorted(shipped_objects()) for arg in ("--bpf-object", str(object_dir() / path))]
+    host_warden("bundle", "sign", "--key", str(key), "--version", str(version), "--expires", "+30d",
+                *objects, str(directory), "--output", str(bundle))
+    return bundle
+
+
+def owner_side(work: Path, report: Report) -> Artifacts:
+    seed = sorted(SEED_POLICIES.glob("*.yaml"))
+    mysql_only = [p for p in seed if p.stem == "block-mysql-data-access"]
+    host_warden("keygen", str(work / "owner"))
+    host_warden("keygen", str(work / "attacker"))
+    bundle = sign(work, "restricted", work / "owner.key", seed)
+    initdata = work / "initdata.toml"
+    host_warden("initdata", "build", "--bundle", str(bundle), "--algorithm", "sha256", output=initdata)
+    report.show(f"signed bundle v1 with {', '.join(p.stem for p in seed)}")
+    report.show(f"initdata: {initdata.stat().st_size} bytes, sha256 {host_warden('initdata', 'digest', str(initdata))}")
+    annotation = host_warden("initdata", "annotation", str(initdata))
+    report.show(f"pod annotation io.katacontainers.config.hypervisor.cc_init_data: {annotation[:48]}... "
+                f"({len(annotation)} chars)")
+    report.show("reference values for the Trustee operator:")
+    for tee, register in (("tdx", "MRCONFIGID"), ("snp", "HOSTDATA"), ("vtpm", "PCR8")):
+        report.show(f"  {tee:5} {register:10} {host_warden('initdata', 'digest', '--tee', tee, str(initdata))}")
+
+    unrestricted = work / "unrestricted.toml"
+    host_warden("initdata", "build", "--bundle", str(sign(work, "unrestricted", work / "owner.key", mysql_only)),
+                "--algorithm", "sha256", output=unrestricted)
+    tampered = work / "tampered.toml"
+    permissive = sign(work, "tampered", work / "attacker.key", mysql_only, version=99)
+    host_warden("initdata", "build", "--bundle", str(permissive), "--algorithm", "sha256", output=tampered)
+    baseline = sign(work, "baseline", work / "owner.key", [p for p in seed if p.stem != "block-mysql-data-access"])
+    report.expect("owner key, bundle, initdata and reference values made with the warden CLI", True)
+    return Artifacts((work / "owner.pem").read_text(), initdata.read_text(), unrestricted.read_text(),
+                     tampered.read_text(), baseline.read_text())
+
+
+@contextmanager
+def booted(work: Path, name: str, files: dict[str, str], report: Report) -> Iterator[GuestVM]:
+    vm = GuestVM(GuestOptions(tpm=True, files=files), work / name)
+    report.progress(f"booting the {name} pod VM (QEMU, swtpm vTPM, systemd as PID 1)")
+    try:
         vm.start()
-        kernel = vm.run("uname -r", check=True).stdout.strip()
-        lsms = vm.run("cat /sys/kernel/security/lsm", check=True).stdout.strip()
-        report.show(f"guest kernel {kernel} ({vm.accel}), LSMs: {lsms}")
-        report.expect("BPF-LSM is active in the guest", "bpf" in lsms.split(","))
+        report.progress(f"guest up after {vm.boot_seconds:.1f}s ({vm.accel}); waiting for warden.service READY")
+        yield vm
+    except (GuestError, AssertionError):
+        # What warden said, for whoever reads the failure (the serial tail comes with the error).
+        for command in ("journalctl -u warden.service -n 15 --no-pager -o cat", f"tail -n 5 {ALERTS}"):
+            print(f"    $ {command}\n" + vm.run(command).stdout, file=sys.stderr)
+        raise
+    finally:
+        vm.stop()
 
-    timed(report, "Booting the Kata-like guest VM (systemd as PID 1)", boot)
 
-    report.step("Loading the CO-RE write_guard object and pinning its link in bpffs")
-    vm.run("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf", check=True)
-    vm.run(f"mkdir -p {GUARDED} && echo original > {GUARDED}/data", check=True)
-    loaded = vm.python(LOAD_AND_PIN)
-    report.show(loaded.stdout + loaded.stderr)
-    report.expect("loader exited 0", loaded.returncode == 0)
-    loader_pid = loaded.stdout.split()[1] if loaded.stdout.startswith("pid ") else "?"
-    gone = vm.run(f"test ! -e /proc/{loader_pid}").returncode == 0
-    report.expect(f"the loader (pid {loader_pid}) is gone", gone and loader_pid != "?")
+def wait_ready(vm: GuestVM, report: Report) -> None:
+    waited = wait_until("warden.service READY", lambda: is_ready(vm), 240, vm)
+    props = show(vm, "ActiveState", "StatusText")
+    report.show(f"warden.service {props['ActiveState']} (+{waited:.1f}s): STATUS={props['StatusText']}")
 
-    report.step(f"Writing to {GUARDED}/data with the loader gone")
-    write = vm.run(f"echo tampered > {GUARDED}/data")
-    report.show(f"$ echo tampered > {GUARDED}/data\n{write.stderr.strip()}")
-    report.expect("the write is blocked: Operation not permitted",
-                  write.returncode != 0 and "Operation not permitted" in write.stderr)
-    content = vm.run(f"cat {GUARDED}/data", check=True).stdout.strip()
-    report.expect("the file still reads 'original'", content == "original")
 
-    report.step("Inspecting the pinned link with bpftool")
-    links = vm.run("bpftool link list", check=True).stdout
-    report.show(links)
-    report.expect("a pinned lsm_mac link is attached", "lsm_mac" in links)
+def blocked(outcome: str) -> bool:
+    """Denied by an LSM (EPERM), not by anything else (a read-only root would say EROFS)."""
+    return outcome.startswith("denied") and "Operation not permitted" in outcome
+
+
+def restricted_pod(vm: GuestVM, report: Report) -> None:
+    wait_ready(vm, report)
+    pcr8 = vm.run("cat /sys/class/tpm/tpm0/pcr-sha256/8", check=True).stdout.strip().lower()
+    report.show(f"vTPM PCR8 = {pcr8}")
+    report.expect("READY=1 only after the gate accepted and the policy was enforced (measured by vtpm)",
+                  "measured by vtpm" in show(vm, "StatusText")["StatusText"])
+
+    report.step(3, "Restricted containers (real crun, registered through the OCI hook)")
+    mysql = run_checks(vm, "mysql", {"app": "mysql"})
+    web = run_checks(vm, "web", None)
+    report.table(("action", "container mysql (app=mysql)", "container web"),
+                 [(action, mysql[action], web.get(action, "?")) for action in mysql])
+    report.expect("raw socket blocked in both (net-raw-block)",
+                  blocked(mysql["raw socket"]) and blocked(web["raw socket"]))
+    report.expect("write to /bin blocked in both (file-integrity-monitoring)",
+                  blocked(mysql["write /bin/evil"]) and blocked(web["write /bin/evil"]))
+    report.expect("/var/lib/mysql denied to app=mysql only (block-mysql-data-access selects by label)",
+                  blocked(mysql["cat /var/lib/mysql/any-file"]) and web["cat /var/lib/mysql/any-file"] == "allowed")
+    time.sleep(1)  # the agent polls the ring buffer every 250 ms
+    alerts = [json.loads(line) for line in vm.run(f"cat {ALERTS}", check=True).stdout.splitlines()]
+    matched = [a for a in alerts if a.get("Type") == "MatchedPolicy"]
+    sample = next((a for a in matched if a["PolicyName"] == "block-mysql-data-access"), None)
+    if sample is not None:
+        report.show("alert (agent, " + ALERTS + "):")
+        report.show(json.dumps({k: sample[k] for k in ("Timestamp", "HostName", "ContainerName", "Labels",
+                                                        "PolicyName", "Severity", "Type", "Operation",
+                                                        "Resource", "Action", "Result", "Enforcer")}, indent=2))
+    report.expect("the agent wrote KubeArmor-style alerts for all three policies",
+                  {a["PolicyName"] for a in matched} >= {"net-raw-block", "file-integrity-monitoring",
+                                                          "block-mysql-data-access"})
+
+    report.step(4, "Killing the supervisor and its agent")
+    links = lsm_link_ids(vm)
+    probe = make_container(vm, "probe", ["sh", "-c", f"{PROBE_SCRIPT} > /probe.log"])
+    # detached: its stdio must not be the guest agent's, or the command never finishes
+    vm.run(f"crun run -d -b {probe} probe-1 </dev/null >/dev/null 2>&1", check=True, timeout=120)
+    main_pid = show(vm, "MainPID")["MainPID"]
+    agent_pid = vm.run(f"pgrep -P {main_pid} -f 'warden agent'").stdout.split()
+    for who, pid in (("supervisor", main_pid), ("agent", agent_pid[0] if agent_pid else "0")):
+        attempt = vm.run(f"kill -9 {pid}")
+        report.show(f"root in the VM: kill -9 {pid} ({who}) -> {attempt.stderr.strip() or 'exit 0'}")
+        report.expect(f"root in the VM cannot kill the {who} (self-protection)",
+                      attempt.returncode != 0 and "not permitted" in attempt.stderr)
+    restarts = int(show(vm, "NRestarts")["NRestarts"])
+    started = time.monotonic()
+    vm.run("systemctl kill --signal=SIGKILL warden.service", check=True)
+    report.show("systemd (PID 1, the one process allowed to): systemctl kill --signal=SIGKILL warden.service")
+    wait_until("warden.service back", lambda: int(show(vm, "NRestarts")["NRestarts"]) > restarts and is_ready(vm),
+               240, vm)
+    back = time.monotonic() - started
+    vm.run("sleep 1; crun kill probe-1 KILL; sleep 0.5; crun delete -f probe-1")
+    log = vm.run(f"cat {probe}/rootfs/probe.log", check=True).stdout.split()
+    report.show(f"back to READY after {back:.1f}s; probe in a container: {log.count('DENIED')} writes to /bin "
+                f"denied, {log.count('OK')} succeeded")
+    report.expect("systemd restarted the supervisor and it is READY again", is_ready(vm))
+    report.expect("no probe write succeeded while the supervisor was down", log.count("OK") == 0 and len(log) > 5)
+    report.expect("the same LSM links are attached (adopted, never detached)", lsm_link_ids(vm) == links)
+    self_alerts = [json.loads(line) for line in vm.run(f"cat {ALERTS}", check=True).stdout.splitlines()
+                   if "warden-self-protection" in line]
+    report.expect(f"the kill attempts were alerted ({len(self_alerts)} self-protection alerts)",
+                  any(a["Operation"] == "signal" for a in self_alerts))
+
+
+def unrestricted_pod(vm: GuestVM, report: Report, tampered: str) -> None:
+    wait_ready(vm, report)
+    free = run_checks(vm, "app", None)
+    report.table(("action", "container app (another pod's policy)"), list(free.items()))
+    report.expect("everything is allowed in the unrestricted pod", set(free.values()) == {"allowed"})
+
+    report.progress("the initdata this pod reads is swapped for a tampered one; warden restarts")
+    vm.run("systemctl stop warden.service", check=True)
+    vm.run(f"cat > {INITDATA} < {vm.write_shared('tampered.toml', tampered)}", check=True)
+    vm.run("systemctl start --no-block warden.service", check=True)
+    wait_until("the refusal", lambda: "gate refused" in show(vm, "StatusText")["StatusText"], 120, vm)
+    report.show(f"STATUS={show(vm, 'StatusText')['StatusText']}")
+    report.expect("the gate refused the tampered initdata (PCR8 holds the launched one) and READY never came",
+                  "PCR8: measured" in show(vm, "StatusText")["StatusText"] and not is_ready(vm))
+    directory = make_container(vm, "late", ["sh", "-c", "echo started > /started"])
+    result = vm.run(f"crun run -b {directory} late-1", timeout=120)
+    report.show(f"crun run late-1 -> exit {result.returncode}: {result.stderr.strip().splitlines()[-1:]}")
+    started = vm.run(f"test -e {directory}/rootfs/started").returncode == 0
+    report.expect("the workload never started (the OCI hook failed closed)", result.returncode != 0 and not started)
 
 
 def main() -> int:
     report = Report()
     print("coco-warden demo: attestation-gated BPF-LSM enforcement in a confidential guest VM")
-    with tempfile.TemporaryDirectory(prefix="warden-demo-") as workdir:
-        vm = GuestVM(GuestOptions(tpm=True), Path(workdir))
+    with tempfile.TemporaryDirectory(prefix="warden-demo-") as tmp:
+        work = Path(tmp)
         try:
-            run_demo(vm, report)
-        except GuestError as exc:
-            print(f"\n[FAIL] the guest failed: {exc}", file=sys.stderr)
+            report.step(1, "Pod owner: signing key, signed bundle of the seed's policies, initdata")
+            artifacts = owner_side(work, report)
+            report.step(2, "Restricted pod: boot with PCR8 extended at launch, warden.service enabled")
+            files = pod_image_files(artifacts.owner_pem, artifacts.initdata, artifacts.baseline)
+            with booted(work, "restricted", files, report) as vm:
+                restricted_pod(vm, report)
+            report.step(5, "Unrestricted pod, then tampered initdata")
+            files = pod_image_files(artifacts.owner_pem, artifacts.unrestricted_initdata, artifacts.baseline)
+            with booted(work, "unrestricted", files, report) as vm:
+                unrestricted_pod(vm, report, artifacts.tampered_initdata)
+        except (GuestError, AssertionError) as exc:
+            print(f"\n[FAIL] {exc}", file=sys.stderr)
             return 1
-        finally:
-            vm.stop()
-    verdict = "every expectation held" if report.failures == 0 else f"{report.failures} expectation(s) failed"
-    print(f"\n==> demo finished: {verdict}")
-    return 0 if report.failures == 0 else 1
+    total = time.monotonic() - report.started
+    if report.failures:
+        print(f"\n==> demo finished in {total:.0f}s: {len(report.failures)} expectation(s) failed:")
+        for failure in report.failures:
+            print(f"    - {failure}")
+        return 1
+    print(f"\n==> demo finished in {total:.0f}s: every expectation held")
+    return 0
 
 
 if __name__ == "__main__":

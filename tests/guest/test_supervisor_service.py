@@ -22,26 +22,32 @@ import json
 import re
 import textwrap
 import time
-import uuid
-from collections.abc import Callable
 
 import pytest
 
 from initdata.bundle import PolicyFile
 from initdata.document import parse_initdata
+from supervisor.enforcement import shipped_objects
 from tests.data.initdata.factory import make_envelope, make_initdata, public_pem, signing_key
+from tests.guest.service import WARDEN, is_ready, lsm_link_ids, make_container, show, unit_text, wait_until
 from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
 
-# The supervisor enforces through bpf/engine.py (another work item); without it there is nothing to test here.
-pytest.importorskip("bpf.engine", reason="bpf/engine.py (the BPF engine) has not landed yet")
-
-WARDEN = f"{REPO_ROOT}/.venv/bin/warden"
-UNIT_SOURCE = REPO_ROOT / "units" / "usr" / "lib" / "systemd" / "system" / "warden.service"
 PROBE_DIR = "/var/tmp/warden-probe"
 BASELINE_DIR = "/var/tmp/warden-baseline"
 V2_DIR = "/var/tmp/warden-v2"
-ALERTS = "/var/log/warden-alerts.json"
-BUNDLE_DIR = "/var/tmp/ctr"
+ALERTS = "/var/log/warden/alerts.json"  # LogsDirectory=warden: writable under ProtectSystem=strict
+MARKER = f"{PROBE_DIR}/marker-while-agent-down"
+UPDATE = "/var/tmp/warden-update.bundle.json"  # signed, so it needs no protection (and gets none)
+# The agent cannot be killed from outside warden's cgroup (self-protection), so to make it crash the
+# test asks a wrapper inside the cgroup to SIGKILL the real `warden agent` when this file's content
+# changes (the service cannot write /var/tmp: each instance remembers the content it started with).
+CRASH = "/var/tmp/warden-crash-agent"
+AGENT_WRAPPER = [
+    "/bin/sh", "-c",
+    f"start=$(cat {CRASH} 2>/dev/null); {REPO_ROOT}/.venv/bin/warden agent --config /etc/warden/warden.yaml & "
+    f"a=$!; while kill -0 $a 2>/dev/null; do if [ \"$(cat {CRASH} 2>/dev/null)\" != \"$start\" ]; then "
+    "kill -9 $a; exit 137; fi; sleep 0.1; done; wait $a",
+]
 
 
 def host_block(name: str, directory: str) -> PolicyFile:
@@ -82,22 +88,23 @@ CONTAINER_SECRET = PolicyFile("container-secret.yaml", textwrap.dedent("""\
 
 
 def bundle(version: int, policies: list[PolicyFile], key: str = "owner-ed25519") -> str:
-    return make_envelope([signing_key(key)], version=version, policies=policies).to_json().decode()
+    return make_envelope([signing_key(key)], version=version, policies=policies,
+                         bpf_objects=shipped_objects()).to_json().decode()
 
 
 V1 = [host_block("probe-block", PROBE_DIR), CONTAINER_SECRET]
-INITDATA = make_initdata(make_envelope([signing_key("owner-ed25519")], version=1, policies=V1)).decode()
+INITDATA = make_initdata(bundle(1, V1).encode()).decode()
 INITDATA_DIGEST = parse_initdata(INITDATA.encode(), origin="test").digest_hex
 
 
 def config_yaml(**agent: object) -> str:
     agent_settings = {"backoff_initial_s": 0.5, "backoff_max_s": 4, "backoff_jitter_s": 0.1, "crash_budget": 3,
-                      "crash_window_s": 120, "logPath": ALERTS, "maxAlertPerSec": 1000, **agent}
+                      "crash_window_s": 120, "stable_after_s": 600, "logPath": ALERTS, "maxAlertPerSec": 1000, **agent}
     return json.dumps({  # JSON is YAML
         "gate": {"trust_dir": "/etc/warden/trust", "measurement_sources": ["vtpm"]},
         "initdata": "/etc/warden/initdata.toml",
         "baseline_bundle": "/usr/share/warden/baseline.bundle.json",
-        "update_bundle": "/etc/warden/update.bundle.json",
+        "update_bundle": UPDATE,
         "gate_failure_exit_s": 8,
         "record_ruleset": False,
         "agent": agent_settings,
@@ -106,14 +113,14 @@ def config_yaml(**agent: object) -> str:
 
 @pytest.fixture(scope="module")
 def guest_options() -> GuestOptions:
-    unit = UNIT_SOURCE.read_text().replace("/usr/bin/warden", WARDEN)
     return GuestOptions(tpm=True, files={
-        "/etc/systemd/system/warden.service": unit,
-        "/etc/warden/warden.yaml": config_yaml(),
+        "/etc/systemd/system/warden.service": unit_text(),
+        "/etc/warden/warden.yaml": config_yaml(command=AGENT_WRAPPER),
         "/etc/warden/initdata.toml": INITDATA,
         "/etc/warden/trust/owner.pem": public_pem("owner-ed25519").decode(),
         "/usr/share/warden/baseline.bundle.json": bundle(1, [host_block("baseline-block", BASELINE_DIR)]),
         f"{PROBE_DIR}/secret": "probe secret\n",
+        MARKER: "read while the agent is down\n",
         f"{BASELINE_DIR}/secret": "baseline secret\n",
         f"{V2_DIR}/secret": "v2 secret\n",
     })
@@ -122,28 +129,8 @@ def guest_options() -> GuestOptions:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def show(guest: GuestVM, *props: str) -> dict[str, str]:
-    out = guest.run(f"systemctl show warden.service -p {','.join(props)}", check=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float, guest: GuestVM) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.3)
-    journal = guest.run("journalctl -u warden.service -n 60 --no-pager -o short-monotonic").stdout
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{journal}")
-
-
 def readable(guest: GuestVM, path: str) -> bool:
     return guest.run(f"cat {path}").returncode == 0
-
-
-def lsm_link_ids(guest: GuestVM) -> set[int]:
-    links = json.loads(guest.run("bpftool -j link list", check=True).stdout or "[]")
-    return {link["id"] for link in links if link.get("attach_type") == "lsm_mac"}
 
 
 def status_json(guest: GuestVM) -> dict[str, object]:
@@ -151,11 +138,6 @@ def status_json(guest: GuestVM) -> dict[str, object]:
     assert result.returncode in (0, 1), result
     data: dict[str, object] = json.loads(result.stdout)
     return data
-
-
-def is_ready(guest: GuestVM) -> bool:
-    state = show(guest, "ActiveState", "SubState")
-    return state["ActiveState"] == "active" and state["SubState"] == "running"
 
 
 def start_probe(guest: GuestVM, path: str, log: str) -> None:
@@ -204,10 +186,10 @@ def test_refused_gate_enforces_the_baseline_and_never_sends_ready(guest: GuestVM
     assert readable(guest, f"{PROBE_DIR}/secret")
     # exit 1 after gate_failure_exit_s (8 s), then Restart=always; the baseline stays enforced meanwhile
     wait_until("a restart after exit 1", lambda: int(show(guest, "NRestarts")["NRestarts"]) >= 1, 120, guest)
-    journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
-    assert "Main process exited, code=exited, status=1/FAILURE" in journal
+    # PID 1 logs to the serial console in the test bed (not to the journal)
+    assert "warden.service: Main process exited, code=exited, status=1/FAILURE" in guest.serial_log.read_text()
     assert not readable(guest, f"{BASELINE_DIR}/secret")
-    guest.run("systemctl stop warden.service; systemctl reset-failed warden.service", check=True)
+    guest.run("systemctl stop warden.service; systemctl reset-failed warden.service || true", check=True)
     assert not readable(guest, f"{BASELINE_DIR}/secret"), "stopping must not remove enforcement"
 
 
@@ -283,8 +265,7 @@ def test_sigstop_fires_the_watchdog_and_systemd_restarts(guest: GuestVM, ready: 
             lambda: show(guest, "MainPID")["MainPID"] not in ("0", old_pid) and is_ready(guest), 180, guest)
     finally:
         successes, denials = stop_probe(guest, probe_log)
-    journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
-    assert "Watchdog timeout" in journal
+    assert "warden.service: Watchdog timeout" in guest.serial_log.read_text()  # PID 1 logs to the console
     assert successes == 0 and denials > 10
     assert lsm_link_ids(guest) == links_before
     print(f"SIGSTOP -> watchdog restart READY after {elapsed:.1f}s")
@@ -303,10 +284,15 @@ def test_agent_killed_in_a_loop_backs_off_degrades_and_events_arrive_later(
     guest: GuestVM, ready: dict[str, float]
 ) -> None:
     wait_until("the agent running", lambda: agent_status(guest).get("pid") is not None, 60, guest)
-    marker = f"{PROBE_DIR}/marker-{uuid.uuid4().hex[:12]}"
+    # Self-protection: root in the VM cannot kill the agent.
+    denied = guest.run(f"kill -9 {wait_until_agent_pid(guest)}")
+    assert denied.returncode != 0 and "not permitted" in denied.stderr, denied
+    marker = MARKER  # read only here: its alert can only come from this test
     for round_number in range(4):
         pid = wait_until_agent_pid(guest)
-        guest.run(f"kill -9 {pid}", check=True)
+        time.sleep(1)  # let the new wrapper read its start value first
+        guest.run(f"echo {round_number} > {CRASH}", check=True)
+        wait_until("the agent crash", lambda old=pid: agent_status(guest).get("pid") != old, 30, guest)
         if round_number == 2:
             # produced while the agent is down (backing off): must be delivered by the next agent
             guest.run(f"cat {marker}")
@@ -364,7 +350,7 @@ def test_garbage_on_the_control_socket_gets_an_error_and_the_supervisor_lives(
 
 def test_reload_refuses_an_untrusted_bundle_and_applies_a_newer_one(guest: GuestVM, ready: dict[str, float]) -> None:
     untrusted = bundle(2, [*V1, host_block("v2-block", V2_DIR)], key="owner-p256")
-    guest.run(f"cat > /etc/warden/update.bundle.json < {guest.write_shared('untrusted.json', untrusted)}", check=True)
+    guest.run(f"cat > {UPDATE} < {guest.write_shared('untrusted.json', untrusted)}", check=True)
     guest.run("systemctl reload warden.service", check=True)
     wait_until("the refused reload", lambda: (status_json(guest)["last_reload"] or {}).get("result") == "refused",
                60, guest)
@@ -372,39 +358,28 @@ def test_reload_refuses_an_untrusted_bundle_and_applies_a_newer_one(guest: Guest
     assert "bundle v1" in show(guest, "StatusText")["StatusText"]
 
     good = bundle(2, [*V1, host_block("v2-block", V2_DIR)])
-    guest.run(f"cat > /etc/warden/update.bundle.json < {guest.write_shared('v2.json', good)}", check=True)
+    guest.run(f"cat > {UPDATE} < {guest.write_shared('v2.json', good)}", check=True)
     guest.run("systemctl reload warden.service", check=True)
     wait_until("bundle v2", lambda: "bundle v2" in show(guest, "StatusText")["StatusText"], 60, guest)
     assert not readable(guest, f"{V2_DIR}/secret")
     assert not readable(guest, f"{PROBE_DIR}/secret")
     assert is_ready(guest)
 
+    # A restart resumes v2: the boot bundle (v1) alone is now a rollback and must not come back.
+    old_pid = show(guest, "MainPID")["MainPID"]
+    guest.run("systemctl kill --kill-who=main --signal=SIGKILL warden.service", check=True)
+    wait_until("READY again", lambda: show(guest, "MainPID")["MainPID"] not in ("0", old_pid) and is_ready(guest),
+               180, guest)
+    assert "bundle v2" in show(guest, "StatusText")["StatusText"]
+    assert not readable(guest, f"{V2_DIR}/secret")
+
 
 # -- 9. crun with the hook ------------------------------------------------------------------------
 
 
 def make_bundle(guest: GuestVM, name: str) -> str:
-    directory = f"{BUNDLE_DIR}/{name}"
-    guest.run(
-        f"set -e; mkdir -p {directory}/rootfs/bin {directory}/rootfs/secret; cp /bin/busybox {directory}/rootfs/bin/;"
-        f" for a in sh cat echo; do ln -sf busybox {directory}/rootfs/bin/$a; done;"
-        f" echo container-secret > {directory}/rootfs/secret/data; echo public > {directory}/rootfs/public;"
-        f" cd {directory} && rm -f config.json && crun spec",
-        check=True,
-    )
-    edit = textwrap.dedent(f"""
-        import json
-        path = "{directory}/config.json"
-        config = json.load(open(path))
-        config["process"]["terminal"] = False
-        config["process"]["args"] = ["sh", "-c", "cat /public; cat /secret/data; echo secret-rc=$?"]
-        hook = {{"path": "{WARDEN}", "args": ["warden", "hook", "--timeout", "8"], "timeout": 20}}
-        config["hooks"] = {{"createRuntime": [hook], "poststop": [hook]}}
-        config.setdefault("annotations", {{}})["io.kubernetes.cri.container-name"] = "{name}"
-        json.dump(config, open(path, "w"))
-    """)
-    guest.python(edit, check=True)
-    return directory
+    return make_container(guest, name, ["sh", "-c", "cat /public; cat /secret/data; echo secret-rc=$?"],
+                          files={"/secret/data": "container-secret\n", "/public": "public\n"})
 
 
 def test_container_policy_is_enforced_inside_a_crun_container(guest: GuestVM, ready: dict[str, float]) -> None:
