@@ -128,6 +128,8 @@ def parse_state(raw: bytes) -> ContainerState:
 
     oci_version, container_id, status, bundle = text("ociVersion"), text("id"), text("status"), text("bundle")
     pid = data.get("pid")
+    if status == "stopped" and pid == 0:
+        pid = None  # crun's poststop state says "pid": 0 (measured in the guest); runc omits it
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
         raise HookError(f"stdin: OCI state field 'pid' is {pid!r}, not a positive integer")
     annotations = data.get("annotations") or {}

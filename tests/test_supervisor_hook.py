@@ -169,6 +169,16 @@ def test_poststop_unregisters_by_id(sock: Path, ready: Supervisor) -> None:
     assert isinstance(ready.requests[0], UnregisterRequest)
 
 
+def test_poststop_with_crun_pid_zero_unregisters(sock: Path, ready: Supervisor) -> None:
+    assert run_hook(state(status="stopped", pid=0), stage=None, socket_path=sock, timeout_s=5) == \
+        "unregistered abc123"
+
+
+def test_pid_zero_of_a_running_container_is_refused(sock: Path) -> None:
+    with pytest.raises(HookError, match="'pid' is 0, not a positive integer"):
+        run_hook(state(pid=0), stage=None, socket_path=sock, timeout_s=1)
+
+
 def test_create_stage_on_a_stopped_container_is_an_error(sock: Path) -> None:
     with pytest.raises(HookError, match="already stopped"):
         run_hook(state(status="stopped"), stage=Stage.CREATE_RUNTIME, socket_path=sock, timeout_s=1)
