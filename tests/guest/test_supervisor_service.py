@@ -417,6 +417,10 @@ def test_with_the_supervisor_stopped_enforcement_stays_and_containers_cannot_sta
     started = time.monotonic()
     result = guest.run(f"crun run -b {directory} late-1", timeout=120)
     assert result.returncode != 0
-    assert "failing closed" in result.stderr, result
+    assert "error executing hook" in result.stderr, result  # crun does not pass the hook's stderr on
+    state = '{"ociVersion": "1.0.2", "id": "late-2", "status": "created", "pid": 1, "bundle": "/"}'
+    direct = guest.run(f"echo '{state}' | {WARDEN} hook --stage createRuntime --timeout 2")
+    assert direct.returncode == 1
+    assert "did not acknowledge register of late-2 within 2s" in direct.stderr and "failing closed" in direct.stderr
     assert "container-secret" not in result.stdout and "public" not in result.stdout
     print(f"crun refused in {time.monotonic() - started:.1f}s with the supervisor stopped")
