@@ -27,7 +27,7 @@ import enum
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -407,7 +407,10 @@ def gate_update(
         )
     if state is not None:
         state.record(payload.version, payload.digest, now=moment)
-    return VerifiedPolicy(
+    # The measurement, initdata and trust facts carry over from the boot gate: the update changes only
+    # the bundle.
+    return replace(
+        current,
         bundle_version=payload.version,
         bundle_digest=payload.digest,
         expires=payload.expires,
@@ -415,17 +418,7 @@ def gate_update(
         parsed_policies=parsed,
         bpf_objects=payload.bpf_objects,
         agent_settings=payload.agent,
-        measurement_source=current.measurement_source,
-        measurement_detail=current.measurement_detail,
-        tee=current.tee,
-        insecure=current.insecure,
-        initdata_origin=current.initdata_origin,
-        initdata_algorithm=current.initdata_algorithm,
-        initdata_digest=current.initdata_digest,
-        trust_mode=current.trust_mode,
-        trust_keys=current.trust_keys,
         signer_keyids=tuple(k.keyid for k in signers),
-        threshold=current.threshold,
     )
 
 
