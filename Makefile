@@ -21,7 +21,9 @@ demo: setup
 test: setup lint
 	$(PY) -m pytest
 
+# AppArmor and bcc (with the guest kernel's headers) for the comparisons; the script is idempotent.
 bench: setup
+	@bash scripts/install-bench-deps.sh
 	$(PY) -m bench
 
 lint: $(VENV)/.installed

@@ -1,8 +1,7 @@
-"""Side-by-side comparisons for `make bench`, measured in one guest boot.
+"""Side-by-side comparisons for `make bench`, measured in the same guest boot as warden.
 
-- AppArmor: the same kind of rules as an AppArmor profile (AppArmor is an active LSM in the guest
-  kernel), timing open()+close() confined by a profile with 10 and with 10,000 deny rules against
-  the same process unconfined.
+- AppArmor (an active LSM in the guest kernel): the benchmark's rules as a profile (bench/rules.py),
+  compiled and loaded with apparmor_parser; the syscall loop (bench/syscalls.py) runs confined by it.
 - bcc: compiling and loading, at boot, an LSM program equivalent to write_guard with Debian's
   python3-bpfcc (runtime compilation against the guest kernel's headers), against loading the
   shipped CO-RE object, which is why warden ships CO-RE objects.
@@ -18,15 +17,13 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.rules import COUNTS, TREE, BenchRules
 from tests.guest.vm import REPO_ROOT, GuestVM
 
 MICROBENCH_SRC = REPO_ROOT / "bench" / "microbench.c"
 MICROBENCH = REPO_ROOT / "build" / "bench" / "microbench"
 BCC_SCRIPT = REPO_ROOT / "bench" / "bcc_lsm.py"
-TREE = "/srv/bench-tree"
-OPEN_TARGET = f"{TREE}/a/b/c/file"
-ITERATIONS = 20000
-REPEATS = 3
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-bpfcc is installed
 
 
 def build_microbench() -> Path:
@@ -38,83 +35,42 @@ def build_microbench() -> Path:
     return MICROBENCH
 
 
-def prepare_tree(vm: GuestVM) -> None:
-    vm.run(f"mkdir -p {TREE}/a/b/c && echo data > {OPEN_TARGET}", check=True)
-
-
-def open_close_ns(vm: GuestVM, prefix: str = "") -> float:
-    """Best of REPEATS runs of ITERATIONS open+close: the least disturbed by TCG's noise."""
-    runs = []
-    for _ in range(REPEATS):
-        out = vm.run(f"{prefix}{MICROBENCH} open {OPEN_TARGET} {ITERATIONS}", check=True, timeout=300)
-        runs.append(float(out.stdout.strip()))
-    return min(runs)
-
-
-def apparmor_profile(name: str, deny_rules: int) -> str:
-    # Deny rules on directories beside the one we open, like warden's Block rules on other paths,
-    # plus read access to everything so the confined microbench runs.
-    denies = "\n".join(f"  deny /srv/protected-{i}/** w," for i in range(deny_rules))
-    return textwrap.dedent(f"""\
-        profile {name} flags=(attach_disconnected) {{
-          /** rmix,
-          capability,
-          network,
-        {denies}
-        }}
-        """)
+def load_apparmor_profiles(vm: GuestVM) -> dict[int, float]:
+    """Compile and load the profile for each rule count; returns apparmor_parser's seconds per count.
+    Fails unless each profile really confines (a write under the readOnly tree is refused)."""
+    seconds: dict[int, float] = {}
+    for count in COUNTS:
+        rules = BenchRules(count)
+        profile = vm.write_shared(f"{rules.name}.profile", rules.apparmor())
+        loaded = vm.run(f"apparmor_parser --replace --skip-cache {profile}", check=True, timeout=1800)
+        seconds[count] = loaded.duration_s
+        denied = vm.run(f"aa-exec -p {rules.name} -- /bin/sh -c 'echo x > {TREE}/a/probe'")
+        if denied.returncode == 0 or "Permission denied" not in denied.stderr:
+            raise RuntimeError(f"AppArmor profile {rules.name} did not confine the benchmark: {denied}")
+    return seconds
 
 
 @dataclass(frozen=True)
-class AppArmorResult:
-    unconfined_ns: float
-    rules_10_ns: float
-    rules_10000_ns: float
-    compile_10000_s: float
+class LoadComparison:
+    bcc_compile_load_attach_s: float
+    core_load_attach_s: float
 
     def to_json(self) -> dict[str, float]:
         return {
-            "open_close_unconfined_ns": self.unconfined_ns,
-            "open_close_10_rules_ns": self.rules_10_ns,
-            "open_close_10000_rules_ns": self.rules_10000_ns,
-            "ratio_10_rules": self.rules_10_ns / self.unconfined_ns,
-            "ratio_10000_rules": self.rules_10000_ns / self.unconfined_ns,
-            "profile_compile_load_10000_rules_s": self.compile_10000_s,
+            "bcc_compile_load_attach_s": self.bcc_compile_load_attach_s,
+            "core_load_attach_s": self.core_load_attach_s,
+            "bcc_vs_core": self.bcc_compile_load_attach_s / self.core_load_attach_s,
         }
 
 
-def compare_apparmor(vm: GuestVM) -> AppArmorResult:
-    build_microbench()
-    prepare_tree(vm)
-    unconfined = open_close_ns(vm)
-    timings: dict[int, float] = {}
-    compile_s = 0.0
-    for rules in (10, 10000):
-        name = f"warden-bench-{rules}"
-        profile = vm.write_shared(f"{name}.profile", apparmor_profile(name, rules))
-        loaded = vm.run(f"apparmor_parser --replace {profile}", check=True, timeout=600)
-        if rules == 10000:
-            compile_s = loaded.duration_s
-        timings[rules] = open_close_ns(vm, prefix=f"aa-exec -p {name} -- ")
-    # The profile must really confine: a write under a denied directory fails.
-    vm.run("mkdir -p /srv/protected-3", check=True)
-    denied = vm.run("aa-exec -p warden-bench-10 -- /bin/sh -c 'echo x > /srv/protected-3/f'")
-    if denied.returncode == 0:
-        raise RuntimeError("the AppArmor profile did not confine the benchmark: comparison invalid")
-    return AppArmorResult(unconfined, timings[10], timings[10000], compile_s)
-
-
-@dataclass(frozen=True)
-class BccResult:
-    compile_load_attach_s: float
-    write_denied: bool
-
-
-def compare_bcc(vm: GuestVM) -> BccResult:
+def compare_bcc(vm: GuestVM) -> float:
+    """bcc's compile+load+attach seconds of the equivalent program; fails unless it enforced."""
     vm.run("mkdir -p /srv/bcc-guarded", check=True)
-    out = vm.run(f"/usr/bin/python3 {BCC_SCRIPT} /srv/bcc-guarded", check=True, timeout=900)
+    out = vm.run(f"{SYSTEM_PYTHON} {BCC_SCRIPT} /srv/bcc-guarded", check=True, timeout=1800)
     data = json.loads(out.stdout.strip().splitlines()[-1])
-    return BccResult(float(data["compile_load_attach_s"]), bool(data["write_denied"]))
+    if not data["write_denied"]:
+        raise RuntimeError("the bcc program did not deny the write: comparison invalid")
+    return float(data["compile_load_attach_s"])
 
 
 CORE_LOAD = textwrap.dedent("""
@@ -133,5 +89,9 @@ CORE_LOAD = textwrap.dedent("""
 
 
 def core_load_attach_s(vm: GuestVM) -> float:
-    out = vm.python(CORE_LOAD, check=True)
+    out = vm.python(CORE_LOAD, timeout=300, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["load_attach_s"])
+
+
+def compare_loads(vm: GuestVM) -> LoadComparison:
+    return LoadComparison(compare_bcc(vm), core_load_attach_s(vm))

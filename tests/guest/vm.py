@@ -158,10 +158,10 @@ def build_initramfs(kver: str, out_dir: Path = BUILD_DIR) -> Path:
     busybox = Path("/bin/busybox")
     module_paths = []
     for name in INITRAMFS_MODULES:
-        path = subprocess.run(
+        found = subprocess.run(
             ["modinfo", "-k", kver, "-n", name], check=True, capture_output=True, text=True
         ).stdout.strip()
-        module_paths.append((name, Path(path)))
+        module_paths.append((name, Path(found)))
     fingerprint = hashlib.sha256(INIT_SCRIPT.encode())
     fingerprint.update(kver.encode())
     fingerprint.update(busybox.read_bytes())

@@ -1,0 +1,149 @@
+"""Syscall costs under each configuration, measured in interleaved rounds in one guest.
+
+Each round measures every configuration once, in the same order (none, AppArmor 10, AppArmor 10,000,
+floor, warden 10, warden 10,000), so slow drift of the emulated machine touches them all alike; the
+report takes medians over rounds. Every run is `unshare -m`: an unregistered mount namespace, to which
+warden applies its any-container rules (the bench policy selects every container).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.compare import MICROBENCH
+from bench.rules import BLOCKED_BINARY, EXEC_BINARY, TARGET, BenchRules
+from tests.guest.vm import REPO_ROOT, GuestVM
+
+OPS = ("open", "exec", "socket")
+ITERATIONS = {"open": 20_000, "exec": 100, "socket": 20_000}
+CONFIGS = ("none", "apparmor-10", "apparmor-10000", "floor", "warden-10", "warden-10000")
+ROUNDS = 5
+BENCH_PIN_DIR = "/sys/fs/bpf/warden-bench"  # not warden.service's: the harness never touches its pins
+BENCH_STATE_DIR = "/run/warden-bench"
+FLOOR_PINS = "/sys/fs/bpf/bench-floor"
+PY = f"{REPO_ROOT}/.venv/bin/python"
+
+APPLY = textwrap.dedent(f"""
+    import json, sys
+    from pathlib import Path
+    from bpf.engine import Engine
+    from bpf.policy import load_policy_paths
+    engine = Engine(Path("{BENCH_PIN_DIR}"), Path("{BENCH_STATE_DIR}"))
+    if sys.argv[1] == "teardown":
+        engine.teardown()
+    else:
+        report = engine.load_or_adopt(load_policy_paths([Path(sys.argv[1])]))
+        print(json.dumps({{"mode": report.mode, "timings": dict(report.timings_s),
+                          "counts": dict(report.rule_counts)}}))
+""")
+
+FLOOR = textwrap.dedent(f"""
+    from pathlib import Path
+    from bpf.loader import BpfObject, Libbpf
+    from bpf.objects import object_path
+    pins = Path("{FLOOR_PINS}")
+    pins.mkdir(exist_ok=True)
+    with BpfObject(Libbpf(), object_path("bench_floor")) as obj:
+        obj.load()
+        for prog in obj.programs():
+            link = prog.attach()
+            link.pin(pins / prog.name)
+            link.release()
+""")
+
+
+@dataclass
+class SyscallSamples:
+    """ns per operation: samples[config][op] is one value per round."""
+
+    samples: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: {c: {op: [] for op in OPS} for c in CONFIGS})
+    engine_fresh_s: list[dict[str, float]] = field(default_factory=list)
+    engine_swap_s: list[dict[str, float]] = field(default_factory=list)
+    rule_counts: dict[str, int] = field(default_factory=dict)
+
+    def median(self, config: str, op: str) -> float:
+        return statistics.median(self.samples[config][op])
+
+
+def measure(vm: GuestVM, prefix: str = "") -> dict[str, float]:
+    """One run of each microbench op; `prefix` goes between `unshare -m` and the microbench."""
+    args = {"open": f"open {TARGET}", "exec": f"exec {EXEC_BINARY}", "socket": "socket"}
+    script = "; ".join(f"{prefix}{MICROBENCH} {args[op]} {ITERATIONS[op]} || exit 1" for op in OPS)
+    out = vm.run(f"unshare -m sh -c '{script}'", timeout=600, check=True)
+    values = [float(v) for v in out.stdout.split()]
+    if len(values) != len(OPS):
+        raise RuntimeError(f"microbench printed {out.stdout!r}")
+    return dict(zip(OPS, values, strict=True))
+
+
+class Harness:
+    """The guest-side switches between configurations."""
+
+    def __init__(self, vm: GuestVM) -> None:
+        self.vm = vm
+        self.apply_script = vm.write_shared("bench-apply.py", APPLY)
+        self.policies = {r.count: vm.write_shared(f"{r.name}.yaml", r.kubearmor())
+                         for r in (BenchRules(10), BenchRules(10_000))}
+
+    def apply(self, count: int) -> dict[str, Any]:
+        out = self.vm.run(f"cd {REPO_ROOT} && {PY} {self.apply_script} {self.policies[count]}",
+                          timeout=900, check=True)
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    def teardown(self) -> None:
+        self.vm.run(f"cd {REPO_ROOT} && {PY} {self.apply_script} teardown", timeout=300, check=True)
+
+    def floor_on(self) -> None:
+        self.vm.python(FLOOR, timeout=300, check=True)
+
+    def floor_off(self) -> None:
+        self.vm.run(f"rm -rf {FLOOR_PINS}", check=True)
+
+    def enforcing(self) -> bool:
+        """Whether a write under the readOnly tree and an exec of a blocked binary are both refused."""
+        write = self.vm.run(f"unshare -m sh -c 'echo x > {TARGET}'")
+        run = self.vm.run(f"unshare -m {BLOCKED_BINARY}")
+        return write.returncode != 0 and run.returncode != 0
+
+
+def timings(report: dict[str, Any]) -> dict[str, float]:
+    values: dict[str, Any] = report["timings"]
+    return {str(k): float(v) for k, v in values.items()}
+
+
+def run_rounds(vm: GuestVM, rounds: int, progress: Callable[[str], None]) -> SyscallSamples:
+    harness = Harness(vm)
+    result = SyscallSamples()
+    for index in range(rounds):
+        for config in ("none", "apparmor-10", "apparmor-10000"):
+            prefix = "" if config == "none" else f"aa-exec -p bench-{config.split('-')[1]} -- "
+            record(result, config, measure(vm, prefix))
+        harness.floor_on()
+        record(result, "floor", measure(vm))
+        harness.floor_off()
+        fresh = harness.apply(10)
+        if fresh["mode"] != "loaded":
+            raise RuntimeError(f"round {index}: expected a fresh engine load, got {fresh}")
+        result.engine_fresh_s.append(timings(fresh))
+        record(result, "warden-10", measure(vm))
+        swap = harness.apply(10_000)
+        result.engine_swap_s.append(timings(swap))
+        result.rule_counts = {str(k): int(v) for k, v in swap["counts"].items()}
+        record(result, "warden-10000", measure(vm))
+        if not harness.enforcing():
+            raise RuntimeError("the benchmark rules were not enforced: measurements invalid")
+        harness.teardown()
+        progress(f"round {index + 1}/{rounds} done")
+    return result
+
+
+def record(result: SyscallSamples, config: str, values: dict[str, float]) -> None:
+    for op, value in values.items():
+        result.samples[config][op].append(value)
