@@ -456,7 +456,11 @@ class Supervisor:
                 self.last_reload = {"result": "unchanged", "bundle_version": current.bundle_version, "via": origin}
                 return Reply(ok=True, body={"reload": "unchanged", "bundle_version": current.bundle_version})
             # The rollback state now names the new version; a restart must find the envelope to resume it.
-            self._remember_update(envelope)
+            try:
+                self._remember_update(envelope)
+            except OSError as exc:  # applying still gives the signers' newer policy; a restart fails closed
+                log.error("%s: cannot keep the accepted update (%s): a restart will refuse the boot bundle as "
+                          "older and keep the pinned enforcement", self._accepted_update_path, exc.strerror)
             self.phase = Phase.RELOADING
             self.notifier.reloading(f"reloading: bundle v{current.bundle_version} -> v{new.bundle_version}")
             try:
