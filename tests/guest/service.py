@@ -16,6 +16,8 @@ from tests.guest.vm import REPO_ROOT, GuestVM
 WARDEN = f"{REPO_ROOT}/.venv/bin/warden"
 UNIT_SOURCE = REPO_ROOT / "units" / "usr" / "lib" / "systemd" / "system" / "warden.service"
 CONTAINERS_DIR = "/var/tmp/ctr"
+LABELS_ANNOTATION = "io.katacontainers.warden.labels"
+NAME_ANNOTATION = "io.kubernetes.cri.container-name"
 # Where this image's kata-agent leaves initdata. (Kata uses /run/confidential-containers/initdata/,
 # which the guest's /run tmpfs would hide from files laid into the image before boot.)
 INITDATA = "/var/lib/coco/initdata.toml"
@@ -53,8 +55,6 @@ def config_json() -> str:
         "record_ruleset": False,
         "agent": {"logPath": ALERTS},
     }, indent=2)
-LABELS_ANNOTATION = "io.katacontainers.warden.labels"
-NAME_ANNOTATION = "io.kubernetes.cri.container-name"
 
 
 def unit_text() -> str:
