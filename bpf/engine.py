@@ -295,6 +295,18 @@ class Engine:
     def _maps_pinned(self) -> bool:
         return all(self._map_pin(name).exists() for name in (*SHARED_MAPS, EVENTS_MAP))
 
+    def map_ids(self) -> tuple[int, ...]:
+        """Kernel ids of the pinned maps (for self-protection's write guard); () when none are pinned.
+        Opens the pins only: cheaper than status(), which also counts every rule and reads every link."""
+        if not self._maps_pinned():
+            return ()
+        handles = self._open_maps()
+        try:
+            return tuple(handle.info.id for handle in handles.values())
+        finally:
+            for handle in handles.values():
+                handle.close()
+
     @staticmethod
     def _read_all(handle: MapHandle) -> dict[bytes, bytes]:
         out = {}

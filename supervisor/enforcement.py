@@ -99,23 +99,19 @@ class Enforcement:
         maps when they exist. Returns a one-line summary."""
         try:
             self._guard = SelfGuard(pin_root=self.pin_dir, lib=self.engine.lib)
-            report = self._guard.load_or_adopt(SelfProtectionConfig(protected_map_ids=self._engine_map_ids()))
+            report = self._guard.load_or_adopt(SelfProtectionConfig(protected_map_ids=self.engine.map_ids()))
         except FAILURES as exc:
             raise EnforcementError(f"self-protection failed: {exc}") from None
         self._guard_report = report
         return (f"self-protection {'adopted' if report.adopted else 'loaded'}: {len(report.link_ids)} links, "
                 f"{report.protected_inodes} protected paths")
 
-    def _engine_map_ids(self) -> tuple[int, ...]:
-        status = self.engine.status()
-        return tuple(int(info["id"]) for info in status.maps.values()) if status.loaded else ()
-
     def load(self, policies: Sequence[Policy], postures: Postures, host_postures: Postures) -> LoadSummary:
         """Enforce `policies` (load or adopt), then reserve write access to the engine's maps for warden."""
         try:
             report = self.engine.load_or_adopt(policies, postures=postures, host_postures=host_postures)
             if self._guard is not None:
-                self._guard.protect_maps(self._engine_map_ids())
+                self._guard.protect_maps(self.engine.map_ids())
         except FAILURES as exc:
             raise EnforcementError(f"enforcement failed: {exc}") from None
         return summarize(report)
@@ -123,7 +119,7 @@ class Enforcement:
     def is_loaded(self) -> bool:
         """Whether pinned enforcement exists (left by this or an earlier instance)."""
         try:
-            return self.engine.status().loaded
+            return bool(self.engine.map_ids())
         except FAILURES:
             return False
 
