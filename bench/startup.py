@@ -10,7 +10,6 @@ once loaded, stays pinned for the life of the guest).
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,9 @@ from typing import Any
 from bench.rules import BLOCKED_FILE, BenchRules
 from bpf.objects import object_dir
 from supervisor.enforcement import shipped_objects
-from tests.guest.service import ENABLE_UNITS, WARDEN, lsm_link_ids, pod_image_files, show
-from tests.guest.vm import REPO_ROOT, GuestVM
+from tests.guest.service import ENABLE_UNITS, host_warden, lsm_link_ids, pod_image_files, show, warden_status
+from tests.guest.vm import GuestVM
 
-HOST_WARDEN = str(REPO_ROOT / ".venv" / "bin" / "warden")
 PROBE_LOG = "/run/bench-probe.log"
 PROBE_PID = "/run/bench-probe.pid"
 # A process the policy covers (an unregistered mount namespace: the any-container rules) reading a
@@ -60,13 +58,6 @@ RESTART = textwrap.dedent("""
 """)
 
 
-def host_warden(*args: str) -> str:
-    result = subprocess.run([HOST_WARDEN, *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"warden {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout
-
-
 def image_files(work: Path) -> dict[str, str]:
     """Owner key, a bundle of the 10-rule bench policy (also the baseline), initdata; the image's files
     for them, with warden.service not started at boot."""
@@ -82,12 +73,6 @@ def image_files(work: Path) -> dict[str, str]:
     initdata = host_warden("initdata", "build", "--bundle", str(bundle), "--algorithm", "sha256")
     files = pod_image_files((work / "owner.pem").read_text(), initdata, bundle.read_text())
     return {path: text for path, text in files.items() if text != ENABLE_UNITS}
-
-
-def status(vm: GuestVM) -> dict[str, Any]:
-    out = vm.run(f"{WARDEN} status --json", check=True)
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
 
 
 def rss_kib(vm: GuestVM, pid: int) -> int:
@@ -121,7 +106,7 @@ def start_fresh(vm: GuestVM) -> Start:
     vm.run("systemctl start warden.service", check=True, timeout=300)  # Type=notify: returns at READY
     props = show(vm, "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic")
     elapsed = (int(props["ActiveEnterTimestampMonotonic"]) - int(props["ExecMainStartTimestampMonotonic"])) / 1e6
-    start = Start(elapsed, status(vm))
+    start = Start(elapsed, warden_status(vm, ready=True))
     if start.status["enforcement"]["adopted"]:
         raise RuntimeError("the first start adopted pins: it was meant to be a fresh load")
     return start
@@ -137,7 +122,7 @@ def kill_and_wait(vm: GuestVM, *kill_args: str) -> dict[str, Any]:
 def restart_adopting(vm: GuestVM) -> Start:
     """SIGKILL the supervisor only (`--kill-who=main`); systemd restarts it and it adopts the pins."""
     restart = kill_and_wait(vm, "--kill-who=main")
-    start = Start(float(restart["start_to_ready_s"]), status(vm))
+    start = Start(float(restart["start_to_ready_s"]), warden_status(vm, ready=True))
     if not start.status["enforcement"]["adopted"]:
         raise RuntimeError("the restarted supervisor did not adopt the pinned enforcement")
     return start

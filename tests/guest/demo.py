@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from supervisor.enforcement import shipped_objects
 from tests.guest.service import (
     ALERTS,
     INITDATA,
+    host_warden,
     is_ready,
     lsm_link_ids,
     make_container,
@@ -43,7 +43,6 @@ from tests.guest.service import (
 from tests.guest.vm import REPO_ROOT, GuestError, GuestOptions, GuestVM
 
 SEED_POLICIES = REPO_ROOT / "tests" / "data" / "policies" / "seed"
-HOST_WARDEN = str(REPO_ROOT / ".venv" / "bin" / "warden")
 PROBE_SCRIPT = "while :; do if touch /bin/probe 2>/dev/null; then echo OK; else echo DENIED; fi; sleep 0.1; done"
 
 
@@ -76,15 +75,6 @@ class Report:
                 self.show("  ".join("-" * w for w in widths))
 
 
-def host_warden(*args: str, output: Path | None = None) -> str:
-    result = subprocess.run([HOST_WARDEN, *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise GuestError(f"warden {' '.join(args)}: {result.stderr.strip()}")
-    if output is not None:
-        output.write_text(result.stdout)
-    return result.stdout.strip()
-
-
 @dataclass(frozen=True)
 class Artifacts:
     owner_pem: str
@@ -114,22 +104,24 @@ def owner_side(work: Path, report: Report) -> Artifacts:
     host_warden("keygen", str(work / "attacker"))
     bundle = sign(work, "restricted", work / "owner.key", seed)
     initdata = work / "initdata.toml"
-    host_warden("initdata", "build", "--bundle", str(bundle), "--algorithm", "sha256", output=initdata)
+    initdata.write_text(host_warden("initdata", "build", "--bundle", str(bundle), "--algorithm", "sha256"))
     report.show(f"signed bundle v1 with {', '.join(p.stem for p in seed)}")
-    report.show(f"initdata: {initdata.stat().st_size} bytes, sha256 {host_warden('initdata', 'digest', str(initdata))}")
-    annotation = host_warden("initdata", "annotation", str(initdata))
+    digest = host_warden("initdata", "digest", str(initdata)).strip()
+    report.show(f"initdata: {initdata.stat().st_size} bytes, sha256 {digest}")
+    annotation = host_warden("initdata", "annotation", str(initdata)).strip()
     report.show(f"pod annotation io.katacontainers.config.hypervisor.cc_init_data: {annotation[:48]}... "
                 f"({len(annotation)} chars)")
     report.show("reference values for the Trustee operator:")
     for tee, register in (("tdx", "MRCONFIGID"), ("snp", "HOSTDATA"), ("vtpm", "PCR8")):
-        report.show(f"  {tee:5} {register:10} {host_warden('initdata', 'digest', '--tee', tee, str(initdata))}")
+        report.show(f"  {tee:5} {register:10} {host_warden('initdata', 'digest', '--tee', tee, str(initdata)).strip()}")
 
     unrestricted = work / "unrestricted.toml"
-    host_warden("initdata", "build", "--bundle", str(sign(work, "unrestricted", work / "owner.key", mysql_only)),
-                "--algorithm", "sha256", output=unrestricted)
+    unrestricted.write_text(host_warden("initdata", "build", "--bundle",
+                                        str(sign(work, "unrestricted", work / "owner.key", mysql_only)),
+                                        "--algorithm", "sha256"))
     tampered = work / "tampered.toml"
     permissive = sign(work, "tampered", work / "attacker.key", mysql_only, version=99)
-    host_warden("initdata", "build", "--bundle", str(permissive), "--algorithm", "sha256", output=tampered)
+    tampered.write_text(host_warden("initdata", "build", "--bundle", str(permissive), "--algorithm", "sha256"))
     baseline = sign(work, "baseline", work / "owner.key", [p for p in seed if p.stem != "block-mysql-data-access"])
     report.expect("owner key, bundle, initdata and reference values made with the warden CLI", True)
     return Artifacts((work / "owner.pem").read_text(), initdata.read_text(), unrestricted.read_text(),
@@ -264,7 +256,7 @@ def main() -> int:
             files = pod_image_files(artifacts.owner_pem, artifacts.unrestricted_initdata, artifacts.baseline)
             with booted(work, "unrestricted", files, report) as vm:
                 unrestricted_pod(vm, report, artifacts.tampered_initdata)
-        except (GuestError, AssertionError) as exc:
+        except (GuestError, AssertionError, RuntimeError) as exc:
             print(f"\n[FAIL] {exc}", file=sys.stderr)
             return 1
     total = time.monotonic() - report.started

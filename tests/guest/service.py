@@ -7,13 +7,15 @@ hook wiring a pod-VM image would have.
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from tests.guest.vm import REPO_ROOT, GuestVM
 
-WARDEN = f"{REPO_ROOT}/.venv/bin/warden"
+WARDEN = f"{REPO_ROOT}/.venv/bin/warden"  # the guest sees the host's checkout at the same path
 UNIT_SOURCE = REPO_ROOT / "units" / "usr" / "lib" / "systemd" / "system" / "warden.service"
 CONTAINERS_DIR = "/var/tmp/ctr"
 LABELS_ANNOTATION = "io.katacontainers.warden.labels"
@@ -55,6 +57,22 @@ def config_json() -> str:
         "record_ruleset": False,
         "agent": {"logPath": ALERTS},
     }, indent=2)
+
+
+def host_warden(*args: str) -> str:
+    """The warden CLI on the host (the pod owner's side); its stdout, or RuntimeError with its message."""
+    result = subprocess.run([WARDEN, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"warden {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def warden_status(guest: GuestVM, *, ready: bool = False) -> dict[str, Any]:
+    """`warden status --json` in the guest: exit 0 when READY, 1 otherwise; `ready` requires 0."""
+    result = guest.run(f"{WARDEN} status --json")
+    assert result.returncode in ((0,) if ready else (0, 1)), result
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
 
 
 def unit_text() -> str:

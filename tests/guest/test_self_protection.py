@@ -23,7 +23,6 @@ from supervisor.enforcement import shipped_objects
 from tests.data.initdata.factory import make_envelope, make_initdata, public_pem, signing_key
 from tests.guest.service import (
     ALERTS,
-    WARDEN,
     config_json,
     is_ready,
     lsm_link_ids,
@@ -31,6 +30,7 @@ from tests.guest.service import (
     run_checks,
     show,
     wait_until,
+    warden_status,
 )
 from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
 
@@ -59,17 +59,11 @@ class Warden:
     self_maps: dict[str, int]
 
 
-def warden_status(guest: GuestVM) -> dict[str, object]:
-    result = guest.run(f"{WARDEN} status --json", check=True)
-    status: dict[str, object] = json.loads(result.stdout)
-    return status
-
-
 def current_warden(guest: GuestVM) -> Warden:
     supervisor = int(show(guest, "MainPID")["MainPID"])
     wait_until("the agent", lambda: agent_pid(guest, supervisor) != 0, 60, guest)
     agent = agent_pid(guest, supervisor)
-    engine = warden_status(guest)["engine"]
+    engine = warden_status(guest, ready=True)["engine"]
     assert isinstance(engine, dict), engine
     protection = engine["self_protection"]
     return Warden(supervisor, agent, dict(protection["links"]), dict(protection["maps"]))
@@ -187,7 +181,7 @@ def test_pid1_still_stops_and_restarts_the_service_and_the_new_one_adopts(guest:
     assert restarted.supervisor != warden.supervisor
     assert restarted.self_links == warden.self_links  # the same kernel links: nothing was detached
     assert lsm_link_ids(guest) == links
-    status = warden_status(guest)
+    status = warden_status(guest, ready=True)
     assert status["enforcement"]["adopted"] is True  # type: ignore[index]
     assert status["engine"]["self_protection"]["adopted"] is True  # type: ignore[index]
 

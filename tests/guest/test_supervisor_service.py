@@ -29,7 +29,16 @@ from initdata.bundle import PolicyFile
 from initdata.document import parse_initdata
 from supervisor.enforcement import shipped_objects
 from tests.data.initdata.factory import make_envelope, make_initdata, public_pem, signing_key
-from tests.guest.service import WARDEN, is_ready, lsm_link_ids, make_container, show, unit_text, wait_until
+from tests.guest.service import (
+    WARDEN,
+    is_ready,
+    lsm_link_ids,
+    make_container,
+    show,
+    unit_text,
+    wait_until,
+    warden_status,
+)
 from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
 
 PROBE_DIR = "/var/tmp/warden-probe"
@@ -133,13 +142,6 @@ def readable(guest: GuestVM, path: str) -> bool:
     return guest.run(f"cat {path}").returncode == 0
 
 
-def status_json(guest: GuestVM) -> dict[str, object]:
-    result = guest.run(f"{WARDEN} status --json")
-    assert result.returncode in (0, 1), result
-    data: dict[str, object] = json.loads(result.stdout)
-    return data
-
-
 def start_probe(guest: GuestVM, path: str, log: str) -> None:
     guest.run(
         f"setsid nohup sh -c 'while :; do if cat {path} >/dev/null 2>&1; then echo OK; else echo DENIED; fi; "
@@ -214,7 +216,7 @@ def test_ready_only_after_enforcement_with_the_status_line(guest: GuestVM, ready
                     props["StatusText"]), props["StatusText"]
     # READY=1 means enforced: the very first probe after `systemctl start` returned is denied.
     assert not readable(guest, f"{PROBE_DIR}/secret")
-    status = status_json(guest)
+    status = warden_status(guest)
     assert status["phase"] == "ready"
     assert status["gate"]["result"] == "accepted"  # type: ignore[index]
     assert status["gate"]["measurement_source"] == "vtpm"  # type: ignore[index]
@@ -244,7 +246,7 @@ def test_kill_9_five_times_enforcement_holds_and_links_are_adopted(guest: GuestV
     assert successes == 0
     assert denials > 10
     assert int(show(guest, "NRestarts")["NRestarts"]) >= 5
-    status = status_json(guest)
+    status = warden_status(guest)
     assert status["enforcement"]["adopted"] is True  # type: ignore[index]
     print(f"kill -9 -> READY again: {', '.join(f'{t:.1f}s' for t in restart_times)}; probe denials {denials}")
 
@@ -275,7 +277,7 @@ def test_sigstop_fires_the_watchdog_and_systemd_restarts(guest: GuestVM, ready: 
 
 
 def agent_status(guest: GuestVM) -> dict[str, object]:
-    agent = status_json(guest)["agent"]
+    agent = warden_status(guest)["agent"]
     assert isinstance(agent, dict)
     return agent
 
@@ -352,7 +354,7 @@ def test_reload_refuses_an_untrusted_bundle_and_applies_a_newer_one(guest: Guest
     untrusted = bundle(2, [*V1, host_block("v2-block", V2_DIR)], key="owner-p256")
     guest.run(f"cat > {UPDATE} < {guest.write_shared('untrusted.json', untrusted)}", check=True)
     guest.run("systemctl reload warden.service", check=True)
-    wait_until("the refused reload", lambda: (status_json(guest)["last_reload"] or {}).get("result") == "refused",
+    wait_until("the refused reload", lambda: (warden_status(guest)["last_reload"] or {}).get("result") == "refused",
                60, guest)
     assert readable(guest, f"{V2_DIR}/secret")
     assert "bundle v1" in show(guest, "StatusText")["StatusText"]
@@ -393,7 +395,7 @@ def test_container_policy_is_enforced_inside_a_crun_container(guest: GuestVM, re
     journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
     assert "registered container web-1 (web)" in journal
     assert "unregistered container web-1" in journal  # poststop
-    assert "web-1" not in status_json(guest)["containers"]  # type: ignore[operator]
+    assert "web-1" not in warden_status(guest)["containers"]  # type: ignore[operator]
 
 
 def test_hook_with_malformed_state_fails_with_a_clear_error(guest: GuestVM, ready: dict[str, float]) -> None:
