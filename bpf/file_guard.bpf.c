@@ -9,11 +9,29 @@
 
 #define FILE_RULES(hook, d, mnt, write, inode) enforce_path(hook, WARDEN_CAT_FILE, d, mnt, write, inode)
 
+#define FMODE_NONOTIFY 0x4000000
+
+/*
+ * Whether `file` is the real file that a stacked file system (overlayfs) opens behind one of its
+ * own files. On 6.1 overlayfs opens it inside the overlay file's ->open, with the overlay file's
+ * path over the real inode ("fake path") and FMODE_NONOTIFY, so this hook has just decided the
+ * very same path, task and access mode: deciding again would double the cost and the alerts of
+ * every open on an overlay (a container's root file system). User space cannot open a file whose
+ * inode differs from its path's, so the test admits nothing else. Kernels that give backing files
+ * their real path (6.6+) fail this test and are simply decided twice.
+ */
+static __always_inline int is_overlay_real_file(struct file *file)
+{
+	return (file->f_mode & FMODE_NONOTIFY) && file->f_inode != file->f_path.dentry->d_inode;
+}
+
 SEC("lsm/file_open")
 int BPF_PROG(warden_file_open, struct file *file, int ret)
 {
 	if (ret)
 		return ret;
+	if (is_overlay_real_file(file))
+		return 0;
 	/* direct (BTF) loads: no helper call on the hottest hook */
 	return FILE_RULES(WARDEN_HOOK_FILE_OPEN, file->f_path.dentry, file->f_path.mnt,
 			  (file->f_mode & FMODE_WRITE) ? 1 : 0, file->f_inode);

@@ -20,11 +20,14 @@
 
 #define EPERM 1
 #define FMODE_WRITE 0x2
+#define S_IFMT 00170000
+#define S_IFDIR 0040000
 
 #define WALK_MAX 128   /* dentries and mount crossings followed from the leaf to the root */
 #define BUF_SIZE 512   /* path buffer: any offset < 256 plus any read < 256 stays inside */
 #define MAX_BUILD (WARDEN_MAX_DEPTH + 1) /* a 32-component directory rule sees its children */
 #define ENDS 64
+#define INLINE_WORDS 4 /* names of up to 31 bytes live inside the dentry: DNAME_INLINE_LEN >= 32 */
 
 /* Maps (pinned under /sys/fs/bpf/warden/ by the engine). Sizes: see bpf/maps.py. */
 struct {
@@ -97,8 +100,12 @@ struct pathbuf {
 struct scratch {
 	struct pathbuf obj;
 	struct pathbuf src;
-	__u64 dents[WALK_MAX];
-	__u64 arg_dentry, arg_vfsmnt, arg_inode; /* enforce_path's pointer arguments (see there) */
+	__u64 names[WALK_MAX]; /* d_name.name of each dentry walked, leaf first; 0: in `inline_names` */
+	__u64 inline_names[WALK_MAX][INLINE_WORDS]; /* short names, copied with direct loads */
+	__u32 lens[WALK_MAX];  /* d_name.len */
+	__u32 walked;          /* valid entries of names and lens */
+	__u32 pad;
+	__u64 number;          /* see as_number */
 };
 
 /* Per CPU, not pinned: each object has its own. */
@@ -117,14 +124,17 @@ static __always_inline struct scratch *get_scratch(void)
 	return bpf_map_lookup_elem(&warden_scratch, &zero);
 }
 
-static __always_inline struct pathbuf *get_pb(struct scratch *s, int which)
-{
-	return which ? &s->src : &s->obj;
-}
-
 static __always_inline __u64 buf_word(struct pathbuf *pb, __u32 i)
 {
 	return *(__u64 *)(pb->buf + ((i << 3) & (BUF_SIZE - 8)));
+}
+
+/* A kernel pointer as a plain number: what went through map memory is a scalar to the verifier.
+ * The far walk keeps its whole state as numbers, so that its verified state never changes kind. */
+static __always_inline __u64 as_number(struct scratch *s, const void *p)
+{
+	s->number = (__u64)p;
+	return *(volatile __u64 *)&s->number;
 }
 
 /* ---- scopes ------------------------------------------------------------------------------- */
@@ -165,23 +175,102 @@ static __always_inline struct warden_scope_cfg *scope_cfg(__u32 *scope)
 
 /* ---- path walk ------------------------------------------------------------------------------ */
 
-struct walk_ctx {
-	__u64 d, vmnt, mnt, mnt_root, root_d, root_vmnt;
-	__u32 n;
-	__u32 which;
+/*
+ * The walk goes leaf to root recording each dentry's name; the build then writes the names root to
+ * leaf. Up to the first mount root the walk holds typed pointers and reads fields with direct loads
+ * (no helper call: this is the hot path of every open). A mount crossing reads struct mount, which
+ * is reachable only by offset from the vfsmount (a number to the verifier); from there on, the far
+ * walk reads through bpf_probe_read_kernel. Every bound the later steps rely on (walked, complete,
+ * ncomp) lives in the per-CPU scratch, not in loop state, so each loop body is verified for any
+ * iteration count.
+ */
+/* Where a dentry keeps a short name: d_iname up to 6.13, d_shortname after (CO-RE picks). */
+struct dentry___iname {
+	unsigned char d_iname[32];
+} __attribute__((preserve_access_index));
+
+struct dentry___shortname {
+	struct {
+		unsigned char string[40];
+	} d_shortname;
+} __attribute__((preserve_access_index));
+
+/* Record dentry `d` (a typed pointer) as walked entry n. A name stored inside the dentry (most are)
+ * is copied by direct loads; a longer one is left for a probe read in the build. */
+static __always_inline void record_name(struct scratch *s, __u32 n, struct dentry *d)
+{
+	const unsigned char *name = d->d_name.name;
+	const __u64 *inl;
+	__u32 len = d->d_name.len;
+	__u32 k = n & (WALK_MAX - 1);
+
+	if (bpf_core_field_exists(struct dentry___iname, d_iname))
+		inl = (const __u64 *)((struct dentry___iname *)d)->d_iname;
+	else
+		inl = (const __u64 *)((struct dentry___shortname *)d)->d_shortname.string;
+	s->lens[k] = len;
+	if ((const void *)name == (const void *)inl && len < INLINE_WORDS * 8) {
+		s->names[k] = 0;
+		s->inline_names[k][0] = inl[0];
+		s->inline_names[k][1] = inl[1];
+		s->inline_names[k][2] = inl[2];
+		s->inline_names[k][3] = inl[3];
+	} else {
+		s->names[k] = (__u64)name;
+	}
+}
+
+struct near_walk {
+	struct scratch *s;
+	struct dentry *d;
+	struct dentry *mnt_root;
+	struct dentry *root_d;
+	struct vfsmount *vmnt;
+	struct vfsmount *root_vmnt;
+	__u32 crossed; /* stopped at the root of a mount that is not the task's root */
 };
 
-static long walk_cb(__u32 i, void *data)
+static long near_walk_cb(__u32 i, void *data)
 {
-	struct walk_ctx *w = data;
-	struct dentry *d = (struct dentry *)w->d;
-	struct vfsmount *vmnt = (struct vfsmount *)w->vmnt;
-	struct mount *mnt = (struct mount *)w->mnt;
+	struct near_walk *w = data;
+	struct scratch *s = w->s;
+	struct dentry *d = w->d;
 	struct dentry *parent;
-	struct mount *mnt_parent;
-	struct scratch *s;
+	__u32 n = s->walked;
 
-	if (!d || (w->d == w->root_d && w->vmnt == w->root_vmnt))
+	if (!d || (d == w->root_d && w->vmnt == w->root_vmnt))
+		return 1;
+	if (d == w->mnt_root) {
+		w->crossed = 1;
+		return 1;
+	}
+	parent = d->d_parent;
+	if (!parent || parent == d)
+		return 1; /* root of a filesystem that is not mounted (pipes, sockets) */
+	record_name(s, n, d);
+	s->walked = n + 1;
+	w->d = parent;
+	return 0;
+}
+
+struct far_walk {
+	struct scratch *s;
+	__u64 d, vmnt, mnt, mnt_root, root_d, root_vmnt;
+};
+
+static long far_walk_cb(__u32 i, void *data)
+{
+	struct far_walk *w = data;
+	struct scratch *s = w->s;
+	struct dentry *d = (struct dentry *)w->d;
+	struct mount *mnt = (struct mount *)w->mnt;
+	struct vfsmount *vmnt;
+	struct mount *mnt_parent;
+	struct dentry *parent;
+	struct qstr q = {};
+	__u32 n = s->walked;
+
+	if (!d || (w->d == w->root_d && w->vmnt == w->root_vmnt) || n >= WALK_MAX)
 		return 1;
 	if (w->d == w->mnt_root) {
 		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
@@ -196,47 +285,55 @@ static long walk_cb(__u32 i, void *data)
 	}
 	parent = BPF_CORE_READ(d, d_parent);
 	if (!parent || parent == d)
-		return 1; /* root of a filesystem that is not mounted (pipes, sockets) */
-	s = get_scratch();
-	if (!s)
 		return 1;
-	s->dents[w->n & (WALK_MAX - 1)] = w->d;
-	w->n++;
+	BPF_CORE_READ_INTO(&q, d, d_name); /* length and name in one read */
+	s->names[n & (WALK_MAX - 1)] = (__u64)q.name;
+	s->lens[n & (WALK_MAX - 1)] = q.len;
+	s->walked = n + 1;
 	w->d = (__u64)parent;
 	return 0;
 }
 
 struct build_ctx {
+	struct scratch *s;
+	struct pathbuf *pb;
 	__u32 n;
-	__u32 which;
 	__u32 off;
 };
 
 static long build_cb(__u32 i, void *data)
 {
 	struct build_ctx *b = data;
-	struct scratch *s = get_scratch();
-	struct pathbuf *pb;
-	struct qstr q = {};
-	__u64 d;
-	__u32 len, off;
+	struct scratch *s = b->s;
+	struct pathbuf *pb = b->pb;
+	__u32 len, off, k;
 
-	if (!s || i >= b->n)
+	if (i >= b->n)
 		return 1;
-	pb = get_pb(s, b->which);
 	if (pb->ncomp >= MAX_BUILD) {
 		pb->complete = 0;
 		return 1;
 	}
-	d = s->dents[(b->n - 1 - i) & (WALK_MAX - 1)];
-	BPF_CORE_READ_INTO(&q, (struct dentry *)d, d_name); /* length and name in one read */
-	len = q.len;
+	k = (b->n - 1 - i) & (WALK_MAX - 1);
+	len = s->lens[k];
 	off = b->off;
 	if (off + len + 1 > WARDEN_PATH_MAX || len == 0) {
 		pb->complete = 0; /* rules are at most 255 bytes: only the prefixes so far can match */
 		return 1;
 	}
-	bpf_probe_read_kernel(pb->buf + (off & (WARDEN_PATH_MAX - 1)), len & (WARDEN_PATH_MAX - 1), q.name);
+	if (s->names[k]) {
+		bpf_probe_read_kernel(pb->buf + (off & (WARDEN_PATH_MAX - 1)), len & (WARDEN_PATH_MAX - 1),
+				      (const void *)s->names[k]);
+	} else {
+		/* whole words: the bytes past the name are overwritten by the '/' and what follows,
+		 * and nothing reads beyond the path's length */
+		char *to = pb->buf + (off & (WARDEN_PATH_MAX - 1));
+
+		*(__u64 *)(to + 0) = s->inline_names[k][0];
+		*(__u64 *)(to + 8) = s->inline_names[k][1];
+		*(__u64 *)(to + 16) = s->inline_names[k][2];
+		*(__u64 *)(to + 24) = s->inline_names[k][3];
+	}
 	off += len;
 	pb->buf[off & (BUF_SIZE - 1)] = '/';
 	off += 1;
@@ -247,33 +344,48 @@ static long build_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* Rebuild the path of (d, vmnt) root to leaf into pathbuf `which`, relative to the task's root. */
-static __always_inline void resolve_path(struct scratch *s, int which, struct dentry *d, struct vfsmount *vmnt)
+/* Rebuild the path of (d, vmnt) root to leaf into `pb`, relative to the task's root. */
+static __always_inline void resolve_path(struct scratch *s, struct pathbuf *pb, struct dentry *d,
+					 struct vfsmount *vmnt)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct pathbuf *pb = get_pb(s, which);
-	struct walk_ctx w = {};
+	struct near_walk w = {};
+	struct far_walk fw = {};
 	struct build_ctx b = {};
+	__u32 walked;
 
-	w.d = (__u64)d;
-	w.vmnt = (__u64)vmnt;
-	w.mnt = (__u64)vmnt - bpf_core_field_offset(struct mount, mnt);
-	w.mnt_root = (__u64)BPF_CORE_READ(vmnt, mnt_root);
-	w.root_d = (__u64)t->fs->root.dentry;
-	w.root_vmnt = (__u64)t->fs->root.mnt;
+	w.s = s;
+	w.d = d;
+	w.vmnt = vmnt;
+	w.mnt_root = vmnt->mnt_root;
+	w.root_d = t->fs->root.dentry;
+	w.root_vmnt = t->fs->root.mnt;
 	pb->buf[0] = '/';
 	pb->ends[0] = 1;
 	pb->nprefix = 1;
 	pb->ncomp = 0;
 	pb->complete = 1;
-	bpf_loop(WALK_MAX, walk_cb, &w, 0);
-	if (w.n >= WALK_MAX)
+	s->walked = 0;
+	bpf_loop(WALK_MAX, near_walk_cb, &w, 0);
+	if (w.crossed) {
+		fw.s = s;
+		fw.d = as_number(s, w.d);
+		fw.vmnt = as_number(s, vmnt);
+		fw.mnt = fw.vmnt - bpf_core_field_offset(struct mount, mnt);
+		fw.mnt_root = fw.d;
+		fw.root_d = as_number(s, w.root_d);
+		fw.root_vmnt = as_number(s, w.root_vmnt);
+		bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
+	}
+	walked = s->walked;
+	if (walked >= WALK_MAX)
 		pb->complete = 0; /* deeper than we follow: the root side is unknown */
 	if (pb->complete) {
-		b.n = w.n;
-		b.which = which;
+		b.s = s;
+		b.pb = pb;
+		b.n = walked;
 		b.off = 1;
-		bpf_loop(WALK_MAX, build_cb, &b, 0);
+		bpf_loop(MAX_BUILD + 1, build_cb, &b, 0); /* one more: it marks a deeper path incomplete */
 	}
 	/* The path shown in events: "/a/b" (no trailing slash) or "/" */
 	if (pb->ncomp && pb->complete)
@@ -284,42 +396,59 @@ static __always_inline void resolve_path(struct scratch *s, int which, struct de
 
 /* ---- hashing and matching ------------------------------------------------------------------- */
 
-/* Hash of pb->buf[0..len) given the state `h` after `done` full words; advances h/done. */
-static __always_inline __u64 prefix_hash(struct pathbuf *pb, __u64 *h, __u32 *done, __u32 len)
+/*
+ * Comparing a path with a stored one is a global function: the verifier checks a global function
+ * once per program, with its arguments as declared, instead of at every call site and in every
+ * iteration of the loops around it (a tenth of the instructions to verify, and of the load time).
+ * At run time it is a plain BPF-to-BPF call, made only on a hash hit.
+ */
+struct hash_state {
+	__u64 h;    /* the hash after `done` full words */
+	__u32 done;
+	__u32 pad;
+};
+
+struct stored_path {
+	char bytes[WARDEN_PATH_MAX];
+};
+
+/* Hash of pb->buf[0..len), continuing from `st` (words already hashed are not read again). Inlined:
+ * it runs for every prefix visited. */
+static __always_inline __u64 warden_prefix_hash(struct pathbuf *pb, struct hash_state *st, __u32 len)
 {
 	__u32 nw = len >> 3;
 	__u64 ph;
 	int j;
 
 	for (j = 0; j < WARDEN_PATH_MAX / 8; j++) {
-		if (*done >= nw)
+		if (st->done >= nw)
 			break;
-		*h = warden_mix(*h, buf_word(pb, *done));
-		*done += 1;
+		st->h = warden_mix(st->h, buf_word(pb, st->done));
+		st->done += 1;
 	}
-	ph = *h;
+	ph = st->h;
 	if (len & 7)
 		ph = warden_mix(ph, buf_word(pb, nw) & warden_tail_mask(len & 7));
 	return warden_mix(ph, len);
 }
 
-/* `stored` (WARDEN_PATH_MAX bytes in a map value) holds `stored_len` bytes equal to pb->buf[0..len)? */
-static __always_inline int same_string(const char *stored, __u32 stored_len, struct pathbuf *pb, __u32 len)
+/* Whether `stored` holds `stored_len` bytes equal to pb->buf[0..len). */
+__noinline int warden_same_path(const struct stored_path *stored, __u32 stored_len, struct pathbuf *pb, __u32 len)
 {
 	__u32 nw = len >> 3;
 	__u64 a;
 	int j;
 
-	if (stored_len != len || len > WARDEN_PATH_MAX - 1)
+	if (!stored || !pb || stored_len != len || len > WARDEN_PATH_MAX - 1)
 		return 0;
 	for (j = 0; j < WARDEN_PATH_MAX / 8; j++) {
 		if (j >= nw)
 			break;
-		if (*(__u64 *)(stored + j * 8) != buf_word(pb, j))
+		if (*(__u64 *)(stored->bytes + j * 8) != buf_word(pb, j))
 			return 0;
 	}
 	if (len & 7) {
-		a = *(__u64 *)(stored + ((nw << 3) & (WARDEN_PATH_MAX - 8)));
+		a = *(__u64 *)(stored->bytes + ((nw << 3) & (WARDEN_PATH_MAX - 8)));
 		if ((a ^ buf_word(pb, nw)) & warden_tail_mask(len & 7))
 			return 0;
 	}
@@ -327,11 +456,10 @@ static __always_inline int same_string(const char *stored, __u32 stored_len, str
 }
 
 struct match_ctx {
+	struct pathbuf *pb;
 	__u64 source;
-	__u64 h;
-	__u32 done;
+	struct hash_state hs;
 	__u32 scope;
-	__u32 which;
 	__u32 category;
 	__s32 last_below; /* deepest prefix found, verified, with rules below it; -1 none */
 	struct warden_rule_slot best;
@@ -346,27 +474,24 @@ static __always_inline void take(struct warden_rule_slot *best, struct warden_ru
 static long match_cb(__u32 k, void *data)
 {
 	struct match_ctx *m = data;
-	struct scratch *s = get_scratch();
+	struct pathbuf *pb = m->pb;
 	struct warden_rule_key key = {};
 	struct warden_rule_node *node;
-	struct pathbuf *pb;
 	__u32 len;
 
-	if (!s)
-		return 1;
-	pb = get_pb(s, m->which);
 	if (k >= pb->nprefix)
 		return 1;
 	len = pb->ends[k & (ENDS - 1)];
-	key.hash = prefix_hash(pb, &m->h, &m->done, len);
+	key.hash = warden_prefix_hash(pb, &m->hs, len);
 	key.source = m->source;
 	key.scope = m->scope;
 	key.category = m->category;
 	node = bpf_map_lookup_elem(&warden_rules, &key);
-	if (!node || !same_string(node->path, node->len, pb, len))
+	if (!node || !warden_same_path((const struct stored_path *)node->path, node->len, pb, len))
 		return 1;
 	/* Deeper prefixes come later and override: the most specific rule wins. A directory rule
-	 * covers its direct children and the directory itself (prefix ncomp = the object + "/"). */
+	 * covers its direct children and the directory itself (prefix ncomp = the object + "/", there
+	 * only when the object may be a directory). */
 	take(&m->best, &node->recursive);
 	if (pb->complete && (k + 1 == pb->ncomp || k == pb->ncomp))
 		take(&m->best, &node->dir);
@@ -376,21 +501,20 @@ static long match_cb(__u32 k, void *data)
 	return 0;
 }
 
-/* Find the most specific rule for pathbuf `which` in (scope, category, source). */
-static __always_inline void match_path(struct scratch *s, int which, __u32 scope, __u32 category, __u64 source,
+/* Find the most specific rule for the path in `pb` in (scope, category, source). */
+static __always_inline void match_path(struct pathbuf *pb, __u32 scope, __u32 category, __u64 source,
 				       struct warden_rule_slot *best)
 {
-	struct pathbuf *pb = get_pb(s, which);
 	struct match_ctx m = {};
 	struct warden_rule_key key = {};
 	struct warden_rule_node *node;
-	__u32 len, done = 0;
-	__u64 h = WARDEN_HASH_SEED;
+	struct hash_state hs = { .h = WARDEN_HASH_SEED };
+	__u32 len;
 
+	m.pb = pb;
 	m.source = source;
-	m.h = WARDEN_HASH_SEED;
+	m.hs.h = WARDEN_HASH_SEED;
 	m.scope = scope;
-	m.which = which;
 	m.category = category;
 	m.last_below = -1;
 	bpf_loop(ENDS, match_cb, &m, 0);
@@ -400,27 +524,28 @@ static __always_inline void match_path(struct scratch *s, int which, __u32 scope
 	if (!pb->complete || !pb->ncomp || m.last_below + 1 < (__s32)pb->ncomp)
 		return;
 	len = pb->ends[pb->ncomp & (ENDS - 1)] - 1;
-	key.hash = prefix_hash(pb, &h, &done, len);
+	key.hash = warden_prefix_hash(pb, &hs, len);
 	key.source = source;
 	key.scope = scope;
 	key.category = category;
 	node = bpf_map_lookup_elem(&warden_rules, &key);
-	if (node && same_string(node->path, node->len, pb, len))
+	if (node && warden_same_path((const struct stored_path *)node->path, node->len, pb, len))
 		take(best, &node->exact);
 }
 
 /* The current task's executable into pathbuf src; 0 when it has none (kernel threads). */
 static __always_inline int resolve_exe(struct scratch *s)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct mm_struct *mm = t->mm;
+	struct file *exe = mm ? mm->exe_file : 0;
 
 	if (!exe) {
 		s->src.len = 0;
 		s->src.complete = 0;
 		return 0;
 	}
-	resolve_path(s, 1, BPF_CORE_READ(exe, f_path.dentry), BPF_CORE_READ(exe, f_path.mnt));
+	resolve_path(s, &s->src, exe->f_path.dentry, exe->f_path.mnt);
 	return 1;
 }
 
@@ -429,16 +554,17 @@ static __always_inline __u64 current_source(struct scratch *s, int *resolved)
 {
 	struct pathbuf *pb = &s->src;
 	struct warden_source_val *val;
-	__u32 len, done = 0;
-	__u64 h = WARDEN_HASH_SEED, hash;
+	struct hash_state hs = { .h = WARDEN_HASH_SEED };
+	__u32 len;
+	__u64 hash;
 
 	*resolved = 1;
 	if (!resolve_exe(s) || !pb->complete || !pb->ncomp)
 		return 0;
 	len = pb->len;
-	hash = prefix_hash(pb, &h, &done, len);
+	hash = warden_prefix_hash(pb, &hs, len);
 	val = bpf_map_lookup_elem(&warden_sources, &hash);
-	if (!val || !same_string(val->path, val->len, pb, len))
+	if (!val || !warden_same_path((const struct stored_path *)val->path, val->len, pb, len))
 		return 0; /* not a fromSource program of any rule, or a forged hash collision */
 	return hash;
 }
@@ -552,24 +678,15 @@ static __always_inline __u8 is_owner(struct inode *inode)
 	return inode && BPF_CORE_READ(inode, i_uid.val) == fsuid;
 }
 
-/* File and process categories: the object is the path (d, vmnt). A global function, so the
- * verifier checks it once per program however many times the program calls it. `op` packs the
- * hook id (bits 0-15), the category (16-23) and whether the operation writes (bit 24). */
-__attribute__((noinline)) int enforce_path_op(__u64 op)
+/* File and process categories: the object is the path (d, vmnt). A subprogram, not inlined, so
+ * that each program holds one copy however many times it calls it; static, not global, so that
+ * the verifier keeps the arguments' BTF types and the walk reads dentries with direct loads.
+ * `op` packs the hook id (bits 0-15), the category (16-23) and whether the operation writes (24). */
+static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmount *vmnt, struct inode *inode)
 {
 	__u16 hook = op & 0xffff;
 	__u32 category = (op >> 16) & 0xff;
 	int write = (op >> 24) & 1;
-	struct scratch *sa = get_scratch();
-	struct dentry *d;
-	struct vfsmount *vmnt;
-	struct inode *inode;
-
-	if (!sa)
-		return 0;
-	d = (struct dentry *)sa->arg_dentry;
-	vmnt = (struct vfsmount *)sa->arg_vfsmnt;
-	inode = (struct inode *)sa->arg_inode;
 	struct warden_rule_slot best = {};
 	struct warden_scope_cfg *cfg;
 	struct warden_req r = {};
@@ -594,38 +711,31 @@ __attribute__((noinline)) int enforce_path_op(__u64 op)
 	r.arg[0] = write;
 	r.has_path = 1;
 	s->src.len = 0;
-	resolve_path(s, 0, d, vmnt);
+	resolve_path(s, &s->obj, d, vmnt);
+	if (!inode)
+		inode = d->d_inode; /* NULL for a name being created */
+	if (inode && (inode->i_mode & S_IFMT) != S_IFDIR && s->obj.complete && s->obj.ncomp)
+		s->obj.nprefix = s->obj.ncomp; /* not a directory: no "object/" prefix to look up */
 	if (rules & WARDEN_SCOPE_SOURCED)
 		source = current_source(s, &r.src_resolved);
 	if (source)
-		match_path(s, 0, r.scope, category, source, &best);
+		match_path(&s->obj, r.scope, category, source, &best);
 	if (!best.action && (rules & WARDEN_SCOPE_RULES))
-		match_path(s, 0, r.scope, category, 0, &best);
+		match_path(&s->obj, r.scope, category, 0, &best);
 	if (best.flags & WARDEN_RULE_OWNER_ONLY) {
-		if (!inode)
-			inode = BPF_CORE_READ(d, d_inode);
 		if (!inode) /* a name being created: its directory's owner */
-			inode = BPF_CORE_READ(d, d_parent, d_inode);
+			inode = d->d_parent->d_inode;
 		r.owner = is_owner(inode);
 	}
 	return decide(s, &r, &best, posture);
 }
 
-/* Global functions take scalars only, and turning a typed pointer into one costs a helper call
- * (expensive on every open); so the pointers go through the per-CPU scratch (a store of a kernel
- * pointer into a map value, allowed to a privileged loader) and come back as numbers. */
 static __always_inline int enforce_path(__u16 hook, __u32 category, struct dentry *d, struct vfsmount *vmnt,
 					int write, struct inode *inode)
 {
 	__u64 op = hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
-	struct scratch *s = get_scratch();
 
-	if (!s)
-		return 0;
-	s->arg_dentry = (__u64)d;
-	s->arg_vfsmnt = (__u64)vmnt;
-	s->arg_inode = (__u64)inode;
-	return enforce_path_op(op);
+	return enforce_path_op(op, d, vmnt, inode);
 }
 
 /* Network and capability categories: up to `n` codes, the strongest matching rule wins. */
