@@ -345,8 +345,10 @@ class Engine:
     def _sync(self, handles: Mapping[str, MapHandle], tables: Iterable[maps.ScopeTables],
               scope_ids: Iterable[int]) -> tuple[int, int]:
         """Make the rules/sources/scopes maps hold exactly `tables` for `scope_ids` (other scopes are
-        left alone; sources are global and kept if any scope still uses them). Additions first, ancestors
-        before descendants; then scope configurations; removals last, deepest first."""
+        left alone; sources are global and kept if any scope still uses them). Additions first, deepest
+        first: a node is written only after every node its `below` and `skip` lead to holds its new value,
+        so a walk sees old or new nodes, never a jump into a missing one. Then scope configurations;
+        removals last, deepest first (nothing new leads to them)."""
         ids = set(scope_ids)
         tables = list(tables)
         want_nodes: dict[bytes, bytes] = {}
@@ -368,7 +370,7 @@ class Engine:
                 sources.update(key, value)
                 added += 1
         changed = [(k, v) for k, v in want_nodes.items() if have_nodes.get(k) != v]
-        changed.sort(key=lambda kv: maps.decode_node_len(kv[1]))
+        changed.sort(key=lambda kv: -maps.decode_node_len(kv[1]))
         for key, value in changed:
             rules.update(key, value)
         added += len(changed)

@@ -5,9 +5,11 @@ each side: `bpf/warden_types.h` for C, this module for Python. tests/test_engine
 header with the host compiler and checks sizes, offsets and hashes against this module.
 
 The rules map holds one node per path string (see `struct warden_rule_node`): an exact path ("/a/b") or a
-directory prefix ("/a/b/") carrying a directory rule, a recursive one, and `below` (some rule lies below
-it, so the kernel keeps walking). Network rules key on a protocol code, capability rules on the
-capability number; both use the node's `exact` slot.
+directory prefix ("/a/b/") carrying a directory rule, a recursive one, `below` (some rule lies below
+it, so the kernel keeps walking) and `skip` (how many components down the next prefix worth a lookup is:
+prefixes on a single chain down to the next rule, with no rule of their own, are never looked up).
+Network rules key on a protocol code, capability rules on the capability number; both use the node's
+`exact` slot.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ CAPABILITY_NUMBERS: Final = {
 
 RULE_KEY: Final = struct.Struct("<QQIB3x")  # struct warden_rule_key (24)
 SLOT: Final = struct.Struct("<IBBH")  # struct warden_rule_slot (8)
-NODE: Final = struct.Struct("<8s8s8sBxHI256s")  # struct warden_rule_node (288)
+NODE: Final = struct.Struct("<8s8s8sBBHI256s")  # struct warden_rule_node (288)
 SOURCE_VAL: Final = struct.Struct("<H6x256s")  # struct warden_source_val (264)
 NS_KEY: Final = struct.Struct("<II")  # struct warden_ns_key
 SCOPE_CFG: Final = struct.Struct("<8s8s")  # struct warden_scope_cfg
@@ -114,14 +116,57 @@ class _Node:
     dir: bytes = bytes(SLOT.size)
     recursive: bytes = bytes(SLOT.size)
     below: bool = False
+    skip: int = 1
 
     def encode(self) -> bytes:
-        return NODE.pack(self.exact, self.dir, self.recursive, int(self.below), len(self.path), 0,
+        return NODE.pack(self.exact, self.dir, self.recursive, int(self.below), self.skip, len(self.path), 0,
                          self.path.ljust(PATH_MAX, b"\0"))
+
+    def has_rule(self) -> bool:
+        return any(slot != bytes(SLOT.size) for slot in (self.exact, self.dir, self.recursive))
 
 
 def decode_node_len(value: bytes) -> int:
-    return int(NODE.unpack(value)[4])
+    return int(NODE.unpack(value)[5])
+
+
+def parent_prefix(path: bytes) -> bytes | None:
+    """The directory prefix one component up: b"/a/b/" and b"/a/b" -> b"/a/"; b"/" -> None."""
+    if path == b"/":
+        return None
+    cut = path.rstrip(b"/").rfind(b"/")
+    return path[: cut + 1]
+
+
+def _set_skips(nodes: dict[tuple[int, int, bytes], _Node]) -> None:
+    """Give each directory prefix node its `skip`: the kernel visits the prefix `skip` components
+    further down next. A prefix on the only way down to the next rule (no rule, no exact path directly
+    under it, exactly one child prefix) decides nothing: a path that leaves the chain misses at the
+    lookup below it, one that ends inside the chain has no rule on it. So the walk jumps over it."""
+    children: dict[tuple[int, int, bytes], list[bytes]] = {}
+    has_exact_child: set[tuple[int, int, bytes]] = set()
+    for (category, src, path) in nodes:
+        parent = parent_prefix(path)
+        if parent is None:
+            continue
+        if path.endswith(b"/"):
+            children.setdefault((category, src, parent), []).append(path)
+        else:
+            has_exact_child.add((category, src, parent))
+
+    def decides(key: tuple[int, int, bytes]) -> bool:
+        return nodes[key].has_rule() or key in has_exact_child or len(children.get(key, [])) != 1
+
+    for key, n in nodes.items():
+        category, src, path = key
+        if not path.endswith(b"/") or len(children.get(key, [])) != 1:
+            continue
+        below = (category, src, children[key][0])
+        skip = 1
+        while not decides(below):
+            below = (category, src, children[below][0])
+            skip += 1
+        n.skip = skip
 
 
 @dataclass(frozen=True)
@@ -228,6 +273,7 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
                 _slot(c.alert, c.action, 0)
         tables.alerts[alert_id(c.alert)] = _info(c.alert)
 
+    _set_skips(nodes)
     seen: dict[bytes, bytes] = {}
     for (category, src, raw_path), n in nodes.items():
         key = RULE_KEY.pack(path_hash(raw_path), src, scope, category)

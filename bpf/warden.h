@@ -462,6 +462,7 @@ struct match_ctx {
 	__u32 scope;
 	__u32 category;
 	__s32 last_below; /* deepest prefix found, verified, with rules below it; -1 none */
+	__u32 next;       /* the next prefix worth a lookup (the last node's skip) */
 	struct warden_rule_slot best;
 };
 
@@ -481,6 +482,8 @@ static long match_cb(__u32 k, void *data)
 
 	if (k >= pb->nprefix)
 		return 1;
+	if (k < m->next)
+		return 0; /* on the only way down to the next rule, with no rule of its own */
 	len = pb->ends[k & (ENDS - 1)];
 	key.hash = warden_prefix_hash(pb, &m->hs, len);
 	key.source = m->source;
@@ -498,6 +501,7 @@ static long match_cb(__u32 k, void *data)
 	if (!node->below)
 		return 1;
 	m->last_below = k;
+	m->next = k + (node->skip ? node->skip : 1);
 	return 0;
 }
 

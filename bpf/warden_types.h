@@ -70,7 +70,7 @@ struct warden_rule_node {
 	struct warden_rule_slot dir;
 	struct warden_rule_slot recursive;
 	__u8 below;
-	__u8 pad;
+	__u8 skip; /* the next prefix worth a lookup is this many components down (bpf/maps.py: _set_skips) */
 	__u16 len;
 	__u32 pad2;
 	char path[WARDEN_PATH_MAX];

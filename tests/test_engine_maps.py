@@ -108,7 +108,7 @@ def _nodes(tables: maps.ScopeTables) -> dict[tuple[int, int, str], tuple[tuple[i
     for key, value in tables.nodes.items():
         h, src, scope, category = maps.RULE_KEY.unpack(key)
         assert scope == tables.scope
-        exact, dir_, rec, below, length, _, path = maps.NODE.unpack(value)
+        exact, dir_, rec, below, _skip, length, _, path = maps.NODE.unpack(value)
         slots = tuple(maps.SLOT.unpack(s)[:3] for s in (exact, dir_, rec))
         name = path[:length].decode() if length else str(h)
         if length:

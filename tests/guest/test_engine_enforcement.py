@@ -214,13 +214,7 @@ def test_mysql_data_is_refused_in_the_mysql_container_only(guest: GuestVM, first
 def test_events_carry_kubearmor_alert_fields(guest: GuestVM, first_load: dict[str, Any],
                                              mysql: Container) -> None:
     mysql.run(guest, f"cat {MYSQL_FILE}")
-    code = textwrap.dedent("""
-        import json
-        from bpf.engine import Engine
-        for alert in Engine().read_alerts():
-            print(json.dumps(alert.to_dict()))
-    """)
-    alerts = [json.loads(line) for line in guest.python(code, check=True).stdout.splitlines()]
+    alerts = read_alerts(guest)
     mysql_alerts = [a for a in alerts if a["PolicyName"] == "block-mysql-data-access"]
     assert mysql_alerts, alerts[-5:]
     a = mysql_alerts[-1]
@@ -325,6 +319,75 @@ def test_swapping_10000_rules_never_gives_a_wrong_answer(guest: GuestVM, first_l
     assert attempts > 20 and bad_write == 0 and bad_read == 0, (attempts, bad_write, bad_read)
     assert in_unregistered(guest, "cat /data/a/d7/f777") == (0, "a\n")
     assert in_unregistered(guest, "cat /data/b/d7/f777")[0] != 0
+
+
+DEEP_POLICIES = textwrap.dedent("""
+    apiVersion: security.kubearmor.com/v1
+    kind: KubeArmorPolicy
+    metadata:
+      name: audit-deep
+    spec:
+      selector:
+        matchLabels:
+          kubearmor.io/container.name: ".*"
+      action: Audit
+      file:
+        matchDirectories:
+          - dir: /data/deep/x/y/
+            recursive: true
+    ---
+    apiVersion: security.kubearmor.com/v1
+    kind: KubeArmorPolicy
+    metadata:
+      name: block-deep
+    spec:
+      selector:
+        matchLabels:
+          kubearmor.io/container.name: ".*"
+      action: Block
+      file:
+        matchPaths:
+          - path: /data/deep/x/y/z/leaf
+        matchDirectories:
+          - dir: /data/plain/
+""")
+
+ALERTS = textwrap.dedent("""
+    import json
+    from bpf.engine import Engine
+    for alert in Engine().read_alerts():
+        print(json.dumps(alert.to_dict()))
+""")
+
+
+def read_alerts(guest: GuestVM) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in guest.python(ALERTS, check=True).stdout.splitlines()]
+
+
+def test_deep_rules_jumps_and_one_decision_per_overlay_open(guest: GuestVM, first_load: dict[str, Any]) -> None:
+    """Rules five components down, reached by jumps over prefixes without rules ("/" -> "/data/deep/x/y/"
+    -> "/data/deep/x/y/z/"); on the overlay root every open is decided once, not again for the real
+    file behind it; a regular file is not the directory a directory rule names."""
+    policy = guest.write_shared("deep.yaml", DEEP_POLICIES)
+    guest.run("mkdir -p /data/deep/x/y/z && echo leaf > /data/deep/x/y/z/leaf && echo other > /data/deep/x/y/z/other"
+              " && echo beside > /data/deep/x/beside && echo plain > /data/plain", check=True)
+    assert guest.run("stat -f -c %T /data/deep").stdout.strip() == "overlayfs"
+    script = guest.write_shared("swap.py", SWAP)
+    loaded = json.loads(guest.run(f"cd {REPO_ROOT} && {PY} {script} {SEED} {policy}", timeout=600,
+                                  check=True).stdout)[-1]
+    assert loaded["mode"] == "adopted" and loaded["health"] == []
+    read_alerts(guest)  # drain what the probes of the tests before left
+    assert in_unregistered(guest, "cat /data/deep/x/y/z/leaf")[0] != 0
+    assert in_unregistered(guest, "cat /data/deep/x/y/z/other") == (0, "other\n")
+    assert in_unregistered(guest, "cat /data/deep/x/beside") == (0, "beside\n")
+    assert in_unregistered(guest, "cat /data/plain") == (0, "plain\n")
+    assert on_host(guest, "cat /data/deep/x/y/z/leaf") == (0, "leaf\n")
+    by_path: dict[str, list[str]] = {}
+    for alert in read_alerts(guest):
+        by_path.setdefault(alert["Resource"], []).append(f"{alert['PolicyName']}:{alert['Action']}")
+    assert by_path.get("/data/deep/x/y/z/leaf") == ["block-deep:Block"]
+    assert by_path.get("/data/deep/x/y/z/other") == ["audit-deep:Audit"]  # once, not twice
+    assert "/data/deep/x/beside" not in by_path and "/data/plain" not in by_path
 
 
 def test_upgrade_is_make_before_break(guest: GuestVM, first_load: dict[str, Any], mysql: Container) -> None:
