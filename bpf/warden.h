@@ -6,8 +6,9 @@
  *
  * Matching costs O(path depth), independent of the rule count: the path of the object is rebuilt
  * root to leaf in a per-CPU buffer, then each prefix ("/", "/var/", "/var/lib/", ...) is hashed
- * incrementally and looked up in one hash map; the walk stops at the first prefix below which no
- * rule lies. Loops run through bpf_loop so the verifier checks each body once (6.1 has it).
+ * incrementally and looked up in one hash map, except prefixes the compiler marks as lying on the
+ * only way down to the next rule (a node's `skip`); the walk stops at the first prefix below which
+ * no rule lies. Loops run through bpf_loop so the verifier checks each body once (6.1 has it).
  */
 #ifndef WARDEN_H
 #define WARDEN_H
@@ -181,9 +182,10 @@ static __always_inline struct warden_scope_cfg *scope_cfg(__u32 *scope)
  * (no helper call: this is the hot path of every open). A mount crossing reads struct mount, which
  * is reachable only by offset from the vfsmount (a number to the verifier); from there on, the far
  * walk reads through bpf_probe_read_kernel. Every bound the later steps rely on (walked, complete,
- * ncomp) lives in the per-CPU scratch, not in loop state, so each loop body is verified for any
- * iteration count.
+ * ncomp) lives in the per-CPU scratch, not in loop state, so no decision depends on how many
+ * iterations of a loop the verifier assumed.
  */
+
 /* Where a dentry keeps a short name: d_iname up to 6.13, d_shortname after (CO-RE picks). */
 struct dentry___iname {
 	unsigned char d_iname[32];
