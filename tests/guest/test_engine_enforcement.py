@@ -118,6 +118,19 @@ def warden_link_ids(guest: GuestVM) -> set[int]:
     return {link["id"] for link in links if progs.get(link.get("prog_id"), "").startswith("warden_")}
 
 
+# Drains the engine's pinned ring buffer (not the agent's alert file: no agent runs in this module).
+READ_ALERTS = textwrap.dedent("""
+    import json
+    from bpf.engine import Engine
+    for alert in Engine().read_alerts():
+        print(json.dumps(alert.to_dict()))
+""")
+
+
+def read_alerts(guest: GuestVM) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in guest.python(READ_ALERTS, check=True).stdout.splitlines()]
+
+
 @pytest.fixture(scope="module")
 def mysql(guest: GuestVM) -> Iterator[Container]:
     guest.run("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf", check=True)
@@ -351,18 +364,6 @@ DEEP_POLICIES = textwrap.dedent("""
         matchDirectories:
           - dir: /data/plain/
 """)
-
-ALERTS = textwrap.dedent("""
-    import json
-    from bpf.engine import Engine
-    for alert in Engine().read_alerts():
-        print(json.dumps(alert.to_dict()))
-""")
-
-
-def read_alerts(guest: GuestVM) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in guest.python(ALERTS, check=True).stdout.splitlines()]
-
 
 def test_deep_rules_jumps_and_one_decision_per_overlay_open(guest: GuestVM, first_load: dict[str, Any]) -> None:
     """Rules five components down, reached by jumps over prefixes without rules ("/" -> "/data/deep/x/y/"
