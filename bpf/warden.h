@@ -4,11 +4,16 @@
  * engine makes the second and later objects reuse the pinned ones, so there is one set in the
  * kernel), scope resolution, the path walk, prefix hashing and matching, decisions and events.
  *
- * Matching costs O(path depth), independent of the rule count: the path of the object is rebuilt
- * root to leaf in a per-CPU buffer, then each prefix ("/", "/var/", "/var/lib/", ...) is hashed
- * incrementally and looked up in one hash map, except prefixes the compiler marks as lying on the
- * only way down to the next rule (a node's `skip`); the walk stops at the first prefix below which
- * no rule lies. Loops run through bpf_loop so the verifier checks each body once (6.1 has it).
+ * Matching costs O(path depth), independent of the rule count: the walk from the object's dentry
+ * to the root writes the path into a per-CPU buffer, leaf first, each name to the left of the last;
+ * the words of the path are hashed once, in order, and each prefix ("/", "/var/", "/var/lib/", ...)
+ * is looked up in one hash map, except prefixes the compiler marks as lying on the only way down to
+ * the next rule (a node's `skip`); matching stops at the first prefix below which no rule lies.
+ *
+ * Loops run through bpf_loop. 6.1 verifies a loop body once, with the context as the first call
+ * sees it, and drops code it never reached: so whatever a body carries from one call to the next
+ * (the walk's position, the match cursor) lives in the per-CPU scratch, which the verifier treats
+ * as any value, never in the context on the stack, where it would be a constant.
  */
 #ifndef WARDEN_H
 #define WARDEN_H
@@ -24,10 +29,11 @@
 #define S_IFMT 00170000
 #define S_IFDIR 0040000
 
-#define WALK_MAX 128   /* dentries and mount crossings followed from the leaf to the root */
-#define BUF_SIZE 512   /* path buffer: any offset < 256 plus any read < 256 stays inside */
+#define NAME_MAX 255
+#define WALK_MAX 128    /* dentries followed from the leaf to the root */
+#define PATH_RIGHT 1024 /* the walk writes the path leftwards from here (a power of two: offsets are masked) */
+#define BUF_SIZE (PATH_RIGHT + WARDEN_PATH_MAX) /* any offset < PATH_RIGHT plus any read <= 256 stays inside */
 #define MAX_BUILD (WARDEN_MAX_DEPTH + 1) /* a 32-component directory rule sees its children */
-#define ENDS 64
 #define INLINE_WORDS 4 /* names of up to 31 bytes live inside the dentry: DNAME_INLINE_LEN >= 32 */
 
 /* Maps (pinned under /sys/fs/bpf/warden/ by the engine). Sizes: see bpf/maps.py. */
@@ -89,24 +95,33 @@ struct {
 	__type(value, __u64);
 } warden_drops SEC(".maps");
 
+/*
+ * The path of an object, written by the walk from the leaf to the root: each component goes to the
+ * left of the one before, so the path ends at PATH_RIGHT and starts at `start`, and no second pass
+ * copies it. Prefix k ("/" for k = 0, then the root and k components, each followed by '/') is
+ * buf[start, start + prefix_end(pb, k)).
+ */
 struct pathbuf {
 	char buf[BUF_SIZE];
-	__u16 ends[ENDS]; /* ends[k] = length of prefix k: "/" is 1, "/a/" is 3, ... */
-	__u32 nprefix;    /* valid entries of ends */
-	__u32 ncomp;      /* components written */
-	__u32 complete;   /* the whole path fit: prefix ncomp is the object itself plus "/" */
-	__u32 len;        /* bytes of the path shown in events */
+	__u16 cend[WALK_MAX]; /* cend[n]: where walked component n (leaf first) ends, past its '/' */
+	__u32 start;          /* buf[start] is the path's leading '/' */
+	__u32 pos;            /* while walking: where the next component's trailing '/' goes */
+	__u32 walked;         /* components walked */
+	__u32 valid_from;     /* components walked before this one were dropped: see make_room */
+	__u32 reached;        /* the walk reached the root */
+	__u32 nprefix;        /* prefixes 0 .. nprefix - 1 may be looked up */
+	__u32 ncomp;          /* components known from the root: prefix ncomp is the longest */
+	__u32 complete;       /* the whole path fit: prefix ncomp is the object itself plus "/" */
+	__u32 len;            /* bytes of the path shown in events */
+	__u32 next;           /* match_path's cursor: the next prefix worth a lookup */
+	__u64 wh[WARDEN_PATH_MAX / 8]; /* wh[j]: the hash after words 0..j (see hash_words) */
 };
 
 struct scratch {
 	struct pathbuf obj;
 	struct pathbuf src;
-	__u64 names[WALK_MAX]; /* d_name.name of each dentry walked, leaf first; 0: in `inline_names` */
-	__u64 inline_names[WALK_MAX][INLINE_WORDS]; /* short names, copied with direct loads */
-	__u32 lens[WALK_MAX];  /* d_name.len */
-	__u32 walked;          /* valid entries of names and lens */
-	__u32 pad;
-	__u64 number;          /* see as_number */
+	__u64 name[1 + INLINE_WORDS]; /* a short name, after a word of slack: see put_inline_name */
+	__u64 number;                 /* see as_number */
 };
 
 /* Per CPU, not pinned: each object has its own. */
@@ -125,9 +140,19 @@ static __always_inline struct scratch *get_scratch(void)
 	return bpf_map_lookup_elem(&warden_scratch, &zero);
 }
 
+/* Word i of the path (unaligned: x86 BPF allows it). Reads stay inside buf: start < PATH_RIGHT and
+ * i < WARDEN_PATH_MAX / 8. */
 static __always_inline __u64 buf_word(struct pathbuf *pb, __u32 i)
 {
-	return *(__u64 *)(pb->buf + ((i << 3) & (BUF_SIZE - 8)));
+	return *(__u64 *)(pb->buf + (pb->start & (PATH_RIGHT - 1)) + ((i << 3) & (WARDEN_PATH_MAX - 8)));
+}
+
+/* The length of prefix k, k <= ncomp. */
+static __always_inline __u32 prefix_end(struct pathbuf *pb, __u32 k)
+{
+	if (!k)
+		return 1;
+	return pb->cend[(pb->walked - k) & (WALK_MAX - 1)] - pb->start;
 }
 
 /* A kernel pointer as a plain number: what went through map memory is a scalar to the verifier.
@@ -140,11 +165,10 @@ static __always_inline __u64 as_number(struct scratch *s, const void *p)
 
 /* ---- scopes ------------------------------------------------------------------------------- */
 
-static __always_inline __u32 resolve_scope(struct warden_ns_key *nk)
+static __always_inline __u32 resolve_scope(struct task_struct *t, struct warden_ns_key *nk)
 {
 	/* Direct (BTF, exception-protected) loads instead of probe-read helper calls: this runs on
 	 * every hooked operation. A NULL nsproxy (an exiting task) reads as 0: any-container scope. */
-	struct task_struct *t = bpf_get_current_task_btf();
 	struct nsproxy *nsp = t->nsproxy;
 	__u32 zero = 0, *id;
 	__u64 *host;
@@ -177,13 +201,12 @@ static __always_inline struct warden_scope_cfg *scope_cfg(__u32 *scope)
 /* ---- path walk ------------------------------------------------------------------------------ */
 
 /*
- * The walk goes leaf to root recording each dentry's name; the build then writes the names root to
- * leaf. Up to the first mount root the walk holds typed pointers and reads fields with direct loads
- * (no helper call: this is the hot path of every open). A mount crossing reads struct mount, which
- * is reachable only by offset from the vfsmount (a number to the verifier); from there on, the far
- * walk reads through bpf_probe_read_kernel. Every bound the later steps rely on (walked, complete,
- * ncomp) lives in the per-CPU scratch, not in loop state, so no decision depends on how many
- * iterations of a loop the verifier assumed.
+ * The walk goes leaf to root and writes each dentry's name in place. Up to the first mount root it
+ * holds typed pointers and reads fields with direct loads (no helper call: this is the hot path of
+ * every open). A mount crossing reads struct mount, which is reachable only by offset from the
+ * vfsmount (a number to the verifier); from there on, the far walk reads through
+ * bpf_probe_read_kernel. Every bound the later steps rely on lives in the per-CPU scratch, not in
+ * loop state, so no decision depends on how many iterations of a loop the verifier assumed.
  */
 
 /* Where a dentry keeps a short name: d_iname up to 6.13, d_shortname after (CO-RE picks). */
@@ -197,33 +220,98 @@ struct dentry___shortname {
 	} d_shortname;
 } __attribute__((preserve_access_index));
 
-/* Record dentry `d` (a typed pointer) as walked entry n. A name stored inside the dentry (most are)
- * is copied by direct loads; a longer one is left for a probe read in the build. */
-static __always_inline void record_name(struct scratch *s, __u32 n, struct dentry *d)
+/*
+ * Where the next component, `len` bytes, ends (its trailing '/' goes there); 0 when it cannot be
+ * part of a path (an empty name). A path too long for the buffer keeps its root side, which is all
+ * that can match (rules are at most 255 bytes): what was written is dropped and writing starts
+ * again at the right end. The margin leaves room for the word stores of put_inline_name.
+ */
+static __always_inline __u32 make_room(struct pathbuf *pb, __u32 len)
+{
+	__u32 pos = pb->pos;
+
+	if (len == 0 || len > NAME_MAX) {
+		pb->walked += 1;
+		pb->valid_from = pb->walked;
+		pb->pos = PATH_RIGHT - 1;
+		return 0;
+	}
+	if (pos < len + 1 + INLINE_WORDS * 8) {
+		pb->valid_from = pb->walked;
+		pos = PATH_RIGHT - 1;
+	}
+	return pos;
+}
+
+/* The component that ends at `pos` is written: its '/', its end, and room for the next one. */
+static __always_inline void put_done(struct pathbuf *pb, __u32 pos, __u32 len)
+{
+	__u32 n = pb->walked;
+
+	pb->buf[pos & (PATH_RIGHT - 1)] = '/';
+	pb->cend[n & (WALK_MAX - 1)] = pos + 1;
+	pb->pos = pos - len - 1;
+	pb->walked = n + 1;
+}
+
+static __always_inline void put_far_name(struct pathbuf *pb, const unsigned char *name, __u32 len)
+{
+	__u32 pos = make_room(pb, len);
+
+	if (!pos)
+		return;
+	bpf_probe_read_kernel(pb->buf + ((pos - len) & (PATH_RIGHT - 1)), len & NAME_MAX, name);
+	put_done(pb, pos, len);
+}
+
+/*
+ * A name stored inside the dentry (most are; under 32 bytes) is copied with direct loads, then
+ * stored as whole words that end where the name ends, right to left. The bytes a word puts before
+ * the name are overwritten by the parent's name and '/' (written next), or lie before the path.
+ */
+static __always_inline void put_inline_name(struct scratch *s, struct pathbuf *pb, const __u64 *inl, __u32 len)
+{
+	__u32 pos = make_room(pb, len);
+	char *from = (char *)s->name; /* the name is at from[8, 8 + len) */
+
+	if (!pos)
+		return;
+	s->name[1] = inl[0];
+	if (len > 8)
+		s->name[2] = inl[1];
+	if (len > 16)
+		s->name[3] = inl[2];
+	if (len > 24)
+		s->name[4] = inl[3];
+	*(__u64 *)(pb->buf + ((pos - 8) & (PATH_RIGHT - 1))) = *(__u64 *)(from + (len & 31));
+	if (len > 8)
+		*(__u64 *)(pb->buf + ((pos - 16) & (PATH_RIGHT - 1))) = *(__u64 *)(from + ((len - 8) & 31));
+	if (len > 16)
+		*(__u64 *)(pb->buf + ((pos - 24) & (PATH_RIGHT - 1))) = *(__u64 *)(from + ((len - 16) & 31));
+	if (len > 24)
+		*(__u64 *)(pb->buf + ((pos - 32) & (PATH_RIGHT - 1))) = *(__u64 *)(from + ((len - 24) & 31));
+	put_done(pb, pos, len);
+}
+
+static __always_inline void put_near_name(struct scratch *s, struct pathbuf *pb, struct dentry *d)
 {
 	const unsigned char *name = d->d_name.name;
 	const __u64 *inl;
 	__u32 len = d->d_name.len;
-	__u32 k = n & (WALK_MAX - 1);
 
 	if (bpf_core_field_exists(struct dentry___iname, d_iname))
 		inl = (const __u64 *)((struct dentry___iname *)d)->d_iname;
 	else
 		inl = (const __u64 *)((struct dentry___shortname *)d)->d_shortname.string;
-	s->lens[k] = len;
-	if ((const void *)name == (const void *)inl && len < INLINE_WORDS * 8) {
-		s->names[k] = 0;
-		s->inline_names[k][0] = inl[0];
-		s->inline_names[k][1] = inl[1];
-		s->inline_names[k][2] = inl[2];
-		s->inline_names[k][3] = inl[3];
-	} else {
-		s->names[k] = (__u64)name;
-	}
+	if ((const void *)name == (const void *)inl && len < INLINE_WORDS * 8)
+		put_inline_name(s, pb, inl, len);
+	else
+		put_far_name(pb, name, len);
 }
 
 struct near_walk {
 	struct scratch *s;
+	struct pathbuf *pb;
 	struct dentry *d;
 	struct dentry *mnt_root;
 	struct dentry *root_d;
@@ -235,49 +323,55 @@ struct near_walk {
 static long near_walk_cb(__u32 i, void *data)
 {
 	struct near_walk *w = data;
-	struct scratch *s = w->s;
 	struct dentry *d = w->d;
 	struct dentry *parent;
-	__u32 n = s->walked;
 
-	if (!d || (d == w->root_d && w->vmnt == w->root_vmnt))
+	if (!d || (d == w->root_d && w->vmnt == w->root_vmnt)) {
+		w->pb->reached = 1;
 		return 1;
+	}
 	if (d == w->mnt_root) {
 		w->crossed = 1;
 		return 1;
 	}
 	parent = d->d_parent;
-	if (!parent || parent == d)
-		return 1; /* root of a filesystem that is not mounted (pipes, sockets) */
-	record_name(s, n, d);
-	s->walked = n + 1;
+	if (!parent || parent == d) {
+		w->pb->reached = 1; /* root of a filesystem that is not mounted (pipes, sockets) */
+		return 1;
+	}
+	put_near_name(w->s, w->pb, d);
 	w->d = parent;
 	return 0;
 }
 
 struct far_walk {
-	struct scratch *s;
+	struct pathbuf *pb;
 	__u64 d, vmnt, mnt, mnt_root, root_d, root_vmnt;
 };
 
 static long far_walk_cb(__u32 i, void *data)
 {
 	struct far_walk *w = data;
-	struct scratch *s = w->s;
+	struct pathbuf *pb = w->pb;
 	struct dentry *d = (struct dentry *)w->d;
 	struct mount *mnt = (struct mount *)w->mnt;
 	struct vfsmount *vmnt;
 	struct mount *mnt_parent;
 	struct dentry *parent;
 	struct qstr q = {};
-	__u32 n = s->walked;
 
-	if (!d || (w->d == w->root_d && w->vmnt == w->root_vmnt) || n >= WALK_MAX)
+	if (!d || (w->d == w->root_d && w->vmnt == w->root_vmnt)) {
+		pb->reached = 1;
+		return 1;
+	}
+	if (pb->walked >= WALK_MAX)
 		return 1;
 	if (w->d == w->mnt_root) {
 		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-		if (!mnt_parent || mnt_parent == mnt)
-			return 1; /* the root of the mount tree */
+		if (!mnt_parent || mnt_parent == mnt) {
+			pb->reached = 1; /* the root of the mount tree */
+			return 1;
+		}
 		w->d = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
 		w->mnt = (__u64)mnt_parent;
 		vmnt = (struct vfsmount *)((__u64)mnt_parent + bpf_core_field_offset(struct mount, mnt));
@@ -286,91 +380,50 @@ static long far_walk_cb(__u32 i, void *data)
 		return 0;
 	}
 	parent = BPF_CORE_READ(d, d_parent);
-	if (!parent || parent == d)
+	if (!parent || parent == d) {
+		pb->reached = 1;
 		return 1;
+	}
 	BPF_CORE_READ_INTO(&q, d, d_name); /* length and name in one read */
-	s->names[n & (WALK_MAX - 1)] = (__u64)q.name;
-	s->lens[n & (WALK_MAX - 1)] = q.len;
-	s->walked = n + 1;
+	put_far_name(pb, q.name, q.len);
 	w->d = (__u64)parent;
 	return 0;
 }
 
-struct build_ctx {
-	struct scratch *s;
-	struct pathbuf *pb;
-	__u32 n;
-	__u32 off;
-};
-
-static long build_cb(__u32 i, void *data)
+/* How many components from the root fit a rule: at most MAX_BUILD, ending within WARDEN_PATH_MAX. */
+static long fit_cb(__u32 i, void *data)
 {
-	struct build_ctx *b = data;
-	struct scratch *s = b->s;
-	struct pathbuf *pb = b->pb;
-	__u32 len, off, k;
+	struct pathbuf *pb = *(struct pathbuf **)data;
+	__u32 k = i + 1;
 
-	if (i >= b->n)
+	if (k > pb->walked - pb->valid_from || prefix_end(pb, k) > WARDEN_PATH_MAX)
 		return 1;
-	if (pb->ncomp >= MAX_BUILD) {
-		pb->complete = 0;
-		return 1;
-	}
-	k = (b->n - 1 - i) & (WALK_MAX - 1);
-	len = s->lens[k];
-	off = b->off;
-	if (off + len + 1 > WARDEN_PATH_MAX || len == 0) {
-		pb->complete = 0; /* rules are at most 255 bytes: only the prefixes so far can match */
-		return 1;
-	}
-	if (s->names[k]) {
-		bpf_probe_read_kernel(pb->buf + (off & (WARDEN_PATH_MAX - 1)), len & (WARDEN_PATH_MAX - 1),
-				      (const void *)s->names[k]);
-	} else {
-		/* whole words: the bytes past the name are overwritten by the '/' and what follows,
-		 * and nothing reads beyond the path's length */
-		char *to = pb->buf + (off & (WARDEN_PATH_MAX - 1));
-
-		*(__u64 *)(to + 0) = s->inline_names[k][0];
-		*(__u64 *)(to + 8) = s->inline_names[k][1];
-		*(__u64 *)(to + 16) = s->inline_names[k][2];
-		*(__u64 *)(to + 24) = s->inline_names[k][3];
-	}
-	off += len;
-	pb->buf[off & (BUF_SIZE - 1)] = '/';
-	off += 1;
-	pb->ncomp++;
-	pb->ends[pb->ncomp & (ENDS - 1)] = off;
-	pb->nprefix = pb->ncomp + 1;
-	b->off = off;
+	pb->ncomp = k;
 	return 0;
 }
 
-/* Rebuild the path of (d, vmnt) root to leaf into `pb`, relative to the task's root. */
-static __always_inline void resolve_path(struct scratch *s, struct pathbuf *pb, struct dentry *d,
-					 struct vfsmount *vmnt)
+/* Write the path of (d, vmnt) into `pb`, relative to the task's root. */
+static __always_inline void resolve_path(struct task_struct *t, struct scratch *s, struct pathbuf *pb,
+					 struct dentry *d, struct vfsmount *vmnt)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
 	struct near_walk w = {};
 	struct far_walk fw = {};
-	struct build_ctx b = {};
-	__u32 walked;
+	__u32 walked, start;
 
 	w.s = s;
+	w.pb = pb;
 	w.d = d;
 	w.vmnt = vmnt;
 	w.mnt_root = vmnt->mnt_root;
 	w.root_d = t->fs->root.dentry;
 	w.root_vmnt = t->fs->root.mnt;
-	pb->buf[0] = '/';
-	pb->ends[0] = 1;
-	pb->nprefix = 1;
-	pb->ncomp = 0;
-	pb->complete = 1;
-	s->walked = 0;
+	pb->pos = PATH_RIGHT - 1;
+	pb->walked = 0;
+	pb->valid_from = 0;
+	pb->reached = 0;
 	bpf_loop(WALK_MAX, near_walk_cb, &w, 0);
 	if (w.crossed) {
-		fw.s = s;
+		fw.pb = pb;
 		fw.d = as_number(s, w.d);
 		fw.vmnt = as_number(s, vmnt);
 		fw.mnt = fw.vmnt - bpf_core_field_offset(struct mount, mnt);
@@ -379,21 +432,27 @@ static __always_inline void resolve_path(struct scratch *s, struct pathbuf *pb, 
 		fw.root_vmnt = as_number(s, w.root_vmnt);
 		bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
 	}
-	walked = s->walked;
-	if (walked >= WALK_MAX)
-		pb->complete = 0; /* deeper than we follow: the root side is unknown */
-	if (pb->complete) {
-		b.s = s;
-		b.pb = pb;
-		b.n = walked;
-		b.off = 1;
-		bpf_loop(MAX_BUILD + 1, build_cb, &b, 0); /* one more: it marks a deeper path incomplete */
+	start = pb->pos & (PATH_RIGHT - 1);
+	pb->buf[start] = '/';
+	pb->start = start;
+	walked = pb->walked;
+	if (!pb->reached) {
+		pb->ncomp = 0; /* deeper than we follow: the root side is unknown */
+		pb->complete = 0;
+	} else if (!pb->valid_from && walked <= MAX_BUILD && PATH_RIGHT - start <= WARDEN_PATH_MAX) {
+		pb->ncomp = walked;
+		pb->complete = 1;
+	} else {
+		pb->ncomp = 0;
+		pb->complete = 0;
+		bpf_loop(MAX_BUILD, fit_cb, &pb, 0);
 	}
+	pb->nprefix = pb->ncomp + 1;
 	/* The path shown in events: "/a/b" (no trailing slash) or "/" */
 	if (pb->ncomp && pb->complete)
-		pb->len = pb->ends[pb->ncomp & (ENDS - 1)] - 1;
+		pb->len = PATH_RIGHT - start - 1;
 	else
-		pb->len = pb->ends[(pb->nprefix - 1) & (ENDS - 1)];
+		pb->len = prefix_end(pb, pb->ncomp);
 }
 
 /* ---- hashing and matching ------------------------------------------------------------------- */
@@ -404,34 +463,38 @@ static __always_inline void resolve_path(struct scratch *s, struct pathbuf *pb, 
  * iteration of the loops around it (a tenth of the instructions to verify, and of the load time).
  * At run time it is a plain BPF-to-BPF call, made only on a hash hit.
  */
-struct hash_state {
-	__u64 h;    /* the hash after `done` full words */
-	__u32 done;
-	__u32 pad;
-};
-
 struct stored_path {
 	char bytes[WARDEN_PATH_MAX];
 };
 
-/* Hash of pb->buf[0..len), continuing from `st` (words already hashed are not read again). Inlined:
- * it runs for every prefix visited. */
-static __always_inline __u64 warden_prefix_hash(struct pathbuf *pb, struct hash_state *st, __u32 len)
+/* The hash of every prefix shares its words with the longer ones: hash each word of the longest
+ * prefix once, in order, so that any prefix's hash is its last full word's entry plus its tail. */
+static long hash_words_cb(__u32 j, void *data)
+{
+	struct pathbuf *pb = *(struct pathbuf **)data;
+	__u64 h = j ? pb->wh[(j - 1) & (WARDEN_PATH_MAX / 8 - 1)] : WARDEN_HASH_SEED;
+
+	pb->wh[j & (WARDEN_PATH_MAX / 8 - 1)] = warden_mix(h, buf_word(pb, j));
+	return 0;
+}
+
+/* Fill pb->wh for the prefixes 0..ncomp (at most WARDEN_PATH_MAX bytes: see resolve_path). */
+static __always_inline void hash_words(struct pathbuf *pb)
+{
+	__u32 words = prefix_end(pb, pb->ncomp) >> 3;
+
+	bpf_loop(words < WARDEN_PATH_MAX / 8 ? words : WARDEN_PATH_MAX / 8, hash_words_cb, &pb, 0);
+}
+
+/* The hash of the path's first `len` bytes, len <= prefix_end(pb, ncomp), after hash_words. */
+static __always_inline __u64 prefix_hash(struct pathbuf *pb, __u32 len)
 {
 	__u32 nw = len >> 3;
-	__u64 ph;
-	int j;
+	__u64 h = nw ? pb->wh[(nw - 1) & (WARDEN_PATH_MAX / 8 - 1)] : WARDEN_HASH_SEED;
 
-	for (j = 0; j < WARDEN_PATH_MAX / 8; j++) {
-		if (st->done >= nw)
-			break;
-		st->h = warden_mix(st->h, buf_word(pb, st->done));
-		st->done += 1;
-	}
-	ph = st->h;
 	if (len & 7)
-		ph = warden_mix(ph, buf_word(pb, nw) & warden_tail_mask(len & 7));
-	return warden_mix(ph, len);
+		h = warden_mix(h, buf_word(pb, nw) & warden_tail_mask(len & 7));
+	return warden_mix(h, len);
 }
 
 /* Whether `stored` holds `stored_len` bytes equal to pb->buf[0..len). */
@@ -459,12 +522,8 @@ __noinline int warden_same_path(const struct stored_path *stored, __u32 stored_l
 
 struct match_ctx {
 	struct pathbuf *pb;
-	__u64 source;
-	struct hash_state hs;
-	__u32 scope;
-	__u32 category;
+	struct warden_rule_key key; /* scope, category and source set once; hash per prefix */
 	__s32 last_below; /* deepest prefix found, verified, with rules below it; -1 none */
-	__u32 next;       /* the next prefix worth a lookup (the last node's skip) */
 	struct warden_rule_slot best;
 };
 
@@ -474,24 +533,21 @@ static __always_inline void take(struct warden_rule_slot *best, struct warden_ru
 		*best = *slot;
 }
 
-static long match_cb(__u32 k, void *data)
+/* One lookup per call: prefix pb->next. The cursor is in map memory, not in `m`: 6.1 checks a
+ * bpf_loop body once, with the context as the first call sees it, so a cursor kept on the stack
+ * would be the constant 0 to the verifier, which would drop the code for any other prefix. */
+static long match_cb(__u32 i, void *data)
 {
 	struct match_ctx *m = data;
 	struct pathbuf *pb = m->pb;
-	struct warden_rule_key key = {};
 	struct warden_rule_node *node;
-	__u32 len;
+	__u32 k = pb->next, len;
 
 	if (k >= pb->nprefix)
 		return 1;
-	if (k < m->next)
-		return 0; /* on the only way down to the next rule, with no rule of its own */
-	len = pb->ends[k & (ENDS - 1)];
-	key.hash = warden_prefix_hash(pb, &m->hs, len);
-	key.source = m->source;
-	key.scope = m->scope;
-	key.category = m->category;
-	node = bpf_map_lookup_elem(&warden_rules, &key);
+	len = prefix_end(pb, k);
+	m->key.hash = prefix_hash(pb, len);
+	node = bpf_map_lookup_elem(&warden_rules, &m->key);
 	if (!node || !warden_same_path((const struct stored_path *)node->path, node->len, pb, len))
 		return 1;
 	/* Deeper prefixes come later and override: the most specific rule wins. A directory rule
@@ -503,7 +559,8 @@ static long match_cb(__u32 k, void *data)
 	if (!node->below)
 		return 1;
 	m->last_below = k;
-	m->next = k + (node->skip ? node->skip : 1);
+	/* prefixes on the only way down to the next rule, with no rule of their own, are jumped */
+	pb->next = k + (node->skip ? node->skip : 1);
 	return 0;
 }
 
@@ -512,29 +569,25 @@ static __always_inline void match_path(struct pathbuf *pb, __u32 scope, __u32 ca
 				       struct warden_rule_slot *best)
 {
 	struct match_ctx m = {};
-	struct warden_rule_key key = {};
 	struct warden_rule_node *node;
-	struct hash_state hs = { .h = WARDEN_HASH_SEED };
 	__u32 len;
 
 	m.pb = pb;
-	m.source = source;
-	m.hs.h = WARDEN_HASH_SEED;
-	m.scope = scope;
-	m.category = category;
+	m.key.source = source;
+	m.key.scope = scope;
+	m.key.category = category;
 	m.last_below = -1;
-	bpf_loop(ENDS, match_cb, &m, 0);
+	pb->next = 0;
+	hash_words(pb);
+	bpf_loop(MAX_BUILD + 1, match_cb, &m, 0);
 	if (m.best.action)
 		*best = m.best;
 	/* The exact path, once the walk reached its parent directory with rules below it. */
 	if (!pb->complete || !pb->ncomp || m.last_below + 1 < (__s32)pb->ncomp)
 		return;
-	len = pb->ends[pb->ncomp & (ENDS - 1)] - 1;
-	key.hash = warden_prefix_hash(pb, &hs, len);
-	key.source = source;
-	key.scope = scope;
-	key.category = category;
-	node = bpf_map_lookup_elem(&warden_rules, &key);
+	len = pb->len; /* complete: the path without its trailing '/' */
+	m.key.hash = prefix_hash(pb, len);
+	node = bpf_map_lookup_elem(&warden_rules, &m.key);
 	if (node && warden_same_path((const struct stored_path *)node->path, node->len, pb, len))
 		take(best, &node->exact);
 }
@@ -551,7 +604,7 @@ static __always_inline int resolve_exe(struct scratch *s)
 		s->src.complete = 0;
 		return 0;
 	}
-	resolve_path(s, &s->src, exe->f_path.dentry, exe->f_path.mnt);
+	resolve_path(t, s, &s->src, exe->f_path.dentry, exe->f_path.mnt);
 	return 1;
 }
 
@@ -560,7 +613,6 @@ static __always_inline __u64 current_source(struct scratch *s, int *resolved)
 {
 	struct pathbuf *pb = &s->src;
 	struct warden_source_val *val;
-	struct hash_state hs = { .h = WARDEN_HASH_SEED };
 	__u32 len;
 	__u64 hash;
 
@@ -568,7 +620,8 @@ static __always_inline __u64 current_source(struct scratch *s, int *resolved)
 	if (!resolve_exe(s) || !pb->complete || !pb->ncomp)
 		return 0;
 	len = pb->len;
-	hash = warden_prefix_hash(pb, &hs, len);
+	hash_words(pb);
+	hash = prefix_hash(pb, len);
 	val = bpf_map_lookup_elem(&warden_sources, &hash);
 	if (!val || !warden_same_path((const struct stored_path *)val->path, val->len, pb, len))
 		return 0; /* not a fromSource program of any rule, or a forged hash collision */
@@ -635,13 +688,13 @@ static __always_inline void emit(struct scratch *s, struct warden_req *r, struct
 		if (!s->obj.complete)
 			ev->flags |= WARDEN_EV_TRUNCATED;
 		ev->path_len = s->obj.len;
-		bpf_probe_read_kernel(ev->path, sizeof(ev->path), s->obj.buf);
+		bpf_probe_read_kernel(ev->path, sizeof(ev->path), s->obj.buf + (s->obj.start & (PATH_RIGHT - 1)));
 	} else {
 		ev->path_len = 0;
 		ev->path[0] = 0;
 	}
 	ev->source_len = s->src.len;
-	bpf_probe_read_kernel(ev->source, sizeof(ev->source), s->src.buf);
+	bpf_probe_read_kernel(ev->source, sizeof(ev->source), s->src.buf + (s->src.start & (PATH_RIGHT - 1)));
 	bpf_ringbuf_submit(ev, 0);
 }
 
@@ -693,6 +746,7 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	__u16 hook = op & 0xffff;
 	__u32 category = (op >> 16) & 0xff;
 	int write = (op >> 24) & 1;
+	struct task_struct *t = bpf_get_current_task_btf();
 	struct warden_rule_slot best = {};
 	struct warden_scope_cfg *cfg;
 	struct warden_req r = {};
@@ -700,7 +754,7 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	__u8 rules, posture;
 	__u64 source = 0;
 
-	r.scope = resolve_scope(&r.nk);
+	r.scope = resolve_scope(t, &r.nk);
 	cfg = scope_cfg(&r.scope);
 	if (!cfg)
 		return 0;
@@ -717,7 +771,7 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	r.arg[0] = write;
 	r.has_path = 1;
 	s->src.len = 0;
-	resolve_path(s, &s->obj, d, vmnt);
+	resolve_path(t, s, &s->obj, d, vmnt);
 	if (!inode)
 		inode = d->d_inode; /* NULL for a name being created */
 	if (inode && (inode->i_mode & S_IFMT) != S_IFDIR && s->obj.complete && s->obj.ncomp)
@@ -774,7 +828,7 @@ static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *code
 	__u8 rules, posture;
 	__u64 source = 0;
 
-	r.scope = resolve_scope(&r.nk);
+	r.scope = resolve_scope(bpf_get_current_task_btf(), &r.nk);
 	cfg = scope_cfg(&r.scope);
 	if (!cfg)
 		return 0;

@@ -391,6 +391,96 @@ def test_deep_rules_jumps_and_one_decision_per_overlay_open(guest: GuestVM, firs
     assert "/data/deep/x/beside" not in by_path and "/data/plain" not in by_path
 
 
+def name_of_length(n: int) -> str:
+    """A name whose bytes all differ from their neighbours', so a misplaced byte changes the path."""
+    return "".join(chr(ord("a") + i % 26) for i in range(n))
+
+
+NAME_LENGTHS = [*range(1, 42), 100]  # 1-31: stored inside the dentry; 32 and more: read by the kernel
+CHAIN = "/data/names/chain/" + "/".join(name_of_length(n) for n in (1, 9, 17, 25, 31, 32, 3, 8, 16, 24, 7)) + "/leaf"
+LONG = "/data/long/" + "/".join(["L" * 250] * 5) + "/f"  # 1,280 bytes: longer than the walk's buffer
+LONGISH = "/data/long/" + "/".join(["M" * 250] * 2) + "/f"  # 518 bytes: longer than any rule
+DEEP = "/data/deep40/" + "d/" * 40 + "f"  # 42 components: deeper than any rule
+FREE = "/data/free/" + "/".join(["L" * 250] * 5) + "/f"  # no rule: what the kernel allows, warden allows
+
+PATHS_POLICIES = textwrap.dedent("""
+    apiVersion: security.kubearmor.com/v1
+    kind: KubeArmorPolicy
+    metadata:
+      name: audit-names
+    spec:
+      selector:
+        matchLabels:
+          kubearmor.io/container.name: ".*"
+      action: Audit
+      file:
+        matchDirectories:
+          - dir: /data/names/
+            recursive: true
+    ---
+    apiVersion: security.kubearmor.com/v1
+    kind: KubeArmorPolicy
+    metadata:
+      name: block-paths
+    spec:
+      selector:
+        matchLabels:
+          kubearmor.io/container.name: ".*"
+      action: Block
+      file:
+        matchPaths:
+          {paths}
+        matchDirectories:
+          - dir: /data/long/
+            recursive: true
+          - dir: /data/deep40/
+            recursive: true
+""")
+
+
+def test_names_of_every_length_long_and_deep_paths_and_mount_crossings(guest: GuestVM,
+                                                                        first_load: dict[str, Any]) -> None:
+    """The walk writes each name in place, leaf to root: names of every length up to 41 bytes (short
+    ones copied from the dentry in words, longer ones read by the kernel) land byte for byte where they
+    belong; a path longer than the walk's buffer, or longer or deeper than any rule, is still matched by
+    the directory rules on its root side; a path on another mount is found across the mount point."""
+    blocked = [f"/data/names/{name_of_length(n)}" for n in NAME_LENGTHS if n % 2]
+    audited = [f"/data/names/{name_of_length(n)}" for n in NAME_LENGTHS if not n % 2]
+    blocked += [CHAIN, "/data/mnt/sub/secret"]
+    paths = "\n".join(f"      - path: {p}" for p in blocked).lstrip()
+    policy = guest.write_shared("paths.yaml", PATHS_POLICIES.format(paths=paths))
+    files = [*blocked, *audited, LONG, LONGISH, DEEP, FREE, "/data/mnt/sub/other"]
+    guest.run("mkdir -p /data/mnt && mount -t tmpfs warden-test /data/mnt", check=True)
+    for path in files:
+        guest.run(f"mkdir -p {path.rsplit('/', 1)[0]} && echo {len(path)} > {path}", check=True)
+    script = guest.write_shared("swap.py", SWAP)
+    loaded = json.loads(guest.run(f"cd {REPO_ROOT} && {PY} {script} {SEED} {policy}", timeout=600,
+                                  check=True).stdout)[-1]
+    assert loaded["health"] == []
+    read_alerts(guest)
+    for path in files:
+        status, out = in_unregistered(guest, f"cat {path}")
+        if path in blocked or path in (LONG, LONGISH, DEEP):
+            assert status != 0 and "Operation not permitted" in out, (path, out)
+        else:
+            assert (status, out) == (0, f"{len(path)}\n"), path
+    by_path: dict[str, list[str]] = {}
+    truncated = []
+    for alert in read_alerts(guest):
+        if alert["Resource"].startswith(("/data/long", "/data/deep40")):
+            truncated.append(alert["Resource"])
+        else:
+            by_path.setdefault(alert["Resource"], []).append(f"{alert['PolicyName']}:{alert['Action']}")
+    for path in blocked:
+        assert by_path.get(path) == ["block-paths:Block"], path
+    for path in audited:
+        assert by_path.get(path) == ["audit-names:Audit"], path
+    assert set(by_path) == set(blocked) | set(audited)
+    # the paths that fit no rule are shown as far as they fit: the directory that matched, and below
+    assert len(truncated) == 3 and all(len(r) <= 255 for r in truncated), truncated
+    guest.run("umount /data/mnt", check=True)
+
+
 def test_upgrade_is_make_before_break(guest: GuestVM, first_load: dict[str, Any], mysql: Container) -> None:
     # A "new version" of file_guard: same programs, different object bytes (so a different digest).
     guest.run(f"mkdir -p /run/objs2 && cp {REPO_ROOT}/build/bpf/*.bpf.o /run/objs2/ "
