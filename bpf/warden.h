@@ -33,7 +33,7 @@
 #define WALK_MAX 128    /* dentries followed from the leaf to the root */
 #define PATH_RIGHT 1024 /* the walk writes the path leftwards from here (a power of two: offsets are masked) */
 #define BUF_SIZE (PATH_RIGHT + WARDEN_PATH_MAX) /* any offset < PATH_RIGHT plus any read <= 256 stays inside */
-#define MAX_BUILD (WARDEN_MAX_DEPTH + 1) /* a 32-component directory rule sees its children */
+#define MAX_COMPONENTS (WARDEN_MAX_DEPTH + 1) /* matched from the root: a 32-deep dir rule sees its children */
 #define INLINE_WORDS 4 /* names of up to 31 bytes live inside the dentry: DNAME_INLINE_LEN >= 32 */
 
 /* Maps (pinned under /sys/fs/bpf/warden/ by the engine). Sizes: see bpf/maps.py. */
@@ -390,7 +390,7 @@ static long far_walk_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* How many components from the root fit a rule: at most MAX_BUILD, ending within WARDEN_PATH_MAX. */
+/* How many components from the root fit a rule: at most MAX_COMPONENTS, ending within WARDEN_PATH_MAX. */
 static long fit_cb(__u32 i, void *data)
 {
 	struct pathbuf *pb = *(struct pathbuf **)data;
@@ -439,13 +439,13 @@ static __always_inline void resolve_path(struct task_struct *t, struct scratch *
 	if (!pb->reached) {
 		pb->ncomp = 0; /* deeper than we follow: the root side is unknown */
 		pb->complete = 0;
-	} else if (!pb->valid_from && walked <= MAX_BUILD && PATH_RIGHT - start <= WARDEN_PATH_MAX) {
+	} else if (!pb->valid_from && walked <= MAX_COMPONENTS && PATH_RIGHT - start <= WARDEN_PATH_MAX) {
 		pb->ncomp = walked;
 		pb->complete = 1;
 	} else {
 		pb->ncomp = 0;
 		pb->complete = 0;
-		bpf_loop(MAX_BUILD, fit_cb, &pb, 0);
+		bpf_loop(MAX_COMPONENTS, fit_cb, &pb, 0);
 	}
 	pb->nprefix = pb->ncomp + 1;
 	/* The path shown in events: "/a/b" (no trailing slash) or "/" */
@@ -579,7 +579,7 @@ static __always_inline void match_path(struct pathbuf *pb, __u32 scope, __u32 ca
 	m.last_below = -1;
 	pb->next = 0;
 	hash_words(pb);
-	bpf_loop(MAX_BUILD + 1, match_cb, &m, 0);
+	bpf_loop(MAX_COMPONENTS + 1, match_cb, &m, 0);
 	if (m.best.action)
 		*best = m.best;
 	/* The exact path, once the walk reached its parent directory with rules below it. */
