@@ -1,1 +1,1 @@
-"""Measurement sources (TDX, SNP, vTPM, attestation-agent) that bind initdata to the TEE."""
+"""The TEE side: which register carries the initdata digest (tee), and the sources that read it."""

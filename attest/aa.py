@@ -29,7 +29,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fi
 from attest.base import Measurement
 from attest.snp import hostdata_from_report
 from attest.tdx import mrconfigid_from_quote
-from initdata.encoding import Tee
+from attest.tee import Tee
 from initdata.errors import AttestationAgentError, GateError, MeasurementUnavailable
 
 DEFAULT_AA_URL = "http://127.0.0.1:8006"

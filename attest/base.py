@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from initdata.encoding import Tee
+from attest.tee import Tee
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ the configuration says `insecure_allow_sample: true`, and then every status line
 from __future__ import annotations
 
 from attest.base import Measurement
-from initdata.encoding import Tee
+from attest.tee import Tee
 
 
 class SampleSource:

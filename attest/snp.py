@@ -10,8 +10,8 @@ import struct
 from pathlib import Path
 
 from attest.base import Measurement
+from attest.tee import Tee
 from attest.tsm import ConfigfsTsm
-from initdata.encoding import Tee
 from initdata.errors import MeasurementUnavailable
 
 REPORT_SIZE = 0x4A0

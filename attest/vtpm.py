@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from attest.base import Measurement
-from initdata.encoding import Tee
+from attest.tee import Tee
 from initdata.errors import MeasurementUnavailable
 
 PCR_INDEX = 8

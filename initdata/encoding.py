@@ -1,12 +1,11 @@
-"""How initdata travels: the Kata annotation, the block-device image, and the TEE register.
+"""How initdata travels to the guest: the Kata annotation and the block-device image.
 
 - Annotation `io.katacontainers.config.hypervisor.cc_init_data`: standard (padded) base64 of
   gzip(TOML).
 - Block-device image (Kata `prepareInitdataImage`): b"initdata", u64 little-endian gzip length,
   gzip, zero padding to a multiple of 512.
-- TEE field: TDX MRCONFIGID 48 bytes, SNP HOSTDATA 32, CCA personalization value 64 (truncate or
-  zero-pad at the end, as Kata's `adjustProperLength` and Trustee's `regularize_data` do);
-  vTPM PCR8 = sha256(0^32 || digest), meaningful only for a 32-byte (sha256) digest.
+
+How the TEE carries the digest (MRCONFIGID, HOSTDATA, PCR8) is the TEE side's business: attest.tee.
 
 Decompression is bounded: a gzip bomb stops at the initdata size limit instead of filling memory.
 """
@@ -15,14 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import gzip
-import hashlib
 import struct
 import zlib
 
-from initdata.document import MAX_INITDATA_BYTES, HashAlgorithm
-from initdata.errors import InputTooLarge, MalformedInitdata, UnsupportedAlgorithm
+from initdata.document import MAX_INITDATA_BYTES
+from initdata.errors import InputTooLarge, MalformedInitdata
 
 ANNOTATION_KEY = "io.katacontainers.config.hypervisor.cc_init_data"
 IMAGE_MAGIC = b"initdata"
@@ -32,47 +29,6 @@ IMAGE_ALIGN = 512
 # gzip framing.
 MAX_ANNOTATION_CHARS = (MAX_INITDATA_BYTES * 4) // 3 + 4096
 MAX_IMAGE_BYTES = MAX_INITDATA_BYTES + 64 * 1024
-
-
-class Tee(enum.StrEnum):
-    """Where a TEE carries the initdata digest."""
-
-    TDX = "tdx"  # MRCONFIGID
-    SNP = "snp"  # HOSTDATA
-    CCA = "cca"  # CCA_REALM_PERSONALIZATION_VALUE
-    VTPM = "vtpm"  # PCR8 of the sha256 bank, extended once from zero
-
-
-TEE_FIELD_SIZES: dict[Tee, int] = {Tee.TDX: 48, Tee.SNP: 32, Tee.CCA: 64}
-TEE_FIELD_NAMES: dict[Tee, str] = {
-    Tee.TDX: "MRCONFIGID",
-    Tee.SNP: "HOSTDATA",
-    Tee.CCA: "personalization value",
-    Tee.VTPM: "PCR8",
-}
-
-
-def fit_to_field(digest: bytes, size: int) -> bytes:
-    """Truncate or zero-pad at the end (Kata adjustProperLength, Trustee regularize_data)."""
-    return digest[:size].ljust(size, b"\0")
-
-
-def vtpm_pcr8(digest: bytes, algorithm: HashAlgorithm, *, origin: str = "initdata") -> bytes:
-    """PCR8 of the sha256 bank after one extend with the digest: sha256(32 zero bytes || digest)."""
-    if algorithm is not HashAlgorithm.SHA256 or len(digest) != 32:
-        raise UnsupportedAlgorithm(
-            origin,
-            "algorithm",
-            f"vTPM binding needs a sha256 initdata digest (PCR8 is extended with exactly 32 bytes), not {algorithm}",
-        )
-    return hashlib.sha256(b"\0" * 32 + digest).digest()
-
-
-def expected_measurement(digest: bytes, algorithm: HashAlgorithm, tee: Tee, *, origin: str = "initdata") -> bytes:
-    """The bytes the TEE must report for this initdata digest."""
-    if tee is Tee.VTPM:
-        return vtpm_pcr8(digest, algorithm, origin=origin)
-    return fit_to_field(digest, TEE_FIELD_SIZES[tee])
 
 
 def gunzip_bounded(blob: bytes, *, origin: str, field: str, limit: int = MAX_INITDATA_BYTES) -> bytes:

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
 from attest.base import Measurement, MeasurementSource
 from attest.detect import DEFAULT_SOURCE_ORDER, SOURCE_NAMES, build_sources, first_measurement
+from attest.tee import TEE_FIELD_NAMES, Tee, expected_measurement
 from initdata.bundle import BundlePayload, PolicyFile, parse_payload
 from initdata.document import InitdataDocument
 from initdata.dsse import BUNDLE_PAYLOAD_TYPE, parse_envelope, verify_envelope
-from initdata.encoding import TEE_FIELD_NAMES, Tee, expected_measurement
 from initdata.errors import (
     BundleExpired,
     ConfigError,

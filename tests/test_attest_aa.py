@@ -25,8 +25,8 @@ from attest.aa import (
     measurement_from_evidence,
     record_ruleset_digest,
 )
+from attest.tee import Tee, fit_to_field
 from initdata.document import parse_initdata
-from initdata.encoding import Tee, fit_to_field
 from initdata.errors import AttestationAgentError, InsecureSourceRefused, MeasurementMismatch, MeasurementUnavailable
 from initdata.gate import GateConfig, gate, gate_update
 from tests.data.initdata.factory import FIXTURE_NOW, HERE, KEYS, make_envelope, make_initdata, signing_key, snp_report

@@ -14,10 +14,10 @@ from attest.detect import build_sources, first_measurement
 from attest.sample import SampleSource
 from attest.snp import SnpSource, hostdata_from_report
 from attest.tdx import TdxSource, mrconfigid_from_quote
+from attest.tee import Tee, expected_measurement
 from attest.tsm import ConfigfsTsm
 from attest.vtpm import VtpmSource
 from initdata.document import parse_initdata
-from initdata.encoding import Tee, expected_measurement
 from initdata.errors import MeasurementUnavailable
 from tests.data.initdata.factory import HERE, snp_report, tdx_quote_v4, tdx_quote_v5
 

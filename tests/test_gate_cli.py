@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from attest.tee import Tee, expected_measurement
 from initdata.document import parse_initdata
-from initdata.encoding import Tee, encode_annotation, encode_image, expected_measurement
+from initdata.encoding import encode_annotation, encode_image
 from supervisor.cli import main
 from tests.data.initdata.factory import HERE, KEYS, make_envelope, make_initdata, signing_key
 from tests.test_initdata_cli import one_error_line

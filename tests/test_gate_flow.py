@@ -12,9 +12,9 @@ import pytest
 
 from attest.base import MeasurementSource
 from attest.sample import GivenMeasurementSource, SampleSource
+from attest.tee import Tee, expected_measurement
 from initdata.bundle import PolicyFile
 from initdata.document import HashAlgorithm, InitdataDocument, parse_initdata
-from initdata.encoding import Tee, expected_measurement
 from initdata.errors import (
     BundleExpired,
     ConfigError,

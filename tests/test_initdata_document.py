@@ -15,19 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from attest.tee import Tee, expected_measurement, vtpm_pcr8
 from initdata.document import MAX_INITDATA_BYTES, HashAlgorithm, build_initdata_toml, parse_initdata
 from initdata.encoding import (
     IMAGE_ALIGN,
     MAX_ANNOTATION_CHARS,
-    Tee,
     decode_annotation,
     decode_any,
     decode_image,
     encode_annotation,
     encode_image,
-    expected_measurement,
     gunzip_bounded,
-    vtpm_pcr8,
 )
 from initdata.errors import (
     GateError,

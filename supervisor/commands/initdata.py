@@ -17,17 +17,16 @@ import base64
 import sys
 from pathlib import Path
 
+from attest.tee import Tee, expected_measurement
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded, write_output
 from initdata.document import MAX_INITDATA_BYTES, HashAlgorithm, build_initdata_toml, parse_initdata
 from initdata.dsse import MAX_ENVELOPE_BYTES, parse_envelope
 from initdata.encoding import (
     ANNOTATION_KEY,
     MAX_ANNOTATION_CHARS,
-    Tee,
     decode_annotation,
     encode_annotation,
     encode_image,
-    expected_measurement,
 )
 from initdata.errors import InitdataNotFound, MalformedBundle, MalformedInitdata
 from initdata.gate import BUNDLE_KEY, TRUST_KEY

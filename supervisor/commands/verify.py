@@ -22,9 +22,9 @@ import yaml
 from attest.base import MeasurementSource
 from attest.detect import SOURCE_NAMES, build_sources
 from attest.sample import GivenMeasurementSource
+from attest.tee import Tee
 from initdata.bundle import format_rfc3339, parse_rfc3339
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded
-from initdata.encoding import Tee
 from initdata.errors import ConfigError
 from initdata.gate import GateConfig, TrustMode, VerifiedPolicy, gate
 from initdata.keys import read_bounded

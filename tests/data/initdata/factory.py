@@ -20,10 +20,10 @@ import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
+from attest.tee import fit_to_field
 from initdata.bundle import PolicyFile, build_payload
 from initdata.document import HashAlgorithm, build_initdata_toml, parse_initdata
 from initdata.dsse import BUNDLE_PAYLOAD_TYPE, Envelope, sign_envelope
-from initdata.encoding import fit_to_field
 from initdata.keys import SigningKey, load_signing_key_pem
 
 HERE = Path(__file__).parent
