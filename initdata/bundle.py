@@ -30,8 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from initdata.bounded import read_bounded
 from initdata.errors import InputTooLarge, MalformedBundle
-from initdata.keys import read_bounded
 
 PAYLOAD_KEYS = frozenset({"version", "expires", "policies", "bpf_objects", "agent"})
 MAX_POLICY_FILES = 256

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from initdata.errors import GateError, InputTooLarge, TrustStoreError
+from initdata.bounded import read_bounded
+from initdata.errors import InputTooLarge, TrustStoreError
 
 DEFAULT_TRUST_DIR = Path("/etc/warden/trust")
 MAX_PEM_BYTES = 16 * 1024
@@ -173,30 +172,6 @@ def load_trust_dir(directory: Path) -> TrustStore:
     if not keys:
         raise TrustStoreError(origin, "directory", "holds no *.pem public keys")
     return TrustStore.from_keys(keys, origin=origin)
-
-
-def read_bounded(path: Path, limit: int, *, field: str = "file", error: type[GateError] = TrustStoreError) -> bytes:
-    """Read a file, refusing anything larger than `limit` before reading it all.
-
-    `error` is the GateError subclass for a missing or unreadable file (what that means depends on
-    which file it is: a trust key, a bundle, an initdata document).
-    """
-    origin = str(path)
-    try:
-        with path.open("rb") as handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_ISREG(info.st_mode) and info.st_size > limit:
-                raise InputTooLarge(origin, field, f"{info.st_size} bytes exceeds the {limit}-byte limit")
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise error(origin, field, "does not exist") from None
-    except IsADirectoryError:
-        raise error(origin, field, "is a directory") from None
-    except OSError as exc:
-        raise error(origin, field, f"cannot be read ({exc.strerror})") from None
-    if len(data) > limit:
-        raise InputTooLarge(origin, field, f"exceeds the {limit}-byte limit")
-    return data
 
 
 # --- signing side (authoring CLI only; the guest never holds a private key) ---

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
+from initdata.bounded import read_bounded
 from initdata.document import MAX_INITDATA_BYTES, InitdataDocument, parse_initdata
 from initdata.encoding import MAX_ANNOTATION_CHARS, MAX_IMAGE_BYTES, decode_annotation, decode_any
 from initdata.errors import InitdataNotFound, MalformedInitdata
-from initdata.keys import read_bounded
 
 KATA_INITDATA_PATH = Path("/run/confidential-containers/initdata/initdata.toml")
 PEERPOD_INITDATA_PATH = Path("/run/peerpod/initdata")

@@ -42,9 +42,10 @@ from typing import Any
 
 from attest.aa import record_ruleset_digest
 from bpf.policy import Policy
+from initdata.bounded import read_bounded
 from initdata.errors import GateError, MalformedBundle
 from initdata.gate import VerifiedPolicy, gate, gate_update, verify_bundle
-from initdata.keys import load_trust_dir, read_bounded
+from initdata.keys import load_trust_dir
 from initdata.locate import locate_initdata
 from supervisor.agent_runner import AgentRunner, AgentSnapshot
 from supervisor.config import WardenConfig

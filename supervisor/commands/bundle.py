@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from initdata.bounded import read_bounded
 from initdata.bundle import (
     build_payload,
     format_rfc3339,
@@ -38,7 +39,6 @@ from initdata.keys import (
     load_public_keys_pem,
     load_signing_key_pem,
     load_trust_dir,
-    read_bounded,
 )
 from initdata.rollback import RollbackState
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from attest.tee import Tee, expected_measurement
+from initdata.bounded import read_bounded
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded, write_output
 from initdata.document import MAX_INITDATA_BYTES, HashAlgorithm, build_initdata_toml, parse_initdata
 from initdata.dsse import MAX_ENVELOPE_BYTES, parse_envelope
@@ -30,7 +31,7 @@ from initdata.encoding import (
 )
 from initdata.errors import InitdataNotFound, MalformedBundle, MalformedInitdata
 from initdata.gate import BUNDLE_KEY, TRUST_KEY
-from initdata.keys import MAX_PEM_BYTES, load_public_keys_pem, read_bounded
+from initdata.keys import MAX_PEM_BYTES, load_public_keys_pem
 from initdata.locate import load_initdata_file
 
 MAX_DATA_FILE_BYTES = 256 * 1024

@@ -23,11 +23,11 @@ from attest.base import MeasurementSource
 from attest.detect import SOURCE_NAMES, build_sources
 from attest.sample import GivenMeasurementSource
 from attest.tee import Tee
+from initdata.bounded import read_bounded
 from initdata.bundle import format_rfc3339, parse_rfc3339
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded
 from initdata.errors import ConfigError
 from initdata.gate import GateConfig, TrustMode, VerifiedPolicy, gate
-from initdata.keys import read_bounded
 from initdata.locate import locate_initdata
 
 MAX_CONFIG_BYTES = 64 * 1024
