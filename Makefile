@@ -27,7 +27,7 @@ bench: setup
 	$(PY) -m bench
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check supervisor attest bpf initdata tests $(wildcard bench)
+	$(VENV)/bin/ruff check supervisor trust attest bpf initdata tests $(wildcard bench)
 	$(VENV)/bin/mypy
 
 setup: host-deps $(VENV)/.installed bpf

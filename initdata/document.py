@@ -24,6 +24,10 @@ INITDATA_VERSION = "0.1.0"  # kata-types validate() rejects every other version
 # peer-pod user-data and is still cheap to hash and parse.
 MAX_INITDATA_BYTES = 1 << 20
 TOP_LEVEL_KEYS = frozenset({"version", "algorithm", "data"})
+# The `[data]` keys warden reads: the signed policy bundle (a DSSE envelope) and, for the `initdata`
+# trust mode, the PEM public keys that may sign it.
+BUNDLE_KEY = "warden.bundle"
+TRUST_KEY = "warden.trust"
 
 
 class HashAlgorithm(enum.StrEnum):

@@ -10,7 +10,7 @@ it is trusted configuration; it is still parsed strictly, bounded in size, and n
 
 Top-level keys (snake_case, like the gate's):
 
-    gate:                  the attestation gate (initdata.gate.GateConfig keys: trust_dir, threshold,
+    gate:                  the attestation gate (supervisor.config.GateConfig keys: trust_dir, threshold,
                            trust_modes, measurement_sources, insecure_allow_sample, state_dir,
                            attestation_agent_url, attestation_agent_timeout)
     initdata:              explicit initdata path; null = where the guest has it (initdata.locate)
@@ -33,21 +33,25 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
+from attest.detect import DEFAULT_SOURCE_ORDER, SOURCE_NAMES
 from initdata.errors import ConfigError, GateError
-from initdata.gate import GateConfig
+from initdata.keys import DEFAULT_TRUST_DIR
+from trust.rules import GateRules, TrustMode
 
 DEFAULT_CONFIG_PATH = Path("/etc/warden/warden.yaml")
 MAX_CONFIG_BYTES = 64 * 1024
 POSTURE_VALUES = ("allow", "audit", "block")
+DEFAULT_STATE_DIR = Path("/run/warden")
 
 KEYS: dict[str, str] = {
-    "gate": "attestation gate settings (initdata.gate.GateConfig keys)",
+    "gate": "attestation gate settings (supervisor.config.GateConfig keys)",
     "initdata": "explicit initdata path, or null to look where the guest has it",
     "baseline_bundle": "signed baseline bundle in the image, enforced when the gate refuses",
     "update_bundle": "newer signed bundle read on SIGHUP or a control-socket reload",
@@ -81,6 +85,118 @@ AGENT_KEYS: dict[str, str] = {
 }
 
 POSTURE_KEYS = ("file", "network", "capabilities")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """How the gate decides. The supervisor loads it from YAML with `from_mapping` (same names).
+
+    - trust_dir: image keys (`image` trust mode), *.pem files
+    - threshold: distinct trusted keys that must sign a bundle (k of n)
+    - trust_modes: which of `image` / `initdata` keys may be used (see the module docstring)
+    - measurement_sources: the order sources are tried in (attest.detect explains the rule)
+    - insecure_allow_sample: accept a VM without a TEE (development only; reported INSECURE)
+    - state_dir: where the rollback state lives (a tmpfs: the state is per boot)
+    - attestation_agent_url / _timeout: api-server-rest of guest-components (loopback)
+    """
+
+    trust_dir: Path = DEFAULT_TRUST_DIR
+    threshold: int = 1
+    trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
+    measurement_sources: tuple[str, ...] = DEFAULT_SOURCE_ORDER
+    insecure_allow_sample: bool = False
+    # None only for offline checks (`warden verify` without --state-dir): no rollback memory.
+    state_dir: Path | None = DEFAULT_STATE_DIR
+    attestation_agent_url: str = DEFAULT_AA_URL
+    attestation_agent_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
+            raise ConfigError("gate configuration", "threshold", f"{self.threshold!r} is not an integer >= 1")
+        if not self.trust_modes:
+            raise ConfigError("gate configuration", "trust_modes", "must allow at least one mode")
+        for name in self.measurement_sources:
+            if name not in SOURCE_NAMES:
+                raise ConfigError(
+                    "gate configuration",
+                    "measurement_sources",
+                    f"unknown source {name!r} (known: {', '.join(SOURCE_NAMES)})",
+                )
+        if not self.measurement_sources:
+            raise ConfigError("gate configuration", "measurement_sources", "must name at least one source")
+        if not (self.attestation_agent_url.startswith(("http://", "https://"))):
+            raise ConfigError("gate configuration", "attestation_agent_url", "must be an http(s) URL")
+        if not 0 < self.attestation_agent_timeout <= 60:
+            raise ConfigError("gate configuration", "attestation_agent_timeout", "must be in (0, 60] seconds")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, origin: str = "gate configuration") -> GateConfig:
+        """Build from a YAML/JSON mapping with the field names above; unknown keys are refused."""
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(origin, "gate", "must be a mapping")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in mapping if k not in known)
+        if unknown:
+            raise ConfigError(origin, unknown[0], f"unknown key (known: {', '.join(sorted(known))})")
+        values: dict[str, Any] = {}
+        for key, value in mapping.items():
+            values[key] = _convert(key, value, origin=origin)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(origin, exc.field, exc.problem) from None
+
+    @property
+    def rules(self) -> GateRules:
+        return GateRules(
+            threshold=self.threshold, trust_modes=self.trust_modes, insecure_allow_sample=self.insecure_allow_sample
+        )
+
+    def aa_client(self) -> AttestationAgentClient:
+        return AttestationAgentClient(self.attestation_agent_url, timeout=self.attestation_agent_timeout)
+
+
+def _convert(key: str, value: Any, *, origin: str) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(origin, key, f"{value!r} is not {expected}")
+
+    if key in ("trust_dir", "state_dir"):
+        if value is None and key == "state_dir":
+            return None
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise fail("an absolute path")
+        return Path(value)
+    if key == "threshold":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if key == "insecure_allow_sample":
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if key == "attestation_agent_timeout":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number of seconds")
+        return float(value)
+    if key == "attestation_agent_url":
+        if not isinstance(value, str):
+            raise fail("a URL")
+        return value
+    if key == "trust_modes":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of trust modes")
+        modes = []
+        for item in value:
+            try:
+                modes.append(TrustMode(item))
+            except ValueError:
+                raise ConfigError(origin, key, f"unknown trust mode {item!r} (image, initdata)") from None
+        return tuple(modes)
+    if key == "measurement_sources":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of source names")
+        return tuple(value)
+    raise ConfigError(origin, key, "unknown key")  # pragma: no cover - from_mapping filtered it
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Start-up, in order (STATUS says which step it is in):
 1. read /etc/warden/warden.yaml (supervisor.config; unknown keys refused);
 2. check the kernel side: bpffs mounted under pin_dir, securityfs mounted, `bpf` in the active LSMs;
 3. open the control socket (register requests are answered "not ready, retry" until step 5);
-4. run the attestation gate (initdata.gate) in a worker thread while the main thread keeps systemd's
-   start timeout extended (EXTEND_TIMEOUT_USEC), since attestation may be slow;
+4. run the attestation gate (trust.gate, fed by supervisor.gate_inputs) in a worker thread while the
+   main thread keeps systemd's start timeout extended (EXTEND_TIMEOUT_USEC), since attestation may be slow;
 5. load the accepted policies into the kernel, or adopt the pinned links a previous instance left
    (bpf.engine via supervisor.enforcement), record the RuleSet digest in the AA event log, then
    READY=1 with a STATUS naming bundle version, RuleSet digest and measurement source.
@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -44,9 +44,7 @@ from attest.aa import record_ruleset_digest
 from bpf.policy import Policy
 from initdata.bounded import read_bounded
 from initdata.errors import GateError, MalformedBundle
-from initdata.gate import VerifiedPolicy, gate, gate_update, verify_bundle
 from initdata.keys import load_trust_dir
-from initdata.locate import locate_initdata
 from supervisor.agent_runner import AgentRunner, AgentSnapshot
 from supervisor.config import WardenConfig
 from supervisor.control import (
@@ -65,15 +63,23 @@ from supervisor.enforcement import (
     check_expected_objects,
     postures_from,
 )
+from supervisor.gate_inputs import (
+    MAX_BUNDLE_BYTES,
+    accepted_update_path,
+    gate_update,
+    read_update_bundle,
+    remember_update,
+    start_gate,
+)
 from supervisor.notify import Notifier, child_environment, watchdog_interval
+from trust.bundle import verify_bundle
+from trust.gate import VerifiedPolicy
 
 log = logging.getLogger("warden.daemon")
 
 EXIT_OK = 0
 EXIT_GATE_REFUSED = 1
 EXIT_PREREQUISITES = 1
-MAX_BUNDLE_BYTES = 4 * 1024 * 1024
-ACCEPTED_UPDATE_NAME = "accepted-update.bundle.json"
 IDLE_TICK_S = 5.0
 
 
@@ -321,7 +327,7 @@ class Supervisor:
 
         def work() -> None:
             try:
-                result["verified"] = self._gate()
+                result["verified"] = start_gate(self.config)
             except BaseException as exc:
                 result["error"] = exc
 
@@ -338,37 +344,6 @@ class Supervisor:
             raise result["error"]
         verified: VerifiedPolicy = result["verified"]
         return verified
-
-    @property
-    def _accepted_update_path(self) -> Path:
-        return self.config.state_dir / ACCEPTED_UPDATE_NAME
-
-    def _gate(self) -> VerifiedPolicy:
-        """The boot gate; after a reload earlier in this boot, the boot gate plus that update again.
-
-        The rollback state (per boot) then names the update, so the initdata bundle alone would be
-        refused as older: its measurement and signatures are checked without rollback memory (the
-        measurement binds it to this VM for the whole boot), and the update must pass gate_update
-        against it, rollback state included, exactly as when it was first applied."""
-        document = locate_initdata(self.config.initdata)
-        try:
-            update = self._accepted_update_path.read_bytes()
-        except FileNotFoundError:
-            return gate(document, self.config.gate)
-        except OSError as exc:
-            raise MalformedBundle(str(self._accepted_update_path), "file", f"cannot be read ({exc.strerror})") from None
-        boot = gate(document, replace(self.config.gate, state_dir=None))
-        verified = gate_update(update, boot, self.config.gate, origin=str(self._accepted_update_path))
-        log.info("resumed bundle v%d accepted by a reload earlier in this boot", verified.bundle_version)
-        return verified
-
-    def _remember_update(self, envelope: bytes) -> None:
-        path = self._accepted_update_path
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(envelope)
-        os.replace(tmp, path)
 
     def _load(self, policies: tuple[Policy, ...]) -> LoadSummary:
         engine = self.engine
@@ -389,11 +364,9 @@ class Supervisor:
         path = self.config.baseline_bundle
         envelope = read_bounded(path, MAX_BUNDLE_BYTES, field="baseline_bundle", error=MalformedBundle)
         trust = load_trust_dir(self.config.gate.trust_dir)
-        payload, _signers, parsed = verify_bundle(
-            envelope, origin=str(path), trust=trust, threshold=self.config.gate.threshold,
-            state=None, now=datetime.now(UTC), parser=None,
-        )
-        return payload.version, payload.digest, parsed
+        bundle = verify_bundle(envelope, origin=str(path), trust=trust, threshold=self.config.gate.threshold,
+                               last_accepted=None, now=datetime.now(UTC))
+        return bundle.payload.version, bundle.payload.digest, bundle.policies
 
     def _on_gate_refused(self, error: str) -> int:
         self.phase = Phase.GATE_REFUSED
@@ -443,11 +416,10 @@ class Supervisor:
         with self._lock:
             if self.phase is not Phase.READY or self.verified is None:
                 return Reply.failure(f"cannot reload in phase {self.phase}", retry=self.phase is Phase.ATTESTING)
-            path = self.config.update_bundle
             current = self.verified
             try:
-                envelope = read_bounded(path, MAX_BUNDLE_BYTES, field="update_bundle", error=MalformedBundle)
-                new = gate_update(envelope, current, self.config.gate, origin=str(path))
+                envelope = read_update_bundle(self.config)
+                new = gate_update(envelope, current, self.config.gate, origin=str(self.config.update_bundle))
                 check_expected_objects(new.bpf_objects)
             except (GateError, EnforcementError) as exc:
                 self.last_reload = {"result": "refused", "error": str(exc), "via": origin}
@@ -458,10 +430,10 @@ class Supervisor:
                 return Reply(ok=True, body={"reload": "unchanged", "bundle_version": current.bundle_version})
             # The rollback state now names the new version; a restart must find the envelope to resume it.
             try:
-                self._remember_update(envelope)
+                remember_update(self.config, envelope)
             except OSError as exc:  # applying still gives the signers' newer policy; a restart fails closed
                 log.error("%s: cannot keep the accepted update (%s): a restart will refuse the boot bundle as "
-                          "older and keep the pinned enforcement", self._accepted_update_path, exc.strerror)
+                          "older and keep the pinned enforcement", accepted_update_path(self.config), exc.strerror)
             self.phase = Phase.RELOADING
             self.notifier.reloading(f"reloading: bundle v{current.bundle_version} -> v{new.bundle_version}")
             try:

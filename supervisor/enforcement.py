@@ -19,13 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trust
 from bpf.compiler import Postures
 from bpf.engine import OBJECTS, Engine, EngineError, EngineReport
 from bpf.loader import BpfError
 from bpf.objects import ObjectNotFound, object_digest, object_path
 from bpf.policy import Policy
 from bpf.ruleset import Posture
-from bpf.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
+from bpf.self_protect import (
+    SelfGuard,
+    SelfGuardReport,
+    SelfProtectionConfig,
+    SelfProtectionError,
+    default_protected_paths,
+)
 
 # What a failing kernel-side call raises, besides bugs: the engine's and libbpf's errors, self-protection's,
 # and OS errors (bpffs, /proc).
@@ -83,6 +90,15 @@ def check_expected_objects(expected: Mapping[str, str]) -> None:
             raise EnforcementError(f"bundle expects {name} {digest[:19]}, this image ships {shipped[name][:19]}")
 
 
+def protected_paths() -> tuple[Path, ...]:
+    """What self_guard keeps from every other process: bpf.self_protect's list (configuration, trust
+    keys, state, the installation and the packages it names) and the trust package, whose code makes
+    every trust decision."""
+    trust_package = Path(trust.__file__).resolve().parent if trust.__file__ is not None else None
+    extra = [trust_package] if trust_package is not None and trust_package.exists() else []
+    return tuple(dict.fromkeys((*default_protected_paths(), *extra)))
+
+
 def postures_from(file: str, network: str, capabilities: str) -> Postures:
     return Postures(file=Posture(file), network=Posture(network), capabilities=Posture(capabilities))
 
@@ -99,7 +115,8 @@ class Enforcement:
         maps when they exist. Returns a one-line summary."""
         try:
             self._guard = SelfGuard(pin_root=self.pin_dir, lib=self.engine.lib)
-            report = self._guard.load_or_adopt(SelfProtectionConfig(protected_map_ids=self.engine.map_ids()))
+            config = SelfProtectionConfig(protected_paths=protected_paths(), protected_map_ids=self.engine.map_ids())
+            report = self._guard.load_or_adopt(config)
         except FAILURES as exc:
             raise EnforcementError(f"self-protection failed: {exc}") from None
         self._guard_report = report

@@ -28,7 +28,8 @@ from attest.aa import (
 from attest.tee import Tee, fit_to_field
 from initdata.document import parse_initdata
 from initdata.errors import AttestationAgentError, InsecureSourceRefused, MeasurementMismatch, MeasurementUnavailable
-from initdata.gate import GateConfig, gate, gate_update
+from supervisor.config import GateConfig
+from supervisor.gate_inputs import gate_initdata, gate_update
 from tests.data.initdata.factory import FIXTURE_NOW, HERE, KEYS, make_envelope, make_initdata, signing_key, snp_report
 
 EVIDENCE = Path(__file__).parent / "data" / "evidence"
@@ -166,7 +167,7 @@ def test_snp_evidence_in_serde_object_form() -> None:
 @pytest.mark.parametrize("tee", ["tdx", "snp"])
 def test_gate_through_the_attestation_agent(fake_agent: FakeAgent, tee: str) -> None:
     fake_agent.evidence = (EVIDENCE / f"{tee}.json").read_bytes()
-    verified = gate(FIXTURE_INITDATA, aa_config(fake_agent.url), now=FIXTURE_NOW)  # sources from config
+    verified = gate_initdata(FIXTURE_INITDATA, aa_config(fake_agent.url), now=FIXTURE_NOW)  # sources from config
     assert verified.measurement_source == "attestation-agent"
     assert verified.tee == tee
     assert verified.insecure is False
@@ -177,7 +178,7 @@ def test_gate_through_the_attestation_agent_detects_other_initdata(fake_agent: F
     fake_agent.evidence = (EVIDENCE / "tdx.json").read_bytes()
     other = parse_initdata(make_initdata(make_envelope([signing_key("owner-ed25519")])), origin="other.toml")
     with pytest.raises(MeasurementMismatch) as caught:
-        gate(other, aa_config(fake_agent.url, threshold=1), now=FIXTURE_NOW)
+        gate_initdata(other, aa_config(fake_agent.url, threshold=1), now=FIXTURE_NOW)
     assert caught.value.field == "MRCONFIGID"
     assert "(TDX quote)" in caught.value.origin
 
@@ -186,8 +187,8 @@ def test_sample_evidence_is_insecure(fake_agent: FakeAgent) -> None:
     fake_agent.evidence = (EVIDENCE / "sample.json").read_bytes()
     fake_agent.tee = "sample"
     with pytest.raises(InsecureSourceRefused):
-        gate(FIXTURE_INITDATA, aa_config(fake_agent.url), now=FIXTURE_NOW)
-    verified = gate(FIXTURE_INITDATA, aa_config(fake_agent.url, insecure_allow_sample=True), now=FIXTURE_NOW)
+        gate_initdata(FIXTURE_INITDATA, aa_config(fake_agent.url), now=FIXTURE_NOW)
+    verified = gate_initdata(FIXTURE_INITDATA, aa_config(fake_agent.url, insecure_allow_sample=True), now=FIXTURE_NOW)
     assert verified.insecure is True
     assert verified.status_line().startswith("INSECURE")
 
@@ -223,7 +224,7 @@ def test_unreachable_agent(closed_port_url: str) -> None:
     with pytest.raises(MeasurementUnavailable, match="unreachable"):
         source.measure()
     with pytest.raises(MeasurementUnavailable, match="no source is present"):
-        gate(FIXTURE_INITDATA, aa_config(closed_port_url), now=FIXTURE_NOW)
+        gate_initdata(FIXTURE_INITDATA, aa_config(closed_port_url), now=FIXTURE_NOW)
 
 
 def test_proxy_variables_are_ignored(fake_agent: FakeAgent, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,7 +265,7 @@ def test_record_ruleset_digest_reports_failure(fake_agent: FakeAgent, closed_por
 
 def test_update_from_cdh_resource(fake_agent: FakeAgent) -> None:
     fake_agent.evidence = (EVIDENCE / "snp.json").read_bytes()
-    current = gate(FIXTURE_INITDATA, aa_config(fake_agent.url), now=FIXTURE_NOW)
+    current = gate_initdata(FIXTURE_INITDATA, aa_config(fake_agent.url), now=FIXTURE_NOW)
     newer = make_envelope([signing_key("owner-ed25519"), signing_key("owner-p384")], version=2).to_json()
     fake_agent.resources["warden/bundle/latest"] = newer
     client = AttestationAgentClient(fake_agent.url)

@@ -29,8 +29,9 @@ from initdata.errors import (
     TrustModeRefused,
     UnsupportedAlgorithm,
 )
-from initdata.gate import GateConfig, TrustMode, gate, gate_update
 from initdata.rollback import STATE_FILE_NAME
+from supervisor.config import GateConfig, WardenConfig
+from supervisor.gate_inputs import gate_initdata, gate_update, start_gate
 from tests.data.initdata.factory import (
     FIXTURE_EXPIRES,
     FIXTURE_NOW,
@@ -41,6 +42,7 @@ from tests.data.initdata.factory import (
     public_pem,
     signing_key,
 )
+from trust.rules import TrustMode
 
 ED, P256, P384 = "owner-ed25519", "owner-p256", "owner-p384"
 SEED_POLICIES = Path(__file__).parent / "data" / "policies" / "seed"
@@ -65,7 +67,7 @@ def config(tmp_path: Path | None = None, **changes: object) -> GateConfig:
 
 def run(raw: bytes, cfg: GateConfig, *, tee: Tee = Tee.SNP, now: datetime = FIXTURE_NOW) -> object:
     document = document_of(raw)
-    return gate(document, cfg, sources=measured(document, tee), now=now)
+    return gate_initdata(document, cfg, sources=measured(document, tee), now=now)
 
 
 # --- accepted -------------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ def run(raw: bytes, cfg: GateConfig, *, tee: Tee = Tee.SNP, now: datetime = FIXT
 def test_fixture_initdata_accepted_on_every_tee(tee: Tee) -> None:
     raw = (HERE / "initdata-v1.toml").read_bytes()
     document = document_of(raw)
-    verified = gate(document, config(threshold=2), sources=measured(document, tee), now=FIXTURE_NOW)
+    verified = gate_initdata(document, config(threshold=2), sources=measured(document, tee), now=FIXTURE_NOW)
     assert verified.bundle_version == 1
     assert verified.expires == FIXTURE_EXPIRES
     assert [p.name for p in verified.policies] == ["block-shadow.yaml", "net-raw-audit.yaml"]
@@ -119,7 +121,7 @@ def test_tampered_initdata_one_byte_is_a_mismatch() -> None:
     tampered = raw[:position] + b"z" + raw[position + 1 :]
     assert len(tampered) == len(raw)
     with pytest.raises(MeasurementMismatch) as caught:
-        gate(document_of(tampered), config(), sources=sources, now=FIXTURE_NOW)
+        gate_initdata(document_of(tampered), config(), sources=sources, now=FIXTURE_NOW)
     assert caught.value.origin == "test tdx"
     assert caught.value.field == "MRCONFIGID"
     assert original.digest_hex in str(caught.value)
@@ -132,14 +134,14 @@ def test_every_single_bit_flip_is_refused() -> None:
         flipped = bytearray(raw)
         flipped[position] ^= 0x01
         with pytest.raises(GateError):
-            gate(document_of(bytes(flipped)), config(), sources=sources, now=FIXTURE_NOW)
+            gate_initdata(document_of(bytes(flipped)), config(), sources=sources, now=FIXTURE_NOW)
 
 
 def test_sample_refused_unless_allowed() -> None:
     raw = (HERE / "initdata-v1.toml").read_bytes()
     with pytest.raises(InsecureSourceRefused, match="insecure_allow_sample is not set"):
-        gate(document_of(raw), config(), sources=[SampleSource()], now=FIXTURE_NOW)
-    verified = gate(
+        gate_initdata(document_of(raw), config(), sources=[SampleSource()], now=FIXTURE_NOW)
+    verified = gate_initdata(
         document_of(raw), config(insecure_allow_sample=True), sources=[SampleSource()], now=FIXTURE_NOW
     )
     assert verified.insecure is True
@@ -152,7 +154,7 @@ def test_vtpm_needs_a_sha256_initdata() -> None:
     document = document_of(raw)
     any_pcr = [GivenMeasurementSource(Tee.VTPM, b"\0" * 32)]
     with pytest.raises(UnsupportedAlgorithm, match="vTPM binding needs a sha256"):
-        gate(document, config(), sources=any_pcr, now=FIXTURE_NOW)
+        gate_initdata(document, config(), sources=any_pcr, now=FIXTURE_NOW)
     assert run(raw, config(), tee=Tee.TDX).tee == "tdx"  # type: ignore[attr-defined]
 
 
@@ -160,7 +162,7 @@ def test_measurement_is_checked_before_signatures() -> None:
     raw = make_initdata(make_envelope([signing_key(P384)]))  # signed by a key not trusted below
     other = document_of(make_initdata(None))
     with pytest.raises(MeasurementMismatch):
-        gate(document_of(raw), config(trust_dir=KEYS / "absent"), sources=measured(other), now=FIXTURE_NOW)
+        gate_initdata(document_of(raw), config(trust_dir=KEYS / "absent"), sources=measured(other), now=FIXTURE_NOW)
 
 
 # --- signatures and trust modes ------------------------------------------------------------------------
@@ -369,13 +371,11 @@ def test_config_errors(mapping: dict[str, object], field: str) -> None:
     assert str(caught.value).startswith(f"/etc/warden/warden.yaml: {field}: ")
 
 
-def test_gate_guest_finds_the_initdata_and_runs_the_configured_sources(tmp_path: Path) -> None:
-    from initdata.gate import gate_guest
-
+def test_start_gate_finds_the_initdata_and_runs_the_configured_sources(tmp_path: Path) -> None:
     given = tmp_path / "initdata.toml"
     given.write_bytes((HERE / "initdata-v1.toml").read_bytes())
     cfg = config(tmp_path, measurement_sources=("sample",), insecure_allow_sample=True)
-    verified = gate_guest(cfg, given, now=FIXTURE_NOW)
+    verified = start_gate(WardenConfig(gate=cfg, initdata=given, state_dir=tmp_path / "run"), now=FIXTURE_NOW)
     assert verified.initdata_origin == str(given)
     assert verified.insecure is True
     assert (tmp_path / "state" / STATE_FILE_NAME).exists()

@@ -21,8 +21,8 @@ from initdata.document import parse_initdata
 from initdata.dsse import parse_envelope, verify_envelope
 from initdata.encoding import decode_annotation, decode_any, decode_image, encode_image
 from initdata.errors import GateError
-from initdata.gate import GateConfig
 from initdata.keys import TrustStore, load_public_key_pem, load_public_keys_pem
+from supervisor.config import GateConfig
 from tests.data.initdata.factory import HERE, make_envelope, public_pem, signing_key
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -31,7 +31,6 @@ from initdata.bundle import (
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded, write_output
 from initdata.dsse import BUNDLE_PAYLOAD_TYPE, MAX_ENVELOPE_BYTES, sign_envelope
 from initdata.errors import MalformedBundle
-from initdata.gate import validate_policies, verify_bundle
 from initdata.keys import (
     MAX_PEM_BYTES,
     PublicKey,
@@ -40,7 +39,8 @@ from initdata.keys import (
     load_signing_key_pem,
     load_trust_dir,
 )
-from initdata.rollback import RollbackState
+from supervisor.gate_inputs import read_rollback_state
+from trust.bundle import validate_policies, verify_bundle
 
 MAX_POLICY_FILE_BYTES = 256 * 1024
 MAX_BPF_OBJECT_BYTES = 64 * 1024 * 1024
@@ -174,19 +174,18 @@ def run_verify(args: argparse.Namespace) -> int:
         trust = load_trust_dir(args.trust_dir)
     now = parse_rfc3339(args.now, origin="--now", field="now") if args.now else datetime.now(UTC)
     envelope = read_bounded(args.envelope, MAX_ENVELOPE_BYTES, field="envelope", error=MalformedBundle)
-    state = RollbackState(args.state_dir) if args.state_dir else None
-    payload, signers, parsed = verify_bundle(
+    bundle = verify_bundle(
         envelope,
         origin=str(args.envelope),
         trust=trust,
         threshold=args.threshold,
-        state=state,
+        last_accepted=read_rollback_state(args.state_dir),
         now=now,
-        parser=None,
     )
+    payload = bundle.payload
     print(
-        f"bundle v{payload.version} ({payload.digest[:19]}) verified: {len(signers)}/{args.threshold} "
-        f"signatures, {len(parsed)} policies, expires {format_rfc3339(payload.expires)}"
+        f"bundle v{payload.version} ({payload.digest[:19]}) verified: {len(bundle.signers)}/{args.threshold} "
+        f"signatures, {len(bundle.policies)} policies, expires {format_rfc3339(payload.expires)}"
     )
     return EXIT_OK
 

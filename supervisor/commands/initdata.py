@@ -20,7 +20,14 @@ from pathlib import Path
 from attest.tee import Tee, expected_measurement
 from initdata.bounded import read_bounded
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded, write_output
-from initdata.document import MAX_INITDATA_BYTES, HashAlgorithm, build_initdata_toml, parse_initdata
+from initdata.document import (
+    BUNDLE_KEY,
+    MAX_INITDATA_BYTES,
+    TRUST_KEY,
+    HashAlgorithm,
+    build_initdata_toml,
+    parse_initdata,
+)
 from initdata.dsse import MAX_ENVELOPE_BYTES, parse_envelope
 from initdata.encoding import (
     ANNOTATION_KEY,
@@ -30,7 +37,6 @@ from initdata.encoding import (
     encode_image,
 )
 from initdata.errors import InitdataNotFound, MalformedBundle, MalformedInitdata
-from initdata.gate import BUNDLE_KEY, TRUST_KEY
 from initdata.keys import MAX_PEM_BYTES, load_public_keys_pem
 from initdata.locate import load_initdata_file
 

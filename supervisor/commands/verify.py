@@ -20,15 +20,18 @@ from typing import Any
 import yaml
 
 from attest.base import MeasurementSource
-from attest.detect import SOURCE_NAMES, build_sources
+from attest.detect import SOURCE_NAMES
 from attest.sample import GivenMeasurementSource
 from attest.tee import Tee
 from initdata.bounded import read_bounded
 from initdata.bundle import format_rfc3339, parse_rfc3339
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded
 from initdata.errors import ConfigError
-from initdata.gate import GateConfig, TrustMode, VerifiedPolicy, gate
 from initdata.locate import locate_initdata
+from supervisor.config import GateConfig
+from supervisor.gate_inputs import gate_initdata, live_sources
+from trust.gate import VerifiedPolicy
+from trust.rules import TrustMode
 
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -108,11 +111,11 @@ def _load_config(args: argparse.Namespace) -> GateConfig:
     return GateConfig.from_mapping(mapping, origin=str(args.config or "command line"))
 
 
-def _sources(args: argparse.Namespace, config: GateConfig) -> list[MeasurementSource] | None:
+def _sources(args: argparse.Namespace, config: GateConfig) -> list[MeasurementSource]:
     if args.tee == "sample":
         return [GivenMeasurementSource(None, b"", detail="--tee sample")]
     if args.measurement_hex is None:
-        return build_sources(config.measurement_sources, sysfs_root=args.sysfs_root, aa_client=config.aa_client())
+        return live_sources(config, sysfs_root=args.sysfs_root)
     text = args.measurement_hex.strip().lower().removeprefix("0x")
     if not re.fullmatch(r"(?:[0-9a-f]{2})+", text):
         raise ConfigError("--measurement-hex", "measurement", "is not an even number of hex digits")
@@ -146,7 +149,7 @@ def run_verify(args: argparse.Namespace) -> int:
     sources = _sources(args, config)
     now = parse_rfc3339(args.now, origin="--now", field="now") if args.now else datetime.now(UTC)
     document = locate_initdata(args.initdata)
-    verified = gate(document, config, sources=sources, now=now)
+    verified = gate_initdata(document, config, sources=sources, now=now)
     if args.json:
         print(json.dumps(_summary(verified), indent=2, sort_keys=True))
     else:

@@ -1,0 +1,30 @@
+"""What the gate requires: the decision part of the `gate:` configuration.
+
+Kept apart from trust.gate so that reading the configuration does not import the policy language.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class TrustMode(enum.StrEnum):
+    """Which keys may verify a bundle (trust.gate explains the choice between them)."""
+
+    IMAGE = "image"  # keys shipped in the guest image: /etc/warden/trust/*.pem
+    INITDATA = "initdata"  # keys carried in initdata `warden.trust`, bound by the measurement
+
+
+@dataclass(frozen=True)
+class GateRules:
+    """The gate's requirements.
+
+    - threshold: distinct trusted keys that must sign a bundle (k of n)
+    - trust_modes: which of `image` / `initdata` keys may be used (see trust.gate)
+    - insecure_allow_sample: accept a VM without a TEE (development only; reported INSECURE)
+    """
+
+    threshold: int = 1
+    trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
+    insecure_allow_sample: bool = False
