@@ -91,6 +91,10 @@ class RollbackStateError(GateError):
     """The rollback state file cannot be read or written; we refuse rather than forget."""
 
 
+class BpfObjectMismatch(GateError):
+    """The bundle names a BPF object (by sha256) that this image does not ship, or ships differently."""
+
+
 class PolicyInvalid(GateError):
     """A KubeArmor policy document in the bundle does not parse or validate.
 

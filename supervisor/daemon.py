@@ -35,16 +35,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from attest.aa import record_ruleset_digest
 from bpf.policy import Policy
-from initdata.bounded import read_bounded
-from initdata.errors import GateError, MalformedBundle
-from initdata.keys import load_trust_dir
+from initdata.errors import GateError
 from supervisor.agent_runner import AgentRunner, AgentSnapshot
 from supervisor.config import WardenConfig
 from supervisor.control import (
@@ -60,19 +57,18 @@ from supervisor.enforcement import (
     Enforcement,
     EnforcementError,
     LoadSummary,
-    check_expected_objects,
+    check_shipped_objects,
     postures_from,
 )
 from supervisor.gate_inputs import (
-    MAX_BUNDLE_BYTES,
     accepted_update_path,
     gate_update,
+    read_baseline,
     read_update_bundle,
     remember_update,
     start_gate,
 )
 from supervisor.notify import Notifier, child_environment, watchdog_interval
-from trust.bundle import verify_bundle
 from trust.gate import VerifiedPolicy
 
 log = logging.getLogger("warden.daemon")
@@ -360,14 +356,6 @@ class Supervisor:
         with self._lock:
             return engine.is_loaded()
 
-    def _load_baseline(self) -> tuple[int, str, tuple[Policy, ...]]:
-        path = self.config.baseline_bundle
-        envelope = read_bounded(path, MAX_BUNDLE_BYTES, field="baseline_bundle", error=MalformedBundle)
-        trust = load_trust_dir(self.config.gate.trust_dir)
-        bundle = verify_bundle(envelope, origin=str(path), trust=trust, threshold=self.config.gate.threshold,
-                               last_accepted=None, now=datetime.now(UTC))
-        return bundle.payload.version, bundle.payload.digest, bundle.policies
-
     def _on_gate_refused(self, error: str) -> int:
         self.phase = Phase.GATE_REFUSED
         self.gate_error = error
@@ -380,11 +368,12 @@ class Supervisor:
                              f"{self.config.pin_dir}; {deadline}")
         else:
             try:
-                version, digest, parsed = self._load_baseline()
-                summary = self._load(parsed)
+                baseline = read_baseline(self.config)
+                summary = self._load(baseline.policies)
             except (GateError, EnforcementError) as exc:
                 self._set_status(f"NOT READY: gate refused: {error}; baseline FAILED: {exc}; {deadline}")
             else:
+                version, digest = baseline.payload.version, baseline.payload.digest
                 self.enforced = Enforced("baseline", version, digest, summary.ruleset_digest,
                                          adopted=summary.adopted, recorded_in_aael=None)
                 self._set_status(f"NOT READY: gate refused: {error}; enforcing baseline bundle v{version} "
@@ -420,7 +409,7 @@ class Supervisor:
             try:
                 envelope = read_update_bundle(self.config)
                 new = gate_update(envelope, current, self.config.gate, origin=str(self.config.update_bundle))
-                check_expected_objects(new.bpf_objects)
+                check_shipped_objects(new)
             except (GateError, EnforcementError) as exc:
                 self.last_reload = {"result": "refused", "error": str(exc), "via": origin}
                 log.warning("reload (%s) refused, running policy unchanged: %s", origin, exc)
@@ -572,8 +561,8 @@ class Supervisor:
         finally:
             self.timings["gate_s"] = round(time.monotonic() - started, 3)
         try:
-            check_expected_objects(verified.bpf_objects)
-        except EnforcementError as exc:
+            check_shipped_objects(verified)
+        except (GateError, EnforcementError) as exc:
             log.error("gate refused: %s", exc)
             return self._on_gate_refused(str(exc))
         if self._stop_requested:

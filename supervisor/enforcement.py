@@ -33,6 +33,8 @@ from bpf.self_protect import (
     SelfProtectionError,
     default_protected_paths,
 )
+from trust.gate import VerifiedPolicy
+from trust.objects import check_bpf_objects
 
 # What a failing kernel-side call raises, besides bugs: the engine's and libbpf's errors, self-protection's,
 # and OS errors (bpffs, /proc).
@@ -73,21 +75,16 @@ def shipped_objects() -> dict[str, str]:
     return {f"{name}.bpf.o": object_digest(object_path(name)) for name in (*OBJECTS, "self_guard")}
 
 
-def check_expected_objects(expected: Mapping[str, str]) -> None:
-    """The signed bundle may name the BPF objects it was written for; each must be what this image ships,
-    so a policy is never enforced by code its signers did not expect (an empty list pins nothing)."""
-    if not expected:
+def check_shipped_objects(verified: VerifiedPolicy) -> None:
+    """Hash the BPF objects this image ships, when the bundle names any, and let trust.objects decide.
+    Raises BpfObjectMismatch, or EnforcementError when the shipped objects cannot be hashed."""
+    if not verified.bpf_objects:
         return
     try:
         shipped = shipped_objects()
     except FAILURES as exc:
         raise EnforcementError(f"cannot hash the shipped BPF objects: {exc}") from None
-    for name, digest in sorted(expected.items()):
-        if name not in shipped:
-            raise EnforcementError(f"bundle expects BPF object {name}, which this image does not ship "
-                                   f"(it ships {', '.join(sorted(shipped))})")
-        if shipped[name] != digest:
-            raise EnforcementError(f"bundle expects {name} {digest[:19]}, this image ships {shipped[name][:19]}")
+    check_bpf_objects(verified.bpf_objects, shipped, origin=verified.bundle_origin)
 
 
 def protected_paths() -> tuple[Path, ...]:

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from attest.base import MeasurementSource
@@ -26,6 +26,7 @@ from initdata.keys import load_trust_dir
 from initdata.locate import locate_initdata
 from initdata.rollback import MAX_STATE_BYTES, STATE_FILE_NAME, AcceptedBundle, encode_state, parse_state
 from supervisor.config import GateConfig, WardenConfig
+from trust.bundle import VerifiedBundle, verify_baseline
 from trust.gate import BootGate, UpdateGate, VerifiedPolicy
 from trust.rules import TrustMode
 
@@ -95,6 +96,19 @@ def start_gate(
 
 def read_update_bundle(config: WardenConfig) -> bytes:
     return read_bounded(config.update_bundle, MAX_BUNDLE_BYTES, field="update_bundle", error=MalformedBundle)
+
+
+def read_baseline(config: WardenConfig, *, now: datetime | None = None) -> VerifiedBundle:
+    """The image's baseline bundle, verified with the image keys (trust.bundle.verify_baseline)."""
+    path = config.baseline_bundle
+    envelope = read_bounded(path, MAX_BUNDLE_BYTES, field="baseline_bundle", error=MalformedBundle)
+    return verify_baseline(
+        envelope,
+        origin=str(path),
+        image_keys=load_trust_dir(config.gate.trust_dir),
+        threshold=config.gate.threshold,
+        now=now or datetime.now(UTC),
+    )
 
 
 # -- files under the state directory ---------------------------------------------------------------

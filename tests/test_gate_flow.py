@@ -31,7 +31,7 @@ from initdata.errors import (
 )
 from initdata.rollback import STATE_FILE_NAME
 from supervisor.config import GateConfig, WardenConfig
-from supervisor.gate_inputs import gate_initdata, gate_update, start_gate
+from supervisor.gate_inputs import gate_initdata, gate_update, read_baseline, start_gate
 from tests.data.initdata.factory import (
     FIXTURE_EXPIRES,
     FIXTURE_NOW,
@@ -379,3 +379,16 @@ def test_start_gate_finds_the_initdata_and_runs_the_configured_sources(tmp_path:
     assert verified.initdata_origin == str(given)
     assert verified.insecure is True
     assert (tmp_path / "state" / STATE_FILE_NAME).exists()
+
+
+def test_the_baseline_is_read_from_the_image_and_verified_with_its_trust_dir(tmp_path: Path) -> None:
+    (tmp_path / "trust").mkdir()
+    (tmp_path / "trust" / "ed.pem").write_bytes(public_pem(ED))
+    baseline = tmp_path / "baseline.bundle.json"
+    baseline.write_bytes(make_envelope([signing_key(ED)], version=3).to_json())
+    warden = WardenConfig(gate=config(tmp_path, trust_dir=tmp_path / "trust"), baseline_bundle=baseline)
+    assert read_baseline(warden, now=FIXTURE_NOW).payload.version == 3
+    assert not (tmp_path / "state").exists()  # the baseline is not this boot's policy: no rollback record
+    baseline.write_bytes(make_envelope([signing_key(P384)], version=3).to_json())
+    with pytest.raises(SignatureThresholdNotMet):
+        read_baseline(warden, now=FIXTURE_NOW)

@@ -25,7 +25,7 @@ from initdata.errors import (
 from initdata.keys import TrustStore, load_public_keys_pem
 from initdata.rollback import AcceptedBundle
 from tests.data.initdata.factory import FIXTURE_NOW, make_envelope, make_initdata, public_pem, signing_key
-from trust.bundle import check_rollback
+from trust.bundle import check_rollback, verify_baseline
 from trust.gate import BootGate, UpdateGate, VerifiedPolicy
 from trust.rules import GateRules, TrustMode
 
@@ -160,3 +160,19 @@ def test_resuming_an_update_checks_the_boot_bundle_without_memory_and_the_update
     with pytest.raises(RollbackRefused, match="greater than 1"):
         older = make_envelope([signing_key(ED)], version=1, expires=FIXTURE_NOW + timedelta(days=9))
         gate().accept_resumed(older.to_json(), origin="accepted-update", image_keys=IMAGE_KEYS, last_accepted=None)
+
+
+def test_the_baseline_is_verified_with_the_image_keys_and_no_rollback_memory() -> None:
+    baseline = make_envelope([signing_key(ED)], version=1).to_json()
+    verified = verify_baseline(baseline, origin="baseline.json", image_keys=IMAGE_KEYS, threshold=1, now=FIXTURE_NOW)
+    assert verified.payload.version == 1 and verified.policies
+    with pytest.raises(SignatureThresholdNotMet):
+        verify_baseline(make_envelope([signing_key(P384)]).to_json(), origin="baseline.json",
+                        image_keys=IMAGE_KEYS, threshold=1, now=FIXTURE_NOW)
+    two_keys = TrustStore.from_keys([*IMAGE_KEYS.keys, *load_public_keys_pem(public_pem(P384), origin="p384.pem")],
+                                    origin="image keys")
+    with pytest.raises(SignatureThresholdNotMet):  # the configured threshold applies to the baseline too
+        verify_baseline(baseline, origin="baseline.json", image_keys=two_keys, threshold=2, now=FIXTURE_NOW)
+    expired = make_envelope([signing_key(ED)], expires=FIXTURE_NOW).to_json()
+    with pytest.raises(BundleExpired):
+        verify_baseline(expired, origin="baseline.json", image_keys=IMAGE_KEYS, threshold=1, now=FIXTURE_NOW)

@@ -109,3 +109,18 @@ def verify_bundle(
             f"expired at {payload.expires:%Y-%m-%dT%H:%M:%SZ} (now {now:%Y-%m-%dT%H:%M:%SZ})",
         )
     return VerifiedBundle(payload=payload, signers=signers, policies=validate_policies(payload, origin=origin))
+
+
+def verify_baseline(
+    envelope_bytes: bytes, *, origin: str, image_keys: TrustStore, threshold: int, now: datetime
+) -> VerifiedBundle:
+    """The baseline bundle shipped in the image, enforced when the gate refuses and nothing is enforced yet.
+
+    Steps 2-4 with the image keys and the configured threshold, whatever the trust modes allow: the
+    baseline is part of the measured image, never of initdata. No rollback memory, and its acceptance
+    is not recorded: it is the image's floor, not this boot's policy, so no update is measured
+    against it.
+    """
+    return verify_bundle(
+        envelope_bytes, origin=origin, trust=image_keys, threshold=threshold, last_accepted=None, now=now
+    )
