@@ -1,16 +1,19 @@
 """`/etc/warden/warden.yaml`: the supervisor's configuration.
 
-Every key is listed in `KEYS` below with its meaning; `units/usr/share/doc/warden/warden.yaml` shows
+Every key is listed in `KEYS` below with its meaning; `units/etc/warden/warden.yaml` shows
 them all with their defaults. Unknown keys are refused (a typo must not silently fall back to a
 default in a security component), and each problem is reported as one line naming the file and
 the key.
+
+The same reader (`read_config_document`, then `parse_gate_config`) reads the file of gate keys alone
+that `warden verify --config` takes, so every configuration file has one set of rules and limits.
 
 Trust boundary: the file is part of the measured guest image (or laid down by the image build), so
 it is trusted configuration; it is still parsed strictly, bounded in size, and never executed.
 
 Top-level keys (snake_case, like the gate's):
 
-    gate:                  the attestation gate (supervisor.config.GateConfig keys: trust_dir, threshold,
+    gate:                  the attestation gate (GATE_KEYS, GateConfig: trust_dir, threshold,
                            trust_modes, measurement_sources, insecure_allow_sample, state_dir,
                            attestation_agent_url, attestation_agent_timeout)
     initdata:              explicit initdata path; null = where the guest has it (initdata.locate)
@@ -33,7 +36,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ POSTURE_VALUES = ("allow", "audit", "block")
 DEFAULT_STATE_DIR = Path("/run/warden")
 
 KEYS: dict[str, str] = {
-    "gate": "attestation gate settings (supervisor.config.GateConfig keys)",
+    "gate": "attestation gate settings (GATE_KEYS)",
     "initdata": "explicit initdata path, or null to look where the guest has it",
     "baseline_bundle": "signed baseline bundle in the image, enforced when the gate refuses",
     "update_bundle": "newer signed bundle read on SIGHUP or a control-socket reload",
@@ -84,19 +87,30 @@ AGENT_KEYS: dict[str, str] = {
     "logPath": "extra alert output file, or null (KubeArmor key; stdout always)",
 }
 
+GATE_KEYS: dict[str, str] = {
+    "trust_dir": "image trust keys (*.pem) for bundles and the baseline",
+    "threshold": "distinct trusted keys that must sign a bundle",
+    "trust_modes": "image and/or initdata (keys carried in warden.trust)",
+    "measurement_sources": "measurement sources, tried in this order",
+    "insecure_allow_sample": "accept a VM without a TEE (development only; reported INSECURE)",
+    "state_dir": "rollback state directory (per boot), or null for no rollback memory",
+    "attestation_agent_url": "api-server-rest of guest-components (http or https)",
+    "attestation_agent_timeout": "seconds per attestation-agent request",
+}
+
 POSTURE_KEYS = ("file", "network", "capabilities")
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    """How the gate decides. The supervisor loads it from YAML with `from_mapping` (same names).
+    """The `gate:` section: what the gate requires (`rules`, trust.rules) and where its inputs are.
 
+    Keys, with the same names in YAML (GATE_KEYS):
     - trust_dir: image keys (`image` trust mode), *.pem files
-    - threshold: distinct trusted keys that must sign a bundle (k of n)
-    - trust_modes: which of `image` / `initdata` keys may be used (see the module docstring)
+    - threshold, trust_modes, insecure_allow_sample: the rules (trust.rules.GateRules)
     - measurement_sources: the order sources are tried in (attest.detect explains the rule)
-    - insecure_allow_sample: accept a VM without a TEE (development only; reported INSECURE)
-    - state_dir: where the rollback state lives (a tmpfs: the state is per boot)
+    - state_dir: where the rollback state lives (a tmpfs: the state is per boot); None only for
+      offline checks (`warden verify` without --state-dir): no rollback memory
     - attestation_agent_url / _timeout: api-server-rest of guest-components (loopback)
     """
 
@@ -105,46 +119,9 @@ class GateConfig:
     trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
     measurement_sources: tuple[str, ...] = DEFAULT_SOURCE_ORDER
     insecure_allow_sample: bool = False
-    # None only for offline checks (`warden verify` without --state-dir): no rollback memory.
     state_dir: Path | None = DEFAULT_STATE_DIR
     attestation_agent_url: str = DEFAULT_AA_URL
     attestation_agent_timeout: float = 2.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
-            raise ConfigError("gate configuration", "threshold", f"{self.threshold!r} is not an integer >= 1")
-        if not self.trust_modes:
-            raise ConfigError("gate configuration", "trust_modes", "must allow at least one mode")
-        for name in self.measurement_sources:
-            if name not in SOURCE_NAMES:
-                raise ConfigError(
-                    "gate configuration",
-                    "measurement_sources",
-                    f"unknown source {name!r} (known: {', '.join(SOURCE_NAMES)})",
-                )
-        if not self.measurement_sources:
-            raise ConfigError("gate configuration", "measurement_sources", "must name at least one source")
-        if not (self.attestation_agent_url.startswith(("http://", "https://"))):
-            raise ConfigError("gate configuration", "attestation_agent_url", "must be an http(s) URL")
-        if not 0 < self.attestation_agent_timeout <= 60:
-            raise ConfigError("gate configuration", "attestation_agent_timeout", "must be in (0, 60] seconds")
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any], *, origin: str = "gate configuration") -> GateConfig:
-        """Build from a YAML/JSON mapping with the field names above; unknown keys are refused."""
-        if not isinstance(mapping, Mapping):
-            raise ConfigError(origin, "gate", "must be a mapping")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in mapping if k not in known)
-        if unknown:
-            raise ConfigError(origin, unknown[0], f"unknown key (known: {', '.join(sorted(known))})")
-        values: dict[str, Any] = {}
-        for key, value in mapping.items():
-            values[key] = _convert(key, value, origin=origin)
-        try:
-            return cls(**values)
-        except ConfigError as exc:
-            raise ConfigError(origin, exc.field, exc.problem) from None
 
     @property
     def rules(self) -> GateRules:
@@ -154,49 +131,6 @@ class GateConfig:
 
     def aa_client(self) -> AttestationAgentClient:
         return AttestationAgentClient(self.attestation_agent_url, timeout=self.attestation_agent_timeout)
-
-
-def _convert(key: str, value: Any, *, origin: str) -> Any:
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(origin, key, f"{value!r} is not {expected}")
-
-    if key in ("trust_dir", "state_dir"):
-        if value is None and key == "state_dir":
-            return None
-        if not isinstance(value, str) or not value.startswith("/"):
-            raise fail("an absolute path")
-        return Path(value)
-    if key == "threshold":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        return value
-    if key == "insecure_allow_sample":
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if key == "attestation_agent_timeout":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail("a number of seconds")
-        return float(value)
-    if key == "attestation_agent_url":
-        if not isinstance(value, str):
-            raise fail("a URL")
-        return value
-    if key == "trust_modes":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise fail("a list of trust modes")
-        modes = []
-        for item in value:
-            try:
-                modes.append(TrustMode(item))
-            except ValueError:
-                raise ConfigError(origin, key, f"unknown trust mode {item!r} (image, initdata)") from None
-        return tuple(modes)
-    if key == "measurement_sources":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise fail("a list of source names")
-        return tuple(value)
-    raise ConfigError(origin, key, "unknown key")  # pragma: no cover - from_mapping filtered it
 
 
 @dataclass(frozen=True)
@@ -290,6 +224,27 @@ class _Reader:
             raise self.fail(key, f"{value!r} is not an integer in [{low}, {high}]")
         return value
 
+    def at_least(self, value: Any, key: str, low: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise self.fail(key, f"{value!r} is not an integer >= {low}")
+        return value
+
+    def names(self, value: Any, key: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+        """A non-empty list of names, each one of `known`."""
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"{value!r} is not a list of {what}s")
+        if not value:
+            raise self.fail(key, f"must name at least one {what}")
+        for item in value:
+            if item not in known:
+                raise self.fail(key, f"unknown {what} {item!r} (known: {', '.join(known)})")
+        return tuple(value)
+
+    def url(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise self.fail(key, f"{value!r} is not an http(s) URL")
+        return value
+
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
             raise self.fail(key, f"{value!r} is not true or false")
@@ -312,6 +267,38 @@ class _Reader:
         if not value[0].startswith("/"):
             raise self.fail(key, f"{value[0]!r}: the program must be an absolute path")
         return tuple(value)
+
+
+def _gate(value: Any, reader: _Reader, key: str) -> GateConfig:
+    data = reader.mapping(value, key, GATE_KEYS)
+    out: dict[str, Any] = {}
+    for name, item in data.items():
+        where = f"{key}.{name}" if key else name
+        if name == "trust_dir":
+            out[name] = reader.path(item, where)
+        elif name == "state_dir":
+            out[name] = reader.path(item, where, optional=True)
+        elif name == "threshold":
+            out[name] = reader.at_least(item, where, 1)
+        elif name == "trust_modes":
+            modes = reader.names(item, where, tuple(m.value for m in TrustMode), "trust mode")
+            out[name] = tuple(TrustMode(m) for m in modes)
+        elif name == "measurement_sources":
+            out[name] = reader.names(item, where, SOURCE_NAMES, "source")
+        elif name == "insecure_allow_sample":
+            out[name] = reader.boolean(item, where)
+        elif name == "attestation_agent_url":
+            out[name] = reader.url(item, where)
+        elif name == "attestation_agent_timeout":
+            out[name] = reader.seconds(item, where, 0, 60)
+            if out[name] == 0:
+                raise reader.fail(where, "must be more than 0 seconds")
+    return GateConfig(**out)
+
+
+def parse_gate_config(document: Any, *, origin: str) -> GateConfig:
+    """A `gate:` mapping on its own (`warden verify --config`), its keys at the top level."""
+    return _gate(document, _Reader(origin), "")
 
 
 def _agent(value: Any, reader: _Reader) -> AgentConfig:
@@ -356,13 +343,7 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
     out: dict[str, Any] = {"origin": origin}
     for name, value in data.items():
         if name == "gate":
-            if value is None:
-                value = {}
-            try:
-                out["gate"] = GateConfig.from_mapping(value, origin=origin)
-            except ConfigError as exc:
-                field_name = exc.field if exc.field.startswith("gate") else f"gate.{exc.field}"
-                raise ConfigError(origin, field_name, exc.problem) from None
+            out["gate"] = _gate(value if value is not None else {}, reader, "gate")
         elif name == "initdata":
             out["initdata"] = reader.path(value, name, optional=True)
         elif name in ("baseline_bundle", "update_bundle", "pin_dir", "state_dir", "control_socket"):
@@ -380,8 +361,9 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
     return WardenConfig(**out)
 
 
-def load_config(path: Path = DEFAULT_CONFIG_PATH) -> WardenConfig:
-    """Read and parse the configuration file. A missing file is an error: the image must ship one."""
+def read_config_document(path: Path) -> Any:
+    """The YAML document in a configuration file: opened without following a symlink, at most
+    MAX_CONFIG_BYTES, UTF-8; a syntax error names its line. Every warden configuration file is read here."""
     origin = str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -392,25 +374,33 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> WardenConfig:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(origin, "file", f"larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        document = yaml.safe_load(raw.decode("utf-8"))
+        return yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(origin, "file", "is not UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "file"
         raise ConfigError(origin, where, f"not YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
-    return parse_config(document, origin=origin)
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> WardenConfig:
+    """Read and parse the configuration file. A missing file is an error: the image must ship one."""
+    return parse_config(read_config_document(path), origin=str(path))
 
 
 __all__ = [
     "AGENT_KEYS",
     "DEFAULT_CONFIG_PATH",
+    "GATE_KEYS",
     "KEYS",
     "AgentConfig",
     "ConfigError",
+    "GateConfig",
     "GateError",
     "PostureConfig",
     "WardenConfig",
     "load_config",
     "parse_config",
+    "parse_gate_config",
+    "read_config_document",
 ]

@@ -17,7 +17,6 @@ from initdata.bundle import PolicyFile
 from initdata.document import HashAlgorithm, InitdataDocument, parse_initdata
 from initdata.errors import (
     BundleExpired,
-    ConfigError,
     GateError,
     InsecureSourceRefused,
     MalformedBundle,
@@ -319,56 +318,6 @@ def test_updates(tmp_path: Path) -> None:
     expired = make_envelope([signing_key(ED)], version=7, expires=FIXTURE_NOW - timedelta(days=1)).to_json()
     with pytest.raises(BundleExpired):
         gate_update(expired, updated, cfg, origin="f", now=FIXTURE_NOW)
-
-
-# --- configuration ----------------------------------------------------------------------------------------------
-
-
-def test_config_from_mapping() -> None:
-    cfg = GateConfig.from_mapping(
-        {
-            "trust_dir": "/opt/keys",
-            "threshold": 2,
-            "trust_modes": ["image", "initdata"],
-            "measurement_sources": ["vtpm", "sample"],
-            "insecure_allow_sample": True,
-            "state_dir": "/run/x",
-            "attestation_agent_url": "http://127.0.0.1:9",
-            "attestation_agent_timeout": 1,
-        }
-    )
-    assert cfg.trust_dir == Path("/opt/keys")
-    assert cfg.trust_modes == (TrustMode.IMAGE, TrustMode.INITDATA)
-    assert cfg.measurement_sources == ("vtpm", "sample")
-    assert cfg.attestation_agent_timeout == 1.0
-    defaults = GateConfig()
-    assert defaults.trust_dir == Path("/etc/warden/trust")
-    assert defaults.state_dir == Path("/run/warden")
-    assert defaults.attestation_agent_url == "http://127.0.0.1:8006"
-    assert defaults.insecure_allow_sample is False
-
-
-@pytest.mark.parametrize(
-    ("mapping", "field"),
-    [
-        ({"treshold": 2}, "treshold"),
-        ({"threshold": 0}, "threshold"),
-        ({"threshold": "2"}, "threshold"),
-        ({"threshold": True}, "threshold"),
-        ({"trust_modes": ["tpm"]}, "trust_modes"),
-        ({"trust_modes": []}, "trust_modes"),
-        ({"measurement_sources": ["sgx"]}, "measurement_sources"),
-        ({"insecure_allow_sample": "yes"}, "insecure_allow_sample"),
-        ({"trust_dir": "relative"}, "trust_dir"),
-        ({"attestation_agent_url": "unix:///x"}, "attestation_agent_url"),
-        ({"attestation_agent_timeout": 0}, "attestation_agent_timeout"),
-    ],
-)
-def test_config_errors(mapping: dict[str, object], field: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        GateConfig.from_mapping(mapping, origin="/etc/warden/warden.yaml")
-    assert caught.value.field == field
-    assert str(caught.value).startswith(f"/etc/warden/warden.yaml: {field}: ")
 
 
 def test_start_gate_finds_the_initdata_and_runs_the_configured_sources(tmp_path: Path) -> None:

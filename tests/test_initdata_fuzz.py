@@ -22,7 +22,7 @@ from initdata.dsse import parse_envelope, verify_envelope
 from initdata.encoding import decode_annotation, decode_any, decode_image, encode_image
 from initdata.errors import GateError
 from initdata.keys import TrustStore, load_public_key_pem, load_public_keys_pem
-from supervisor.config import GateConfig
+from supervisor.config import parse_gate_config
 from tests.data.initdata.factory import HERE, make_envelope, public_pem, signing_key
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -177,7 +177,7 @@ def test_pem_bytes(raw: bytes) -> None:
                                         "attestation_agent_url", "attestation_agent_timeout", "other"]),
                        json_values, max_size=4))
 def test_config_mappings(mapping: dict[str, object]) -> None:
-    only_gate_errors(GateConfig.from_mapping, mapping)
+    only_gate_errors(parse_gate_config, mapping, origin="fuzz")
 
 
 def test_fuzz_harness_sees_real_acceptance() -> None:

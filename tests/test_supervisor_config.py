@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from initdata.errors import ConfigError
-from supervisor.config import AGENT_KEYS, KEYS, WardenConfig, load_config, parse_config
+from supervisor.config import AGENT_KEYS, KEYS, GateConfig, WardenConfig, load_config, parse_config, parse_gate_config
+from trust.rules import TrustMode
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "units" / "etc" / "warden" / "warden.yaml"
@@ -104,3 +105,51 @@ def test_cli_reports_a_bad_key_in_one_line_and_exit_1(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith(f"warden: {path}: agent.maxAlertPerSecond: unknown key")
     assert "Traceback" not in result.stderr
+
+
+def test_gate_keys_alone_as_warden_verify_reads_them() -> None:
+    cfg = parse_gate_config(
+        {
+            "trust_dir": "/opt/keys",
+            "threshold": 2,
+            "trust_modes": ["image", "initdata"],
+            "measurement_sources": ["vtpm", "sample"],
+            "insecure_allow_sample": True,
+            "state_dir": "/run/x",
+            "attestation_agent_url": "http://127.0.0.1:9",
+            "attestation_agent_timeout": 1,
+        },
+        origin="gate.yaml",
+    )
+    assert cfg.trust_dir == Path("/opt/keys")
+    assert cfg.trust_modes == (TrustMode.IMAGE, TrustMode.INITDATA)
+    assert cfg.measurement_sources == ("vtpm", "sample")
+    assert cfg.attestation_agent_timeout == 1.0
+    defaults = GateConfig()
+    assert defaults.trust_dir == Path("/etc/warden/trust")
+    assert defaults.state_dir == Path("/run/warden")
+    assert defaults.attestation_agent_url == "http://127.0.0.1:8006"
+    assert defaults.insecure_allow_sample is False
+
+
+@pytest.mark.parametrize(
+    ("mapping", "field"),
+    [
+        ({"treshold": 2}, "treshold"),
+        ({"threshold": 0}, "threshold"),
+        ({"threshold": "2"}, "threshold"),
+        ({"threshold": True}, "threshold"),
+        ({"trust_modes": ["tpm"]}, "trust_modes"),
+        ({"trust_modes": []}, "trust_modes"),
+        ({"measurement_sources": ["sgx"]}, "measurement_sources"),
+        ({"insecure_allow_sample": "yes"}, "insecure_allow_sample"),
+        ({"trust_dir": "relative"}, "trust_dir"),
+        ({"attestation_agent_url": "unix:///x"}, "attestation_agent_url"),
+        ({"attestation_agent_timeout": 0}, "attestation_agent_timeout"),
+    ],
+)
+def test_gate_key_errors_name_the_key(mapping: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_gate_config(mapping, origin="/etc/warden/warden.yaml")
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"/etc/warden/warden.yaml: {field}: ")

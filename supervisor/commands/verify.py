@@ -17,23 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from attest.base import MeasurementSource
 from attest.detect import SOURCE_NAMES
 from attest.sample import GivenMeasurementSource
 from attest.tee import Tee
-from initdata.bounded import read_bounded
 from initdata.bundle import format_rfc3339, parse_rfc3339
 from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded
 from initdata.errors import ConfigError
 from initdata.locate import locate_initdata
-from supervisor.config import GateConfig
+from supervisor.config import GateConfig, parse_gate_config, read_config_document
 from supervisor.gate_inputs import gate_initdata, live_sources
 from trust.gate import VerifiedPolicy
 from trust.rules import TrustMode
-
-MAX_CONFIG_BYTES = 64 * 1024
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,13 +81,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _load_config(args: argparse.Namespace) -> GateConfig:
+    """The gate keys from --config (a mapping of GateConfig keys), overridden by the options given."""
     mapping: dict[str, Any] = {"state_dir": None}
     if args.config is not None:
-        raw = read_bounded(args.config, MAX_CONFIG_BYTES, field="config", error=ConfigError)
-        try:
-            loaded = yaml.safe_load(raw.decode("utf-8"))
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(str(args.config), "config", f"not YAML ({type(exc).__name__})") from None
+        loaded = read_config_document(args.config)
         if not isinstance(loaded, dict):
             raise ConfigError(str(args.config), "config", "must be a mapping")
         mapping.update(loaded)
@@ -108,7 +100,7 @@ def _load_config(args: argparse.Namespace) -> GateConfig:
         mapping["insecure_allow_sample"] = True
     if args.source:
         mapping["measurement_sources"] = list(args.source)
-    return GateConfig.from_mapping(mapping, origin=str(args.config or "command line"))
+    return parse_gate_config(mapping, origin=str(args.config or "command line"))
 
 
 def _sources(args: argparse.Namespace, config: GateConfig) -> list[MeasurementSource]:
