@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
+
 log = logging.getLogger("warden.agent")
 
 EVENTS_PIN = "events"
@@ -307,17 +309,17 @@ def main_with(pin_dir: Path, state_dir: Path, throttle: Throttle, log_path: Path
         source = PinnedRingBufferSource(pin_dir, state_dir)
     except AgentError as exc:
         print(f"warden agent: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     try:
         writer = AlertWriter(sys.stdout, log_path)
     except OSError as exc:
         print(f"warden agent: {log_path}: cannot open for appending ({exc.strerror})", file=sys.stderr)
         source.close()
-        return 1
+        return EXIT_FAILURE
     try:
         stats = run_agent(source, writer, throttle, should_stop=lambda: stopping, max_events=max_events)
     finally:
         writer.close()
         source.close()
     print(f"warden agent: stopped after {stats.events} events ({stats.throttled} throttled)", file=sys.stderr)
-    return 0
+    return EXIT_OK

@@ -60,6 +60,7 @@ from supervisor.enforcement import (
     check_shipped_objects,
     postures_from,
 )
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 from supervisor.gate_inputs import (
     accepted_update_path,
     gate_update,
@@ -73,9 +74,6 @@ from trust.gate import VerifiedPolicy
 
 log = logging.getLogger("warden.daemon")
 
-EXIT_OK = 0
-EXIT_GATE_REFUSED = 1
-EXIT_PREREQUISITES = 1
 IDLE_TICK_S = 5.0
 
 
@@ -379,7 +377,7 @@ class Supervisor:
                 self._set_status(f"NOT READY: gate refused: {error}; enforcing baseline bundle v{version} "
                                  f"({digest[:19]}) ruleset {summary.ruleset_digest[:19]}; {deadline}")
         self._sleep_unless_stopped(self.config.gate_failure_exit_s)
-        return EXIT_OK if self._stop_requested else EXIT_GATE_REFUSED
+        return EXIT_OK if self._stop_requested else EXIT_FAILURE
 
     def _sleep_unless_stopped(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -530,7 +528,7 @@ class Supervisor:
         problems = check_prerequisites(self.config.pin_dir)
         if problems:
             self._set_status("NOT READY: " + "; ".join(problems))
-            return EXIT_PREREQUISITES
+            return EXIT_FAILURE
         self.engine = self._engine_factory(self.config.pin_dir, self.config.state_dir)
         # Self-protection first: it is not policy, so it holds whatever the gate decides.
         try:
@@ -539,7 +537,7 @@ class Supervisor:
             self.timings["self_protection_s"] = round(time.monotonic() - started, 3)
         except EnforcementError as exc:
             self._set_status(f"NOT READY: {exc}")
-            return EXIT_PREREQUISITES
+            return EXIT_FAILURE
         self._load_registry()
         self._control = ControlServer(self.config.control_socket, self.handle_request)
         self._control.start()
@@ -577,7 +575,7 @@ class Supervisor:
             self.gate_error = None
             self._set_status(f"NOT READY: bundle v{verified.bundle_version} accepted but {exc}")
             self._sleep_unless_stopped(self.config.gate_failure_exit_s)
-            return EXIT_GATE_REFUSED
+            return EXIT_FAILURE
         self.timings["enforce_s"] = round(time.monotonic() - started, 3)
         self.timings["engine"] = dict(summary.timings_s)
         self.verified = verified

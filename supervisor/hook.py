@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from supervisor.control import ControlUnavailable, call
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 
 MAX_STATE_BYTES = 1024 * 1024
 NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
@@ -228,6 +229,6 @@ def main_with(stdin: BinaryIO, stage: Stage | None, socket_path: Path, timeout_s
         line = run_hook(read_state(stdin), stage=stage, socket_path=socket_path, timeout_s=timeout_s)
     except HookError as exc:
         print(f"warden hook: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     print(f"warden hook: {line}", file=sys.stderr)
-    return 0
+    return EXIT_OK

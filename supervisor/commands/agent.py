@@ -9,6 +9,7 @@ from pathlib import Path
 from initdata.errors import GateError
 from supervisor.agent import Throttle, main_with
 from supervisor.config import DEFAULT_CONFIG_PATH, WardenConfig, load_config
+from supervisor.exit_codes import EXIT_FAILURE
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +31,7 @@ def run_agent(args: argparse.Namespace) -> int:
             config = load_config(args.config)
         except GateError as exc:
             print(f"warden: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
     else:
         config = WardenConfig()
     agent = config.agent

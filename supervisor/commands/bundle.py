@@ -28,7 +28,6 @@ from initdata.bundle import (
     read_policy_dir,
     sha256_file_ref,
 )
-from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded, write_output
 from initdata.dsse import BUNDLE_PAYLOAD_TYPE, MAX_ENVELOPE_BYTES, sign_envelope
 from initdata.errors import MalformedBundle
 from initdata.keys import (
@@ -39,6 +38,8 @@ from initdata.keys import (
     load_signing_key_pem,
     load_trust_dir,
 )
+from supervisor.cli_support import guarded, write_output
+from supervisor.exit_codes import EXIT_OK, EXIT_USAGE
 from supervisor.gate_inputs import read_rollback_state
 from trust.bundle import validate_policies, verify_bundle
 

@@ -18,10 +18,7 @@ from bpf.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
 from bpf.loader import BpfError
 from bpf.policy import PolicyError, load_policy_paths
 from bpf.ruleset import Posture
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from attest.tee import Tee, expected_measurement
 from initdata.bounded import read_bounded
-from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded, write_output
 from initdata.document import (
     BUNDLE_KEY,
     MAX_INITDATA_BYTES,
@@ -39,6 +38,8 @@ from initdata.encoding import (
 from initdata.errors import InitdataNotFound, MalformedBundle, MalformedInitdata
 from initdata.keys import MAX_PEM_BYTES, load_public_keys_pem
 from initdata.locate import load_initdata_file
+from supervisor.cli_support import guarded, write_output
+from supervisor.exit_codes import EXIT_OK, EXIT_USAGE
 
 MAX_DATA_FILE_BYTES = 256 * 1024
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from initdata.cli_support import EXIT_OK, guarded, write_output
 from initdata.keys import KeyAlgorithm, generate_signing_key, load_public_key_pem
+from supervisor.cli_support import guarded, write_output
+from supervisor.exit_codes import EXIT_OK
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from bpf.compiler import Scope
     from bpf.policy import PolicyError
@@ -21,9 +23,6 @@ if TYPE_CHECKING:
 # this module at start-up to register its parser.
 POSTURE_CHOICES = ("audit", "block")
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,7 +102,7 @@ def run_compile(args: argparse.Namespace) -> int:
 def _report(error: PolicyError) -> int:
     for problem in error.problems:
         print(problem, file=sys.stderr)
-    return EXIT_REFUSED
+    return EXIT_FAILURE
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

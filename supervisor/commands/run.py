@@ -9,6 +9,7 @@ from pathlib import Path
 from initdata.errors import GateError
 from supervisor.config import DEFAULT_CONFIG_PATH, load_config
 from supervisor.daemon import Supervisor, check_prerequisites, configure_logging
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 from supervisor.notify import Notifier
 
 
@@ -36,13 +37,13 @@ def run_supervisor(args: argparse.Namespace) -> int:
         if notifier is not None:
             notifier.status(f"NOT READY: configuration refused: {exc}")
         print(f"warden: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     if args.check_config:
         problems = check_prerequisites(config.pin_dir)
         for problem in problems:
             print(f"warden: {problem}", file=sys.stderr)
         if not problems:
             print(f"warden: {config.origin}: configuration valid; bpffs, securityfs and BPF LSM present")
-        return 1 if problems else 0
+        return EXIT_FAILURE if problems else EXIT_OK
     assert notifier is not None
     return Supervisor(config, notifier=notifier).run()

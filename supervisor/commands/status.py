@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.control import ControlUnavailable, call
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK
 from supervisor.hook import DEFAULT_SOCKET
-
-EXIT_NOT_RUNNING = 3
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,9 +64,9 @@ def run_status(args: argparse.Namespace) -> int:
     status = reply.get("status")
     if not reply.get("ok") or not isinstance(status, dict):
         print(f"warden: {args.socket}: status refused: {reply.get('error')}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print("\n".join(_lines(status)))
-    return 0 if status.get("phase") == "ready" else 1
+    return EXIT_OK if status.get("phase") == "ready" else EXIT_FAILURE

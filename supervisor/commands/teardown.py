@@ -12,9 +12,7 @@ import sys
 from pathlib import Path
 
 from bpf.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
+from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

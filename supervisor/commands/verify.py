@@ -22,10 +22,11 @@ from attest.detect import SOURCE_NAMES
 from attest.sample import GivenMeasurementSource
 from attest.tee import Tee
 from initdata.bundle import format_rfc3339, parse_rfc3339
-from initdata.cli_support import EXIT_OK, EXIT_USAGE, guarded
 from initdata.errors import ConfigError
 from initdata.locate import locate_initdata
+from supervisor.cli_support import guarded
 from supervisor.config import GateConfig, parse_gate_config, read_config_document
+from supervisor.exit_codes import EXIT_OK, EXIT_USAGE
 from supervisor.gate_inputs import gate_initdata, live_sources
 from trust.gate import VerifiedPolicy
 from trust.rules import TrustMode

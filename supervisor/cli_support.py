@@ -1,7 +1,7 @@
-"""Small helpers shared by the `warden keygen|bundle|initdata|verify` command modules.
+"""Small helpers shared by the `warden` command modules (supervisor.commands).
 
 Contract for those commands: bad input gives exactly one line on stderr naming the file and field,
-and exit 1; usage errors exit 2 (argparse); never a traceback.
+and exit 1 (EXIT_FAILURE); usage errors exit 2 (argparse); never a traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from initdata.errors import GateError
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
+from supervisor.exit_codes import EXIT_FAILURE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,7 +25,7 @@ class OutputError(GateError):
 
 def fail(message: str) -> int:
     print(f"warden: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_REFUSED
+    return EXIT_FAILURE
 
 
 def guarded(handler: Handler) -> Handler:
