@@ -21,20 +21,20 @@ engine's: pinned links attached, maps match the RuleSet digest; ours: the agent 
 failed check withholds the ping and logs why, so systemd restarts the supervisor. SIGHUP or a
 control `reload` gates a newer bundle (RELOADING=1 ... READY=1); a refused bundle changes nothing.
 SIGTERM: STOPPING=1, stop the agent, exit 0; enforcement stays pinned.
+
+This module is the state machine (Phase, in supervisor.status) and nothing else: the kernel
+prerequisites are supervisor.prerequisites, the gate's I/O supervisor.gate_inputs and its decisions
+trust/, registered containers supervisor.registry, and what is reported supervisor.status.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -70,6 +70,16 @@ from supervisor.gate_inputs import (
     start_gate,
 )
 from supervisor.notify import Notifier, child_environment, watchdog_interval
+from supervisor.prerequisites import check_prerequisites
+from supervisor.registry import REGISTRY_NAME, ContainerRegistry
+from supervisor.status import (
+    Enforced,
+    EnforcedOrigin,
+    Phase,
+    SupervisorState,
+    ready_line,
+    status_document,
+)
 from trust.gate import VerifiedPolicy
 
 log = logging.getLogger("warden.daemon")
@@ -77,83 +87,20 @@ log = logging.getLogger("warden.daemon")
 IDLE_TICK_S = 5.0
 
 
-class Phase(enum.StrEnum):
-    STARTING = "starting"
-    ATTESTING = "attesting"
-    ENFORCING = "enforcing"
-    READY = "ready"
-    RELOADING = "reloading"
-    GATE_REFUSED = "gate-refused"
-    STOPPING = "stopping"
-
-
-class PrerequisiteError(Exception):
-    """The kernel side is not usable (bpffs, securityfs, BPF LSM); one line."""
-
-
-@dataclass(frozen=True)
-class Enforced:
-    """What the kernel enforces now, and where it came from."""
-
-    origin: str  # "gate", "baseline", or "kept" (pins of an earlier instance left as they were)
-    bundle_version: int | None
-    bundle_digest: str | None
-    ruleset_digest: str
-    adopted: bool
-    recorded_in_aael: bool | None
-
-
-# -- kernel prerequisites ------------------------------------------------------------------------
-
-
-def _mounts(mountinfo: Path) -> list[tuple[str, str]]:
-    """(mount point, fs type) from /proc/self/mountinfo, in mount order."""
-    mounts = []
-    for line in mountinfo.read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) >= 5 and right:
-            point = fields[4].replace("\\040", " ")
-            mounts.append((point, right.split()[0]))
-    return mounts
-
-
-def check_prerequisites(pin_dir: Path, *, proc: Path = Path("/proc"),
-                        securityfs: Path = Path("/sys/kernel/security")) -> list[str]:
-    """Problems that make enforcement impossible; empty when bpffs, securityfs and BPF LSM are there."""
-    problems = []
-    try:
-        mounts = _mounts(proc / "self" / "mountinfo")
-    except OSError as exc:
-        return [f"{proc}/self/mountinfo: cannot read ({exc.strerror})"]
-
-    def fs_at(path: Path) -> str | None:
-        best: tuple[int, str] | None = None
-        for point, fstype in mounts:  # later mounts shadow earlier ones at the same point
-            covers = path == Path(point) or Path(point) in path.parents
-            if covers and (best is None or len(point) >= best[0]):
-                best = (len(point), fstype)
-        return None if best is None else best[1]
-
-    if fs_at(pin_dir) != "bpf":
-        problems.append(f"{pin_dir}: not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")
-    if fs_at(securityfs) != "securityfs":
-        problems.append(f"{securityfs}: securityfs is not mounted")
-    else:
-        try:
-            lsms = (securityfs / "lsm").read_text().strip().split(",")
-        except OSError as exc:
-            problems.append(f"{securityfs}/lsm: cannot read ({exc.strerror})")
-        else:
-            if "bpf" not in lsms:
-                problems.append(f"BPF LSM is not active (lsm={','.join(lsms)}); boot with lsm=...,bpf")
-    return problems
-
-
-# -- the supervisor ------------------------------------------------------------------------------
+def enforced_by_gate(verified: VerifiedPolicy, summary: LoadSummary, recorded: bool | None) -> Enforced:
+    """What is enforced once the engine holds a bundle the gate (or a reload) accepted."""
+    return Enforced(EnforcedOrigin.GATE, verified.bundle_version, verified.bundle_digest, summary.ruleset_digest,
+                    adopted=summary.adopted, recorded_in_aael=recorded)
 
 
 class Supervisor:
+    """`warden run`'s state machine: gate, enforce, serve, watch; the module docstring has the steps.
+
+    Threads: the main thread runs the phases and the watchdog loop; the gate runs in a worker during
+    start-up; the control server and the agent runner call back from their own threads. `_lock`
+    serialises every engine call, phase change and registry update between them.
+    """
+
     def __init__(
         self,
         config: WardenConfig,
@@ -165,23 +112,13 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self._engine_factory = engine_factory
         self.engine: Enforcement | None = None
-        self.phase = Phase.STARTING
-        self.status_line = "starting"
-        self.verified: VerifiedPolicy | None = None
-        self.gate_error: str | None = None
-        self.enforced: Enforced | None = None
-        self.last_reload: dict[str, Any] | None = None
-        self.health_problems: list[str] = []
-        self.watchdog_pings = 0
+        self.state = SupervisorState()
         self.started_at = time.monotonic()
-        self.ready_after_s: float | None = None
-        # Start-up split for `warden status` and the benchmark: self-protection, gate, enforcement (s).
-        self.timings: dict[str, Any] = {}
         self._lock = threading.RLock()  # engine calls, phase and container registry
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
-        self._containers: dict[str, dict[str, Any]] = {}
+        self._registry = ContainerRegistry(config.state_dir / REGISTRY_NAME)
         self._control: ControlServer | None = None
         self._agent: AgentRunner | None = None
         self._last_agent_degraded = False
@@ -189,82 +126,22 @@ class Supervisor:
     # -- status ------------------------------------------------------------------------------
 
     def _set_status(self, text: str) -> None:
-        self.status_line = text
+        self.state.status_line = text
         log.info("status: %s", text)
         self.notifier.status(text)
 
     def _ready_status(self) -> str:
-        enforced, verified = self.enforced, self.verified
-        assert enforced is not None and verified is not None
-        insecure = " INSECURE(sample)" if verified.insecure else ""
-        text = (
-            f"enforcing bundle v{verified.bundle_version} ({verified.bundle_digest[:19]}), "
-            f"ruleset {enforced.ruleset_digest[:19] or '?'}, measured by {verified.measurement_source}{insecure}"
-        )
-        if self._agent is not None:
-            text += f"; {self._agent.snapshot().summary()}"
-        return text
+        state = self.state
+        assert state.enforced is not None and state.verified is not None
+        return ready_line(state.verified, state.enforced, self._agent.snapshot() if self._agent is not None else None)
 
     def status(self) -> dict[str, Any]:
         engine_status: dict[str, Any] | None = None
         if self.engine is not None:
             with self._lock:
                 engine_status = self.engine.status()
-        verified = self.verified
-        agent: AgentSnapshot | None = self._agent.snapshot() if self._agent is not None else None
-        return {
-            "phase": str(self.phase),
-            "status": self.status_line,
-            "pid": os.getpid(),
-            "ready_after_s": self.ready_after_s,
-            "timings": self.timings,
-            "gate": {
-                "result": "accepted" if verified is not None else ("refused" if self.gate_error else "pending"),
-                "error": self.gate_error,
-                "measurement_source": verified.measurement_source if verified else None,
-                "tee": verified.tee if verified else None,
-                "insecure": verified.insecure if verified else None,
-                "bundle_version": verified.bundle_version if verified else None,
-                "bundle_digest": verified.bundle_digest if verified else None,
-                "initdata_digest": f"{verified.initdata_algorithm}:{verified.initdata_digest}" if verified else None,
-            },
-            "enforcement": None if self.enforced is None else {
-                "origin": self.enforced.origin,
-                "bundle_version": self.enforced.bundle_version,
-                "bundle_digest": self.enforced.bundle_digest,
-                "ruleset_digest": self.enforced.ruleset_digest,
-                "adopted": self.enforced.adopted,
-                "recorded_in_aael": self.enforced.recorded_in_aael,
-            },
-            "engine": engine_status,
-            "health": list(self.health_problems),
-            "watchdog": {"interval_s": watchdog_interval(), "pings": self.watchdog_pings},
-            "agent": agent.to_json() if agent is not None else None,
-            "containers": sorted(self._containers),
-            "last_reload": self.last_reload,
-        }
-
-    # -- container registry (persisted: poststop after a supervisor restart still finds the ids) --
-
-    @property
-    def _registry_path(self) -> Path:
-        return self.config.state_dir / "containers.json"
-
-    def _load_registry(self) -> None:
-        try:
-            data = json.loads(self._registry_path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); starting with no registered containers", self._registry_path, exc)
-            return
-        if isinstance(data, dict):
-            self._containers = {k: v for k, v in data.items() if isinstance(v, dict)}
-
-    def _save_registry(self) -> None:
-        tmp = self._registry_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._containers, sort_keys=True))
-        os.replace(tmp, self._registry_path)
+        agent = self._agent.snapshot() if self._agent is not None else None
+        return status_document(self.state, engine=engine_status, agent=agent, containers=self._registry.ids())
 
     # -- control socket ----------------------------------------------------------------------
 
@@ -273,45 +150,17 @@ class Supervisor:
             return Reply(ok=True, body={"status": self.status()})
         if isinstance(request, ReloadRequest):
             return self.reload(origin="control socket")
-        if self.phase is not Phase.READY:
-            return Reply.failure(f"supervisor is not ready (phase {self.phase}): {self.status_line}",
-                                 retry=self.phase is not Phase.STOPPING)
+        if self.state.phase is not Phase.READY:
+            return Reply.failure(f"supervisor is not ready (phase {self.state.phase}): {self.state.status_line}",
+                                 retry=self.state.phase is not Phase.STOPPING)
         engine = self.engine
         assert engine is not None
-        if isinstance(request, RegisterRequest):
-            return self._register(engine, request)
-        if isinstance(request, UnregisterRequest):
-            return self._unregister(engine, request)
+        with self._lock:
+            if isinstance(request, RegisterRequest):
+                return self._registry.register(engine, request)
+            if isinstance(request, UnregisterRequest):
+                return self._registry.unregister(engine, request)
         return Reply.failure("unsupported request")  # pragma: no cover - parse_request is exhaustive
-
-    def _register(self, engine: Enforcement, request: RegisterRequest) -> Reply:
-        with self._lock:
-            try:
-                digest = engine.register_container(request.name, dict(request.labels), request.pid_ns, request.mnt_ns)
-            except EnforcementError as exc:
-                log.error("register %s failed: %s", request.container_id, exc)
-                return Reply.failure(f"engine refused {request.container_id}: {exc}")
-            self._containers[request.container_id] = {
-                "name": request.name, "pid_ns": request.pid_ns, "mnt_ns": request.mnt_ns, "ruleset": digest,
-            }
-            self._save_registry()
-        log.info("registered container %s (%s) pid_ns=%d mnt_ns=%d ruleset %s",
-                 request.container_id, request.name, request.pid_ns, request.mnt_ns, digest)
-        return Reply(ok=True, body={"ruleset": digest, "id": request.container_id})
-
-    def _unregister(self, engine: Enforcement, request: UnregisterRequest) -> Reply:
-        with self._lock:
-            entry = self._containers.get(request.container_id)
-            if entry is None:
-                return Reply(ok=True, body={"id": request.container_id, "known": False})
-            try:
-                engine.unregister_container(int(entry["pid_ns"]), int(entry["mnt_ns"]))
-            except EnforcementError as exc:
-                return Reply.failure(f"engine could not unregister {request.container_id}: {exc}")
-            del self._containers[request.container_id]
-            self._save_registry()
-        log.info("unregistered container %s", request.container_id)
-        return Reply(ok=True, body={"id": request.container_id, "known": True})
 
     # -- gate and enforcement ----------------------------------------------------------------
 
@@ -355,13 +204,13 @@ class Supervisor:
             return engine.is_loaded()
 
     def _on_gate_refused(self, error: str) -> int:
-        self.phase = Phase.GATE_REFUSED
-        self.gate_error = error
+        self.state.phase = Phase.GATE_REFUSED
+        self.state.gate_error = error
         deadline = f"exiting 1 in {self.config.gate_failure_exit_s:g}s"
         if self._something_enforced():
             # A previous instance was accepted and its pins are still attached: that is the policy the
             # owner signed for this VM; replacing it with the baseline would weaken or change it.
-            self.enforced = Enforced("kept", None, None, "", adopted=True, recorded_in_aael=None)
+            self.state.enforced = Enforced(EnforcedOrigin.KEPT, None, None, "", adopted=True, recorded_in_aael=None)
             self._set_status(f"NOT READY: gate refused: {error}; keeping the enforcement already pinned in "
                              f"{self.config.pin_dir}; {deadline}")
         else:
@@ -372,8 +221,8 @@ class Supervisor:
                 self._set_status(f"NOT READY: gate refused: {error}; baseline FAILED: {exc}; {deadline}")
             else:
                 version, digest = baseline.payload.version, baseline.payload.digest
-                self.enforced = Enforced("baseline", version, digest, summary.ruleset_digest,
-                                         adopted=summary.adopted, recorded_in_aael=None)
+                self.state.enforced = Enforced(EnforcedOrigin.BASELINE, version, digest, summary.ruleset_digest,
+                                               adopted=summary.adopted, recorded_in_aael=None)
                 self._set_status(f"NOT READY: gate refused: {error}; enforcing baseline bundle v{version} "
                                  f"({digest[:19]}) ruleset {summary.ruleset_digest[:19]}; {deadline}")
         self._sleep_unless_stopped(self.config.gate_failure_exit_s)
@@ -400,20 +249,23 @@ class Supervisor:
     # -- reload ------------------------------------------------------------------------------
 
     def reload(self, *, origin: str) -> Reply:
+        """Gate the update bundle against the one in force; apply it only if accepted (a refused one
+        changes nothing). Called for SIGHUP by the main loop and for `reload` by the control server."""
+        state = self.state
         with self._lock:
-            if self.phase is not Phase.READY or self.verified is None:
-                return Reply.failure(f"cannot reload in phase {self.phase}", retry=self.phase is Phase.ATTESTING)
-            current = self.verified
+            if state.phase is not Phase.READY or state.verified is None:
+                return Reply.failure(f"cannot reload in phase {state.phase}", retry=state.phase is Phase.ATTESTING)
+            current = state.verified
             try:
                 envelope = read_update_bundle(self.config)
                 new = gate_update(envelope, current, self.config.gate, origin=str(self.config.update_bundle))
                 check_shipped_objects(new)
             except (GateError, EnforcementError) as exc:
-                self.last_reload = {"result": "refused", "error": str(exc), "via": origin}
+                self.state.last_reload = {"result": "refused", "error": str(exc), "via": origin}
                 log.warning("reload (%s) refused, running policy unchanged: %s", origin, exc)
                 return Reply.failure(f"reload refused: {exc}")
             if new is current:
-                self.last_reload = {"result": "unchanged", "bundle_version": current.bundle_version, "via": origin}
+                state.last_reload = {"result": "unchanged", "bundle_version": current.bundle_version, "via": origin}
                 return Reply(ok=True, body={"reload": "unchanged", "bundle_version": current.bundle_version})
             # The rollback state now names the new version; a restart must find the envelope to resume it.
             try:
@@ -421,24 +273,22 @@ class Supervisor:
             except OSError as exc:  # applying still gives the signers' newer policy; a restart fails closed
                 log.error("%s: cannot keep the accepted update (%s): a restart will refuse the boot bundle as "
                           "older and keep the pinned enforcement", accepted_update_path(self.config), exc.strerror)
-            self.phase = Phase.RELOADING
+            self.state.phase = Phase.RELOADING
             self.notifier.reloading(f"reloading: bundle v{current.bundle_version} -> v{new.bundle_version}")
             try:
                 summary = self._load(new.parsed_policies)
             except EnforcementError as exc:
-                self.phase = Phase.READY
-                self.last_reload = {"result": "failed", "error": str(exc), "via": origin}
+                self.state.phase = Phase.READY
+                self.state.last_reload = {"result": "failed", "error": str(exc), "via": origin}
                 self.notifier.ready(f"{self._ready_status()}; reload to v{new.bundle_version} FAILED: {exc}")
                 return Reply.failure(f"reload failed: {exc}")
-            self.verified = new
-            recorded = self._record(summary, new.bundle_version)
-            self.enforced = Enforced("gate", new.bundle_version, new.bundle_digest, summary.ruleset_digest,
-                                     adopted=summary.adopted, recorded_in_aael=recorded)
-            self.phase = Phase.READY
-            self.last_reload = {"result": "applied", "bundle_version": new.bundle_version, "via": origin}
-            self.status_line = self._ready_status()
-            self.notifier.ready(self.status_line)
-            log.info("reloaded: %s", self.status_line)
+            state.verified = new
+            state.enforced = enforced_by_gate(new, summary, self._record(summary, new.bundle_version))
+            self.state.phase = Phase.READY
+            self.state.last_reload = {"result": "applied", "bundle_version": new.bundle_version, "via": origin}
+            self.state.status_line = self._ready_status()
+            self.notifier.ready(self.state.status_line)
+            log.info("reloaded: %s", self.state.status_line)
             return Reply(ok=True, body={"reload": "applied", "bundle_version": new.bundle_version,
                                         "ruleset": summary.ruleset_digest})
 
@@ -481,11 +331,11 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_ping:
                 problems = self.check_health()
-                self.health_problems = problems
+                self.state.health_problems = problems
                 if not problems:
                     if interval:
                         self.notifier.watchdog()
-                        self.watchdog_pings += 1
+                        self.state.watchdog_pings += 1
                     if withheld:
                         log.info("health restored; watchdog pings resume")
                     withheld = []
@@ -498,7 +348,7 @@ class Supervisor:
             self._wake.clear()
 
     def _refresh_agent_status(self) -> None:
-        if self._agent is None or self.phase is not Phase.READY:
+        if self._agent is None or self.state.phase is not Phase.READY:
             return
         degraded = self._agent.snapshot().degraded
         if degraded != self._last_agent_degraded:
@@ -510,7 +360,7 @@ class Supervisor:
         self._wake.set()  # the main loop refreshes STATUS (degraded or not) at its next tick
 
     def _shutdown(self) -> int:
-        self.phase = Phase.STOPPING
+        self.state.phase = Phase.STOPPING
         self.notifier.stopping("stopping: enforcement stays pinned")
         if self._agent is not None:
             self._agent.stop()
@@ -534,21 +384,21 @@ class Supervisor:
         try:
             started = time.monotonic()
             log.info("%s", self.engine.protect_self())
-            self.timings["self_protection_s"] = round(time.monotonic() - started, 3)
+            self.state.timings["self_protection_s"] = round(time.monotonic() - started, 3)
         except EnforcementError as exc:
             self._set_status(f"NOT READY: {exc}")
             return EXIT_FAILURE
-        self._load_registry()
+        self._registry.load()
         self._control = ControlServer(self.config.control_socket, self.handle_request)
         self._control.start()
         try:
             return self._run_started()
         finally:
-            if self._control is not None and self.phase is not Phase.STOPPING:
+            if self._control is not None and self.state.phase is not Phase.STOPPING:
                 self._control.close()
 
     def _run_started(self) -> int:
-        self.phase = Phase.ATTESTING
+        self.state.phase = Phase.ATTESTING
         self._set_status("attesting: running the initdata gate")
         started = time.monotonic()
         try:
@@ -557,7 +407,7 @@ class Supervisor:
             log.error("gate refused: %s", exc)
             return self._on_gate_refused(str(exc))
         finally:
-            self.timings["gate_s"] = round(time.monotonic() - started, 3)
+            self.state.timings["gate_s"] = round(time.monotonic() - started, 3)
         try:
             check_shipped_objects(verified)
         except (GateError, EnforcementError) as exc:
@@ -565,33 +415,31 @@ class Supervisor:
             return self._on_gate_refused(str(exc))
         if self._stop_requested:
             return self._shutdown()
-        self.phase = Phase.ENFORCING
+        self.state.phase = Phase.ENFORCING
         self._set_status(f"gate accepted bundle v{verified.bundle_version}; loading enforcement")
         started = time.monotonic()
         try:
             summary = self._load(verified.parsed_policies)
         except EnforcementError as exc:
             log.error("%s", exc)
-            self.gate_error = None
+            self.state.gate_error = None
             self._set_status(f"NOT READY: bundle v{verified.bundle_version} accepted but {exc}")
             self._sleep_unless_stopped(self.config.gate_failure_exit_s)
             return EXIT_FAILURE
-        self.timings["enforce_s"] = round(time.monotonic() - started, 3)
-        self.timings["engine"] = dict(summary.timings_s)
-        self.verified = verified
-        self.enforced = Enforced("gate", verified.bundle_version, verified.bundle_digest, summary.ruleset_digest,
-                                 adopted=summary.adopted,
-                                 recorded_in_aael=self._record(summary, verified.bundle_version))
+        self.state.timings["enforce_s"] = round(time.monotonic() - started, 3)
+        self.state.timings["engine"] = dict(summary.timings_s)
+        self.state.verified = verified
+        self.state.enforced = enforced_by_gate(verified, summary, self._record(summary, verified.bundle_version))
         if self.config.agent.enabled:
             self._agent = AgentRunner(self.config.agent.argv(), self.config.agent, env=child_environment(),
                                       on_change=self._on_agent_change)
             self._agent.start()
         with self._lock:
-            self.phase = Phase.READY
-            self.ready_after_s = round(time.monotonic() - self.started_at, 3)
-            self.status_line = self._ready_status()
-            self.notifier.ready(self.status_line)
-        log.info("READY after %.2fs: %s (%s)", self.ready_after_s, self.status_line,
+            self.state.phase = Phase.READY
+            self.state.ready_after_s = round(time.monotonic() - self.started_at, 3)
+            self.state.status_line = self._ready_status()
+            self.notifier.ready(self.state.status_line)
+        log.info("READY after %.2fs: %s (%s)", self.state.ready_after_s, self.state.status_line,
                  "adopted existing pins" if summary.adopted else "loaded")
         return self._serve()
 

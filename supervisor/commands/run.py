@@ -8,9 +8,10 @@ from pathlib import Path
 
 from initdata.errors import GateError
 from supervisor.config import DEFAULT_CONFIG_PATH, load_config
-from supervisor.daemon import Supervisor, check_prerequisites, configure_logging
+from supervisor.daemon import Supervisor, configure_logging
 from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 from supervisor.notify import Notifier
+from supervisor.prerequisites import check_prerequisites
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
