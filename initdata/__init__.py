@@ -1,1 +1,4 @@
-"""CoCo initdata documents, signed policy bundles and their trust roots."""
+"""Formats only: CoCo initdata, its encodings, DSSE envelopes, the bundle payload, keys, rollback state.
+
+The lowest layer: it decides nothing (trust/ does) and imports no other warden package.
+"""

@@ -8,6 +8,10 @@ becomes `EnforcementError` with a one-line message for STATUS and the journal.
 The digest the supervisor reports as "the enforced RuleSet" covers the scopes every workload gets
 (host and any-container): sha256 over their per-scope RuleSet digests. Registered containers add
 scopes of their own; their digests are reported per container by the control socket.
+
+It also supplies the kernel-side facts two other parts need: the digests of the BPF objects this
+image ships, which trust.objects compares with the ones a bundle names (`check_shipped_objects`),
+and the paths self-protection guards (`protected_paths`).
 """
 
 from __future__ import annotations
