@@ -45,10 +45,10 @@ APPLY = textwrap.dedent(f"""
 FLOOR = textwrap.dedent(f"""
     from pathlib import Path
     from bpf.loader import BpfObject, Libbpf
-    from bpf.objects import object_path
+    from bpf.objects import CHECKOUT_DIR
     pins = Path("{FLOOR_PINS}")
     pins.mkdir(exist_ok=True)
-    with BpfObject(Libbpf(), object_path("bench_floor")) as obj:
+    with BpfObject(Libbpf(), CHECKOUT_DIR / "bench" / "bench_floor.bpf.o") as obj:
         obj.load()
         for prog in obj.programs():
             link = prog.attach()

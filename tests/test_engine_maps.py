@@ -74,7 +74,7 @@ def parity(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     assert compiler, "a C compiler is part of the build dependencies (clang builds the BPF objects)"
     work = tmp_path_factory.mktemp("parity")
     (work / "parity.c").write_text(PARITY_C)
-    subprocess.run([compiler, "-O2", "-Wall", "-Werror", f"-I{REPO / 'bpf'}", "-o", str(work / "parity"),
+    subprocess.run([compiler, "-O2", "-Wall", "-Werror", f"-I{REPO / 'bpf' / 'progs'}", "-o", str(work / "parity"),
                     str(work / "parity.c")], check=True)
     done = subprocess.run([str(work / "parity"), *SAMPLES], check=True, capture_output=True, text=True)
     return done.stdout.splitlines()

@@ -17,12 +17,12 @@ LOAD_AND_PIN = textwrap.dedent(f"""
     import errno, os
     from pathlib import Path
     from bpf.loader import BpfObject, Libbpf
-    from bpf.objects import object_path
+    from bpf.objects import CHECKOUT_DIR
 
     lib = Libbpf()
     pins = Path("{PIN_DIR}")
     pins.mkdir(exist_ok=True)
-    with BpfObject(lib, object_path("write_guard")) as obj:
+    with BpfObject(lib, CHECKOUT_DIR / "tests" / "write_guard.bpf.o") as obj:
         obj.load()
         st = os.stat("{GUARDED}")
         key = st.st_ino.to_bytes(8, "little") + st.st_dev.to_bytes(4, "little") + bytes(4)
