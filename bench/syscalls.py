@@ -32,7 +32,7 @@ APPLY = textwrap.dedent(f"""
     import json, sys
     from pathlib import Path
     from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.policy.files import load_policy_paths
     engine = Engine(Path("{BENCH_PIN_DIR}"), Path("{BENCH_STATE_DIR}"))
     if sys.argv[1] == "teardown":
         engine.teardown()

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from bpf import maps
-from bpf.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, compile
 from bpf.events import Alert, EventContext, ScopeInfo, decode_event
 from bpf.loader import BpfError, BpfObject, Libbpf, Link, MapHandle, RingBuffer
 from bpf.objects import ObjectNotFound, object_digest, object_path
-from bpf.policy import Policy, PolicyError
-from bpf.ruleset import RuleSet
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, compile
+from bpf.policy.model import Policy, PolicyError
+from bpf.policy.ruleset import RuleSet
 
 OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard")
 SHARED_MAPS: Final = ("warden_rules", "warden_sources", "warden_scopes", "warden_ctrs", "warden_config",

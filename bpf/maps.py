@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from bpf.limits import MAX_PATH_BYTES
-from bpf.policy import Action, PathKind
-from bpf.ruleset import Posture, RuleAlert, RuleSet
+from bpf.policy.limits import MAX_PATH_BYTES
+from bpf.policy.model import Action, PathKind
+from bpf.policy.ruleset import Posture, RuleAlert, RuleSet
 
 PATH_MAX: Final = MAX_PATH_BYTES + 1  # WARDEN_PATH_MAX
 HASH_SEED: Final = 0xCBF29CE484222325

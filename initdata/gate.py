@@ -54,7 +54,7 @@ from initdata.locate import locate_initdata
 from initdata.rollback import RollbackState
 
 if TYPE_CHECKING:  # the policy module is imported at run time only by the validation step
-    from bpf.policy import Policy
+    from bpf.policy.model import Policy
 
 BUNDLE_KEY = "warden.bundle"
 TRUST_KEY = "warden.trust"
@@ -252,7 +252,7 @@ def select_trust(document: InitdataDocument, config: GateConfig) -> tuple[TrustM
 def default_policy_parser(text: str, origin: str) -> tuple[Policy, ...]:
     # Imported here, at the validation step: the policy compiler is a separate, heavier module and
     # the gate's earlier steps (and the initdata CLI) must not depend on it.
-    from bpf.policy import parse_policy_text
+    from bpf.policy.yaml_loader import parse_policy_text
 
     return parse_policy_text(text, origin=origin)
 
@@ -261,7 +261,7 @@ def validate_policies(
     payload: BundlePayload, *, origin: str, parser: PolicyParser | None = None
 ) -> tuple[Policy, ...]:
     """Step 4: every policy file parses; no two policies of one kind share a name across files."""
-    from bpf.policy import PolicyError
+    from bpf.policy.model import PolicyError
 
     parse = parser or default_policy_parser
     parsed: list[Policy] = []

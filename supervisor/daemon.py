@@ -41,7 +41,7 @@ from types import FrameType
 from typing import Any
 
 from attest.aa import record_ruleset_digest
-from bpf.policy import Policy
+from bpf.policy.model import Policy
 from initdata.errors import GateError, MalformedBundle
 from initdata.gate import VerifiedPolicy, gate, gate_update, verify_bundle
 from initdata.keys import load_trust_dir, read_bounded

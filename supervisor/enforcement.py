@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf.compiler import Postures
 from bpf.engine import OBJECTS, Engine, EngineError, EngineReport
 from bpf.loader import BpfError
 from bpf.objects import ObjectNotFound, object_digest, object_path
-from bpf.policy import Policy
-from bpf.ruleset import Posture
+from bpf.policy.compiler import Postures
+from bpf.policy.model import Policy
+from bpf.policy.ruleset import Posture
 from bpf.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
 
 # What a failing kernel-side call raises, besides bugs: the engine's and libbpf's errors, self-protection's,

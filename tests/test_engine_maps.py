@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from bpf import maps
-from bpf.compiler import AnyContainerScope, ContainerScope, compile
 from bpf.events import EVENT, EventContext, EventDecodeError, ScopeInfo, decode_event, parse_event
-from bpf.policy import load_policy_paths, parse_policy_text
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, compile
+from bpf.policy.files import load_policy_paths
+from bpf.policy.yaml_loader import parse_policy_text
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "tests" / "data" / "policies" / "seed"

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpf import maps
-from bpf.policy import Action, PathKind
-from bpf.ruleset import FileRule, RuleAlert, RuleSet, file_rule_key
+from bpf.policy.model import Action, PathKind
+from bpf.policy.ruleset import FileRule, RuleAlert, RuleSet, file_rule_key
 
 ALERT = RuleAlert(policy="p", severity=None, tags=(), message=None)
 COMPONENTS = ("a", "b", "c")

@@ -13,11 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpf.compiler import Postures
 from bpf.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
 from bpf.loader import BpfError
-from bpf.policy import PolicyError, load_policy_paths
-from bpf.ruleset import Posture
+from bpf.policy.compiler import Postures
+from bpf.policy.files import load_policy_paths
+from bpf.policy.model import PolicyError
+from bpf.policy.ruleset import Posture
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

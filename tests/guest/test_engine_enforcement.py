@@ -32,7 +32,7 @@ LOADER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.policy.files import load_policy_paths
 
     containers = json.loads(sys.argv[1])
     policies = load_policy_paths([Path(p) for p in sys.argv[3:]])
@@ -302,7 +302,7 @@ SWAP = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.policy.files import load_policy_paths
     seed = Path(sys.argv[1])
     engine = Engine()
     out = []
@@ -508,7 +508,7 @@ REGISTRY = textwrap.dedent("""
     import json, subprocess, sys
     from pathlib import Path
     from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.policy.files import load_policy_paths
     pid, pid_ns, mnt_ns = map(int, sys.argv[2:5])
     cat = ["nsenter", "-t", str(pid), "-m", "-p", "--", "cat", "/var/lib/mysql/any-file"]
     engine = Engine()
