@@ -75,8 +75,8 @@ def compare_bcc(vm: GuestVM) -> float:
 
 CORE_LOAD = textwrap.dedent("""
     import json, time
-    from bpf.loader import BpfObject, Libbpf
-    from bpf.objects import CHECKOUT_DIR
+    from bpf.kernel.libbpf import BpfObject, Libbpf
+    from bpf.kernel.objects import CHECKOUT_DIR
     lib = Libbpf()
     started = time.monotonic()
     with BpfObject(lib, CHECKOUT_DIR / "tests" / "write_guard.bpf.o") as obj:

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf.engine import OBJECTS, Engine, EngineError, EngineReport
-from bpf.loader import BpfError
-from bpf.objects import ObjectNotFound, object_digest, object_path
+from bpf.kernel.engine import OBJECTS, Engine, EngineError, EngineReport
+from bpf.kernel.libbpf import BpfError
+from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
+from bpf.kernel.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
 from bpf.policy.compiler import Postures
 from bpf.policy.model import Policy
 from bpf.policy.ruleset import Posture
-from bpf.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
 
 # What a failing kernel-side call raises, besides bugs: the engine's and libbpf's errors, self-protection's,
 # and OS errors (bpffs, /proc).

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bpf import maps
-from bpf.events import EVENT, EventContext, EventDecodeError, ScopeInfo, decode_event, parse_event
+from bpf.kernel import maps
+from bpf.kernel.events import EVENT, EventContext, EventDecodeError, ScopeInfo, decode_event, parse_event
 from bpf.policy.compiler import AnyContainerScope, ContainerScope, compile
 from bpf.policy.files import load_policy_paths
+from bpf.policy.ruleset import RuleAlert
 from bpf.policy.yaml_loader import parse_policy_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +196,7 @@ def _event(**overrides: object) -> bytes:
 
 
 CONTEXT = EventContext(scopes={17: ScopeInfo("mysql", {"app": "mysql"})},
-                       alerts={5: maps.AlertInfo("block-mysql-data-access", 5, ("NIST", "db"), "no")},
+                       alerts={5: RuleAlert("block-mysql-data-access", 5, ("NIST", "db"), "no")},
                        hostname="guest")
 
 

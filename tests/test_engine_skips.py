@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpf import maps
+from bpf.kernel import maps
 from bpf.policy.model import Action, PathKind
 from bpf.policy.ruleset import FileRule, RuleAlert, RuleSet, file_rule_key
 

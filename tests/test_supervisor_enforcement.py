@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from bpf.objects import object_dir
+from bpf.kernel.objects import object_dir
 from supervisor.enforcement import EnforcementError, check_expected_objects, enforced_digest, shipped_objects
 
 

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpf.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
-from bpf.loader import BpfError
+from bpf.kernel.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
+from bpf.kernel.libbpf import BpfError
 from bpf.policy.compiler import Postures
 from bpf.policy.files import load_policy_paths
 from bpf.policy.model import PolicyError

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpf.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
+from bpf.kernel.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bpf import maps
-from bpf.events import Alert, EventContext, ScopeInfo, decode_event
-from bpf.loader import BpfError, BpfObject, Libbpf, Link, MapHandle, RingBuffer
-from bpf.objects import ObjectNotFound, object_digest, object_path
+from bpf.kernel import maps
+from bpf.kernel.events import Alert, EventContext, ScopeInfo, decode_event
+from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, Link, MapHandle, RingBuffer
+from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
 from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, compile
 from bpf.policy.model import Policy, PolicyError
-from bpf.policy.ruleset import RuleSet
+from bpf.policy.ruleset import RuleAlert, RuleSet
 
 OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard")
 SHARED_MAPS: Final = ("warden_rules", "warden_sources", "warden_scopes", "warden_ctrs", "warden_config",
@@ -179,7 +179,7 @@ class _Scope:
 class _Manifest:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {digest, dir, programs}
     scopes: dict[int, _Scope] = field(default_factory=dict)
-    alerts: dict[int, maps.AlertInfo] = field(default_factory=dict)
+    alerts: dict[int, RuleAlert] = field(default_factory=dict)
     host_mnt_ns: int = 0
     postures: dict[str, str] = field(default_factory=dict)
 
@@ -202,7 +202,7 @@ class _Manifest:
         return cls(
             objects=dict(data["objects"]),
             scopes={int(k): _Scope(**v) for k, v in data["scopes"].items()},
-            alerts={int(k): maps.AlertInfo(v["policy"], v["severity"], tuple(v["tags"]), v["message"])
+            alerts={int(k): RuleAlert(v["policy"], v["severity"], tuple(v["tags"]), v["message"])
                     for k, v in data["alerts"].items()},
             host_mnt_ns=int(data["host_mnt_ns"]),
             postures=dict(data.get("postures", {})),

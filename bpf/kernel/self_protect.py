@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf.loader import BpfObject, Libbpf, Link, LinkInfo, MapHandle
-from bpf.objects import object_dir, object_path
+from bpf.kernel.libbpf import BpfObject, Libbpf, Link, LinkInfo, MapHandle
+from bpf.kernel.objects import object_dir, object_path
 
 OBJECT_NAME = "self_guard"
 NAME_LEN = 64

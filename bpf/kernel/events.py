@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from bpf.maps import (
+from bpf.kernel.maps import (
     ACTION_NAMES,
     CAPABILITY_NUMBERS,
     CATEGORY_NAMES,
     SCOPE_ANY_CONTAINER,
     SCOPE_HOST,
-    AlertInfo,
 )
+from bpf.policy.ruleset import RuleAlert
 
 EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHH4x16s256s256s4x")  # struct warden_event (608)
 EV_DEFAULT_POSTURE: Final = 1
@@ -78,7 +78,7 @@ class EventContext:
     """What user space knows that the kernel does not: scope and alert ids -> names and metadata."""
 
     scopes: Mapping[int, ScopeInfo]
-    alerts: Mapping[int, AlertInfo]
+    alerts: Mapping[int, RuleAlert]
     hostname: str = field(default_factory=socket.gethostname)
 
 
@@ -158,9 +158,9 @@ def decode_event(raw: bytes, context: EventContext) -> Alert:
                                                                                         f"scope-{ev.scope}"))
     host = ev.scope == SCOPE_HOST
     if ev.flags & EV_DEFAULT_POSTURE:
-        info = AlertInfo("DefaultPosture", None, (), None)
+        info = RuleAlert("DefaultPosture", None, (), None)
     else:
-        info = context.alerts.get(ev.alert, AlertInfo(f"unknown-alert-{ev.alert}", None, (), None))
+        info = context.alerts.get(ev.alert, RuleAlert(f"unknown-alert-{ev.alert}", None, (), None))
     ts_ns = boot_to_unix_ns(ev.ts_boot_ns)
     data = f"lsm={HOOK_NAMES.get(ev.hook, str(ev.hook))}"
     if ev.flags & EV_TRUNCATED:
