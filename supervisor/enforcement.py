@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf.kernel.engine import OBJECTS, Engine, EngineError, EngineReport
+from bpf.kernel.engine import OBJECTS, Engine, EngineReport
+from bpf.kernel.errors import EngineError
 from bpf.kernel.libbpf import BpfError
 from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
 from bpf.kernel.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError

@@ -13,8 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpf.kernel.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
+from bpf.kernel.engine import Engine
+from bpf.kernel.errors import EngineError
 from bpf.kernel.libbpf import BpfError
+from bpf.kernel.manifest import DEFAULT_STATE_DIR
+from bpf.kernel.pins import DEFAULT_PIN_DIR
 from bpf.policy.compiler import Postures
 from bpf.policy.files import load_policy_paths
 from bpf.policy.model import PolicyError

@@ -11,7 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpf.kernel.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
+from bpf.kernel.engine import Engine
+from bpf.kernel.errors import EngineError
+from bpf.kernel.manifest import DEFAULT_STATE_DIR
+from bpf.kernel.pins import DEFAULT_PIN_DIR
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
