@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 from bpf.kernel.engine import OBJECTS, Engine, EngineReport
 from bpf.kernel.errors import EngineError
 from bpf.kernel.libbpf import BpfError
-from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
+from bpf.kernel.objects import ObjectNotFound, object_digest, object_dir, object_path
 from bpf.kernel.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
 from bpf.policy.compiler import Postures
 from bpf.policy.model import Policy
@@ -88,6 +90,29 @@ def postures_from(file: str, network: str, capabilities: str) -> Postures:
     return Postures(file=Posture(file), network=Posture(network), capabilities=Posture(capabilities))
 
 
+def protected_paths() -> tuple[Path, ...]:
+    """What self-protection keeps an attacker from changing: configuration, trust keys, state, the
+    installation (warden's packages, the interpreter's tree, the BPF objects), the unit and the hooks."""
+    import attest
+    import bpf
+    import initdata
+    import supervisor
+
+    candidates = [
+        Path("/etc/warden"),
+        Path("/run/warden"),
+        Path(sys.prefix),  # the venv or the system prefix warden runs from
+        Path(os.path.realpath(sys.executable)).parent.parent,  # the interpreter's own tree
+        object_dir(),
+        *(Path(pkg.__file__).resolve().parent for pkg in (attest, bpf, initdata, supervisor)
+          if pkg.__file__ is not None),
+        Path("/etc/systemd/system/warden.service"),
+        Path("/usr/lib/systemd/system/warden.service"),
+        Path("/usr/share/oci/hooks"),
+    ]
+    return tuple(p for p in candidates if p.exists())
+
+
 class Enforcement:
     def __init__(self, pin_dir: Path, state_dir: Path) -> None:
         self.pin_dir = pin_dir
@@ -100,7 +125,8 @@ class Enforcement:
         maps when they exist. Returns a one-line summary."""
         try:
             self._guard = SelfGuard(pin_root=self.pin_dir, lib=self.engine.lib)
-            report = self._guard.load_or_adopt(SelfProtectionConfig(protected_map_ids=self.engine.map_ids()))
+            report = self._guard.load_or_adopt(SelfProtectionConfig(protected_paths=protected_paths(),
+                                                                       protected_map_ids=self.engine.map_ids()))
         except FAILURES as exc:
             raise EnforcementError(f"self-protection failed: {exc}") from None
         self._guard_report = report
