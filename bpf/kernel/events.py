@@ -20,16 +20,20 @@ from typing import Any, Final
 from bpf.kernel.maps import (
     ACTION_NAMES,
     CAPABILITY_NUMBERS,
+    CAT_CAPABILITIES,
+    CAT_NETWORK,
     CATEGORY_NAMES,
     SCOPE_ANY_CONTAINER,
     SCOPE_HOST,
 )
 from bpf.policy.ruleset import RuleAlert
 
+# The layouts and codes of bpf/progs/warden_types.h (tests/test_engine_maps.py checks them against it).
 EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHH4x16s256s256s4x")  # struct warden_event (608)
-EV_DEFAULT_POSTURE: Final = 1
-EV_TRUNCATED: Final = 2
+EV_DEFAULT_POSTURE: Final = 1  # WARDEN_EV_DEFAULT_POSTURE
+EV_TRUNCATED: Final = 2  # WARDEN_EV_TRUNCATED
 
+# enum warden_hook -> KubeArmor's name of the operation
 HOOK_NAMES: Final = {
     352: "SECURITY_BPRM_CHECK", 450: "FILE_OPEN", 452: "FILE_MKNOD", 453: "FILE_UNLINK", 454: "FILE_MKDIR",
     455: "FILE_RMDIR", 456: "FILE_SYMLINK", 457: "FILE_LINK", 459: "FILE_CHMOD", 460: "FILE_TRUNCATE",
@@ -135,11 +139,11 @@ def parse_event(raw: bytes) -> RawEvent:
 
 
 def _resource(ev: RawEvent) -> str:
-    if ev.category == 3:  # network: KubeArmor's socket resource form
+    if ev.category == CAT_NETWORK:  # KubeArmor's socket resource form
         family, sock_type, protocol = ev.args[0], ev.args[1] & 0xF, ev.args[2]
         return (f"domain={_FAMILIES.get(family, str(family))} type={_TYPES.get(sock_type, str(sock_type))} "
                 f"protocol={protocol}")
-    if ev.category == 4:
+    if ev.category == CAT_CAPABILITIES:
         return _CAP_NAMES.get(ev.args[0], f"CAP_{ev.args[0]}")
     return ev.path
 

@@ -1,8 +1,9 @@
-"""Byte encodings of warden's BPF maps (bpf/warden_types.h) and the RuleSet -> map contents compiler.
+"""Byte encodings of warden's BPF maps (bpf/progs/warden_types.h) and the RuleSet -> map contents compiler.
 
 Everything the kernel side reads is built here, so the layouts and the path hash live in one place on
-each side: `bpf/warden_types.h` for C, this module for Python. tests/test_engine_maps.py compiles the C
-header with the host compiler and checks sizes, offsets and hashes against this module.
+each side: `bpf/progs/warden_types.h` (and `net_guard_types.h`) for C, this module for Python.
+tests/test_engine_maps.py compiles the C headers with the host compiler and checks every constant, size,
+offset and hash against this module.
 
 The rules map holds one node per path string (see `struct warden_rule_node`): an exact path ("/a/b") or a
 directory prefix ("/a/b/") carrying a directory rule, a recursive one, `below` (some rule lies below
@@ -43,7 +44,7 @@ POSTURE_CODES: Final = {Posture.AUDIT: ACT_AUDIT, Posture.BLOCK: ACT_BLOCK}
 RULE_READ_ONLY, RULE_OWNER_ONLY = 1, 2
 SCOPE_RULES, SCOPE_SOURCED = 1, 2
 
-# net_guard.bpf.c enum
+# enum warden_protocol (bpf/progs/net_guard_types.h)
 PROTOCOL_CODES: Final = {"tcp": 1, "udp": 2, "icmp": 3, "icmpv6": 4, "raw": 5, "sctp": 6, "stream": 7,
                          "dgram": 8, "rdm": 9, "seqpacket": 10, "dccp": 11, "packet": 12, "all": 13}
 
