@@ -1,8 +1,8 @@
 """The prefix walk with `skip` decides exactly what the walk over every prefix decides.
 
-`walk` below is bpf/warden.h's match_path, step for step, over the nodes bpf/maps.py encodes; the
-reference is the same walk with every skip forced to 1 (every prefix looked up). The guest suite proves
-the kernel side on concrete paths; this proves the jump itself on any rule set."""
+`walk` below is bpf/progs/warden_match.h's match_path, step for step, over the nodes bpf/kernel/maps.py
+encodes; the reference is the same walk with every skip forced to 1 (every prefix looked up). The guest
+suite proves the kernel side on concrete paths; this proves the jump itself on any rule set."""
 
 from __future__ import annotations
 
