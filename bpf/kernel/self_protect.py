@@ -1,4 +1,4 @@
-"""Self-protection: load, pin, adopt and arm the `self_guard` BPF-LSM object.
+"""Self-protection: load, pin, adopt, arm and tear down the `self_guard` BPF-LSM object.
 
 Lifecycle, as separate steps (Tetragon's sensor model):
   load      open self_guard.bpf.o, load it, attach every program, pin each link and map under
@@ -7,8 +7,9 @@ Lifecycle, as separate steps (Tetragon's sensor model):
             them: nothing is detached or reloaded;
   arm       write the identity (the unit's cgroup names) and the protected inodes and map ids. Once
             armed, only warden's cgroup and PID 1 can change any of it, so arming comes last and a
-            restarted supervisor (inside the warden cgroup) re-arms what it adopted.
-There is no unload here: `warden teardown`, from inside the warden cgroup, is the only way out.
+            restarted supervisor (inside the warden cgroup) re-arms what it adopted;
+  teardown  unpin everything under <pin root>/self/. Only `warden teardown` calls it, and once armed only
+            from inside the warden cgroup does it succeed (self_guard refuses everyone else).
 What to protect is the caller's to say (`SelfProtectionConfig.protected_paths`): this module knows the
 kernel object, not the installation around it.
 
@@ -18,6 +19,7 @@ bpf/progs/self_guard_types.h (tests/test_engine_maps.py checks them against the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterable
@@ -208,6 +210,25 @@ class SelfGuard:
         with MapHandle.open_pinned(self.lib, self.pin_dir / "self_map_ids") as handle:
             for map_id in map_ids:
                 handle.update(map_id.to_bytes(4, "little"), b"\x01")
+
+    def teardown(self) -> list[str]:
+        """Unpin every self_guard link (detaching its programs) and map, then remove <pin root>/self/ and the
+        pin root when nothing else is left in it. Returns what was removed, for the log."""
+        removed: list[str] = []
+        if self.links_dir.is_dir():
+            for pin in sorted(self.links_dir.iterdir()):
+                pin.unlink()
+                removed.append(str(pin))
+            self.links_dir.rmdir()
+        for name in SELF_MAPS:
+            pin = self.pin_dir / name
+            with contextlib.suppress(FileNotFoundError):
+                pin.unlink()
+                removed.append(str(pin))
+        for directory in (self.pin_dir, self.pin_root):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                directory.rmdir()
+        return removed
 
     # -- inspection ----------------------------------------------------------------------------
 
