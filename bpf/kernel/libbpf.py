@@ -141,25 +141,18 @@ class Libbpf:
             "bpf_object__find_program_by_name": ([vp, cp], vp),
             "bpf_object__find_map_by_name": ([vp, cp], vp),
             "bpf_object__next_program": ([vp, vp], vp),
-            "bpf_object__next_map": ([vp, vp], vp),
             "bpf_program__name": ([vp], cp),
             "bpf_program__section_name": ([vp], cp),
             "bpf_program__fd": ([vp], ci),
             "bpf_program__attach": ([vp], vp),
-            "bpf_map__name": ([vp], cp),
             "bpf_map__fd": ([vp], ci),
             "bpf_map__pin": ([vp, cp], ci),
-            "bpf_map__unpin": ([vp, cp], ci),
             "bpf_map__reuse_fd": ([vp, ci], ci),
-            "bpf_map__set_max_entries": ([vp, cu32], ci),
             "bpf_link__pin": ([vp, cp], ci),
-            "bpf_link__unpin": ([vp], ci),
             "bpf_link__open": ([cp], vp),
             "bpf_link__fd": ([vp], ci),
             "bpf_link__destroy": ([vp], ci),
-            "bpf_link__disconnect": ([vp], None),
             "bpf_obj_get": ([cp], ci),
-            "bpf_obj_pin": ([ci, cp], ci),
             "bpf_obj_get_info_by_fd": ([ci, vp, ctypes.POINTER(cu32)], ci),
             "bpf_map_update_elem": ([ci, vp, vp, ctypes.c_uint64], ci),
             "bpf_map_lookup_elem": ([ci, vp, vp], ci),
@@ -168,7 +161,6 @@ class Libbpf:
             "bpf_prog_get_fd_by_id": ([cu32], ci),
             "ring_buffer__new": ([ci, _RINGBUF_SAMPLE_FN, vp, vp], vp),
             "ring_buffer__poll": ([vp, ci], ci),
-            "ring_buffer__consume": ([vp], ci),
             "ring_buffer__free": ([vp], None),
             "libbpf_num_possible_cpus": ([], ci),
         }
@@ -407,9 +399,6 @@ class Link:
     def pin(self, path: Path) -> None:
         self._lib.call_int(f"bpf_link__pin({path})", self._lib.bpf_link__pin, self._require(), str(path).encode())
 
-    def unpin(self) -> None:
-        self._lib.call_int(f"bpf_link__unpin({self.name})", self._lib.bpf_link__unpin, self._require())
-
     def release(self) -> None:
         """Drop our fd; the link stays attached if and only if it is pinned."""
         if self._ptr is not None:
@@ -489,21 +478,9 @@ class BpfObject:
         return self.lib.call_ptr(f"find map {name} in {self.path.name}",
                                  self.lib.bpf_object__find_map_by_name, self._require(), name.encode())
 
-    def map_names(self) -> list[str]:
-        names = []
-        ptr = self.lib.bpf_object__next_map(self._require(), None)
-        while ptr:
-            names.append(bytes(self.lib.bpf_map__name(ptr)).decode())
-            ptr = self.lib.bpf_object__next_map(self._require(), ptr)
-        return names
-
     def reuse_map(self, name: str, fd: int) -> None:
         """Before load: make map `name` use an existing map (e.g. one opened from a pin)."""
         self.lib.call_int(f"bpf_map__reuse_fd({name})", self.lib.bpf_map__reuse_fd, self.map_ptr(name), fd)
-
-    def set_max_entries(self, name: str, entries: int) -> None:
-        self.lib.call_int(f"bpf_map__set_max_entries({name})", self.lib.bpf_map__set_max_entries,
-                          self.map_ptr(name), entries)
 
     def map(self, name: str) -> MapHandle:
         """After load: element access to map `name`; the fd stays owned by the object."""
