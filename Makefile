@@ -8,10 +8,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUILD := build
 BPF_BUILD := $(BUILD)/bpf
-BPF_SRC := $(wildcard bpf/*.bpf.c)
-BPF_OBJ := $(patsubst bpf/%.bpf.c,$(BPF_BUILD)/%.bpf.o,$(BPF_SRC))
-BPF_HDR := $(wildcard bpf/*.h)
-CLANG_BPF := clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I$(BPF_BUILD) -Ibpf
+# Shipped objects: bpf/progs/*.bpf.c -> build/bpf/*.bpf.o (installed to /usr/lib/warden/bpf/).
+BPF_PROGS := bpf/progs
+BPF_SRC := $(wildcard $(BPF_PROGS)/*.bpf.c)
+BPF_OBJ := $(patsubst $(BPF_PROGS)/%.bpf.c,$(BPF_BUILD)/%.bpf.o,$(BPF_SRC))
+BPF_HDR := $(wildcard $(BPF_PROGS)/*.h)
+# Fixtures, never shipped: tests/bpf/*.bpf.c -> build/bpf/tests/, bench/bpf/*.bpf.c -> build/bpf/bench/.
+FIXTURE_OBJ := $(patsubst tests/bpf/%.bpf.c,$(BPF_BUILD)/tests/%.bpf.o,$(wildcard tests/bpf/*.bpf.c)) \
+	$(patsubst bench/bpf/%.bpf.c,$(BPF_BUILD)/bench/%.bpf.o,$(wildcard bench/bpf/*.bpf.c))
+CLANG_BPF := clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I$(BPF_BUILD)
 
 .PHONY: demo test bench lint setup host-deps bpf clean
 
@@ -41,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 	touch $@
 
-bpf: $(BPF_OBJ)
+bpf: $(BPF_OBJ) $(FIXTURE_OBJ)
 
 # vmlinux.h comes from the running kernel's BTF; CO-RE relocations adapt the objects to the guest's 6.1.
 $(BPF_BUILD)/vmlinux.h:
@@ -49,7 +54,15 @@ $(BPF_BUILD)/vmlinux.h:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp
 	mv $@.tmp $@
 
-$(BPF_BUILD)/%.bpf.o: bpf/%.bpf.c $(BPF_HDR) $(BPF_BUILD)/vmlinux.h
+$(BPF_BUILD)/%.bpf.o: $(BPF_PROGS)/%.bpf.c $(BPF_HDR) $(BPF_BUILD)/vmlinux.h
+	$(CLANG_BPF) -I$(BPF_PROGS) -c $< -o $@
+
+$(BPF_BUILD)/tests/%.bpf.o: tests/bpf/%.bpf.c $(BPF_BUILD)/vmlinux.h
+	mkdir -p $(@D)
+	$(CLANG_BPF) -c $< -o $@
+
+$(BPF_BUILD)/bench/%.bpf.o: bench/bpf/%.bpf.c $(BPF_BUILD)/vmlinux.h
+	mkdir -p $(@D)
 	$(CLANG_BPF) -c $< -o $@
 
 clean:

@@ -2,7 +2,7 @@
 
 1. Syscall cost (bench/syscalls.py, C loop bench/microbench.c): open+close, fork+exec+wait and
    socket+close with no LSM programs, the floor (an always-allow program on each hook warden uses,
-   bpf/bench_floor.bpf.c: the cost of any BPF-LSM program there, inflated under TCG), warden with 10
+   bench/bpf/bench_floor.bpf.c: the cost of any BPF-LSM program there, inflated under TCG), warden with 10
    and with 10,000 rules, and the same rules as an AppArmor profile (bench/rules.py, bench/compare.py).
 2. Loading: the shipped CO-RE object against bcc's compile-at-boot of the same program.
 3. The real supervisor (bench/startup.py): warden.service under systemd, start to READY split into

@@ -75,11 +75,11 @@ def compare_bcc(vm: GuestVM) -> float:
 
 CORE_LOAD = textwrap.dedent("""
     import json, time
-    from bpf.loader import BpfObject, Libbpf
-    from bpf.objects import object_path
+    from bpf.kernel.libbpf import BpfObject, Libbpf
+    from bpf.kernel.objects import CHECKOUT_DIR
     lib = Libbpf()
     started = time.monotonic()
-    with BpfObject(lib, object_path("write_guard")) as obj:
+    with BpfObject(lib, CHECKOUT_DIR / "tests" / "write_guard.bpf.o") as obj:
         obj.load()
         link = obj.program("write_guard_file_open").attach()
         elapsed = time.monotonic() - started

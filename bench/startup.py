@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rules import BLOCKED_FILE, BenchRules
-from bpf.objects import object_dir
+from bpf.kernel.objects import object_dir
 from supervisor.enforcement import shipped_objects
 from tests.guest.service import ENABLE_UNITS, host_warden, lsm_link_ids, pod_image_files, show, warden_status
 from tests.guest.vm import GuestVM

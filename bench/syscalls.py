@@ -31,8 +31,8 @@ PY = f"{REPO_ROOT}/.venv/bin/python"
 APPLY = textwrap.dedent(f"""
     import json, sys
     from pathlib import Path
-    from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.kernel.engine import Engine
+    from bpf.policy.files import load_policy_paths
     engine = Engine(Path("{BENCH_PIN_DIR}"), Path("{BENCH_STATE_DIR}"))
     if sys.argv[1] == "teardown":
         engine.teardown()
@@ -44,11 +44,11 @@ APPLY = textwrap.dedent(f"""
 
 FLOOR = textwrap.dedent(f"""
     from pathlib import Path
-    from bpf.loader import BpfObject, Libbpf
-    from bpf.objects import object_path
+    from bpf.kernel.libbpf import BpfObject, Libbpf
+    from bpf.kernel.objects import CHECKOUT_DIR
     pins = Path("{FLOOR_PINS}")
     pins.mkdir(exist_ok=True)
-    with BpfObject(Libbpf(), object_path("bench_floor")) as obj:
+    with BpfObject(Libbpf(), CHECKOUT_DIR / "bench" / "bench_floor.bpf.o") as obj:
         obj.load()
         for prog in obj.programs():
             link = prog.attach()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 
 def printable(text: str) -> str:
+    """Untrusted text as it may appear in a one-line message: every non-printable character escaped."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

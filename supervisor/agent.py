@@ -168,9 +168,9 @@ class PinnedRingBufferSource:
     registered after this agent started is still named in its alerts."""
 
     def __init__(self, pin_dir: Path, state_dir: Path) -> None:
-        from bpf.engine import Engine
-        from bpf.loader import BpfError, MapHandle, RingBuffer
-        from bpf.self_protect import SelfGuard
+        from bpf.kernel.engine import Engine
+        from bpf.kernel.libbpf import BpfError, MapHandle, RingBuffer
+        from bpf.kernel.self_protect import SelfGuard
 
         self._engine = Engine(pin_dir=pin_dir, state_dir=state_dir)
         self._guard = SelfGuard(pin_root=pin_dir, lib=self._engine.lib)
@@ -192,8 +192,8 @@ class PinnedRingBufferSource:
         self._has_guard = len(self._rings) == 2
 
     def poll(self, timeout_ms: int) -> Iterator[object]:
-        from bpf.events import EventDecodeError, decode_event
-        from bpf.self_protect import decode_self_event
+        from bpf.kernel.events import EventDecodeError, decode_event
+        from bpf.kernel.self_protect import decode_self_event
 
         self._rings[0].poll(timeout_ms)
         for ring in self._rings[1:]:
@@ -227,7 +227,7 @@ class PinnedRingBufferSource:
 
 def self_protection_alert(event: Any) -> dict[str, Any]:
     """A self_guard denial (bpf.self_protect.SelfEvent) in KubeArmor's alert shape."""
-    from bpf.events import boot_to_unix_ns
+    from bpf.kernel.events import boot_to_unix_ns
 
     unix_ns = boot_to_unix_ns(event.ts_ns)
     return {

@@ -40,7 +40,7 @@ from types import FrameType
 from typing import Any
 
 from attest.aa import record_ruleset_digest
-from bpf.policy import Policy
+from bpf.policy.model import Policy
 from initdata.errors import GateError
 from supervisor.agent_runner import AgentRunner, AgentSnapshot
 from supervisor.config import WardenConfig

@@ -18,25 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trust
-from bpf.compiler import Postures
-from bpf.engine import OBJECTS, Engine, EngineError, EngineReport
-from bpf.loader import BpfError
-from bpf.objects import ObjectNotFound, object_digest, object_path
-from bpf.policy import Policy
-from bpf.ruleset import Posture
-from bpf.self_protect import (
-    SelfGuard,
-    SelfGuardReport,
-    SelfProtectionConfig,
-    SelfProtectionError,
-    default_protected_paths,
-)
+from bpf.kernel.engine import OBJECTS, Engine, EngineReport
+from bpf.kernel.errors import EngineError
+from bpf.kernel.libbpf import BpfError
+from bpf.kernel.objects import ObjectNotFound, object_digest, object_dir, object_path
+from bpf.kernel.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
+from bpf.policy.compiler import Postures
+from bpf.policy.model import Policy
+from bpf.policy.ruleset import Posture
 from trust.gate import VerifiedPolicy
 from trust.objects import check_bpf_objects
 
@@ -91,17 +88,32 @@ def check_shipped_objects(verified: VerifiedPolicy) -> None:
     check_bpf_objects(verified.bpf_objects, shipped, origin=verified.bundle_origin)
 
 
-def protected_paths() -> tuple[Path, ...]:
-    """What self_guard keeps from every other process: bpf.self_protect's list (configuration, trust
-    keys, state, the installation and the packages it names) and the trust package, whose code makes
-    every trust decision."""
-    trust_package = Path(trust.__file__).resolve().parent if trust.__file__ is not None else None
-    extra = [trust_package] if trust_package is not None and trust_package.exists() else []
-    return tuple(dict.fromkeys((*default_protected_paths(), *extra)))
-
-
 def postures_from(file: str, network: str, capabilities: str) -> Postures:
     return Postures(file=Posture(file), network=Posture(network), capabilities=Posture(capabilities))
+
+
+def protected_paths() -> tuple[Path, ...]:
+    """What self-protection keeps an attacker from changing: configuration, trust keys, state, the
+    installation (warden's packages, the trust package whose code makes every trust decision, the
+    interpreter's tree, the BPF objects), the unit and the hooks."""
+    import attest
+    import bpf
+    import initdata
+    import supervisor
+
+    candidates = [
+        Path("/etc/warden"),
+        Path("/run/warden"),
+        Path(sys.prefix),  # the venv or the system prefix warden runs from
+        Path(os.path.realpath(sys.executable)).parent.parent,  # the interpreter's own tree
+        object_dir(),
+        *(Path(pkg.__file__).resolve().parent for pkg in (attest, bpf, initdata, supervisor, trust)
+          if pkg.__file__ is not None),
+        Path("/etc/systemd/system/warden.service"),
+        Path("/usr/lib/systemd/system/warden.service"),
+        Path("/usr/share/oci/hooks"),
+    ]
+    return tuple(p for p in candidates if p.exists())
 
 
 class Enforcement:

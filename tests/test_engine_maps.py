@@ -1,9 +1,12 @@
-"""Host tests of the engine's encodings: the C layouts and the path hash agree with bpf/maps.py and
-bpf/events.py (the C header is compiled with the host compiler), RuleSets become the expected map
+"""Host tests of the engine's encodings: every layout, constant and code shared by C and Python agrees
+(the *_types.h headers in bpf/progs/ are compiled with the host compiler and checked against
+bpf/kernel/maps.py, events.py and self_protect.py), the path hash agrees, RuleSets become the expected map
 nodes, and events decode into KubeArmor alert fields."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -11,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from bpf import maps
-from bpf.compiler import AnyContainerScope, ContainerScope, compile
-from bpf.events import EVENT, EventContext, EventDecodeError, ScopeInfo, decode_event, parse_event
-from bpf.policy import load_policy_paths, parse_policy_text
+from bpf.kernel import events, maps, self_protect
+from bpf.kernel.events import EVENT, EventContext, EventDecodeError, ScopeInfo, decode_event, parse_event
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, compile
+from bpf.policy.files import load_policy_paths
+from bpf.policy.limits import MAX_PATH_DEPTH
+from bpf.policy.ruleset import RuleAlert
+from bpf.policy.yaml_loader import parse_policy_text
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "tests" / "data" / "policies" / "seed"
@@ -74,7 +80,7 @@ def parity(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     assert compiler, "a C compiler is part of the build dependencies (clang builds the BPF objects)"
     work = tmp_path_factory.mktemp("parity")
     (work / "parity.c").write_text(PARITY_C)
-    subprocess.run([compiler, "-O2", "-Wall", "-Werror", f"-I{REPO / 'bpf'}", "-o", str(work / "parity"),
+    subprocess.run([compiler, "-O2", "-Wall", "-Werror", f"-I{REPO / 'bpf' / 'progs'}", "-o", str(work / "parity"),
                     str(work / "parity.c")], check=True)
     done = subprocess.run([str(work / "parity"), *SAMPLES], check=True, capture_output=True, text=True)
     return done.stdout.splitlines()
@@ -93,6 +99,217 @@ def test_path_hash_matches_the_c_side(parity: list[str]) -> None:
     c_hashes = [int(line.split()[1]) for line in parity[3:]]
     assert c_hashes == [maps.path_hash(s.encode()) for s in SAMPLES]
     assert len(set(c_hashes)) == len(SAMPLES)
+
+
+# -- every C/Python shared layout (bpf/progs/*_types.h) ----------------------------------------------------
+
+PROGS = REPO / "bpf" / "progs"
+TYPES_HEADERS = sorted(PROGS.glob("*_types.h"))
+
+# C macro or expression -> the Python value that mirrors it.
+MIRRORED_VALUES: dict[str, int] = {
+    "WARDEN_PATH_MAX": maps.PATH_MAX,
+    "WARDEN_MAX_DEPTH": MAX_PATH_DEPTH,
+    "WARDEN_HASH_SEED": maps.HASH_SEED,
+    "WARDEN_HASH_MULT": maps.HASH_MULT,
+    "WARDEN_SCOPE_HOST": maps.SCOPE_HOST,
+    "WARDEN_SCOPE_ANY_CONTAINER": maps.SCOPE_ANY_CONTAINER,
+    "WARDEN_SCOPE_FIRST_CONTAINER": maps.SCOPE_FIRST_CONTAINER,
+    "WARDEN_RULE_READ_ONLY": maps.RULE_READ_ONLY,
+    "WARDEN_RULE_OWNER_ONLY": maps.RULE_OWNER_ONLY,
+    "WARDEN_SCOPE_RULES": maps.SCOPE_RULES,
+    "WARDEN_SCOPE_SOURCED": maps.SCOPE_SOURCED,
+    "WARDEN_EV_DEFAULT_POSTURE": events.EV_DEFAULT_POSTURE,
+    "WARDEN_EV_TRUNCATED": events.EV_TRUNCATED,
+    "SELF_NAME_LEN": self_protect.NAME_LEN,
+    "sizeof(struct warden_meta_key)": maps.META_KEY_SIZE,
+    "sizeof(struct warden_meta_val)": maps.META_VAL_SIZE,
+}
+
+_HOOK_BY_NAME = {name: number for number, name in events.HOOK_NAMES.items()}
+_ATTACK_BY_NAME = {name: number for number, name in self_protect.ATTACKS.items()}
+
+# C enum -> {enumerator: the Python value that mirrors it}. Every enumerator of each enum must be here.
+MIRRORED_ENUMS: dict[str, dict[str, int]] = {
+    "warden_category": {"WARDEN_CAT_FILE": maps.CAT_FILE, "WARDEN_CAT_PROCESS": maps.CAT_PROCESS,
+                        "WARDEN_CAT_NETWORK": maps.CAT_NETWORK, "WARDEN_CAT_CAPABILITIES": maps.CAT_CAPABILITIES},
+    "warden_action": {"WARDEN_ACT_NONE": maps.ACT_NONE, "WARDEN_ACT_ALLOW": maps.ACT_ALLOW,
+                      "WARDEN_ACT_AUDIT": maps.ACT_AUDIT, "WARDEN_ACT_BLOCK": maps.ACT_BLOCK},
+    # the hook ids, and the KubeArmor operation name events.py gives each
+    "warden_hook": {
+        "WARDEN_HOOK_BPRM_CHECK": _HOOK_BY_NAME["SECURITY_BPRM_CHECK"],
+        "WARDEN_HOOK_FILE_OPEN": _HOOK_BY_NAME["FILE_OPEN"],
+        "WARDEN_HOOK_PATH_MKNOD": _HOOK_BY_NAME["FILE_MKNOD"],
+        "WARDEN_HOOK_PATH_UNLINK": _HOOK_BY_NAME["FILE_UNLINK"],
+        "WARDEN_HOOK_PATH_MKDIR": _HOOK_BY_NAME["FILE_MKDIR"],
+        "WARDEN_HOOK_PATH_RMDIR": _HOOK_BY_NAME["FILE_RMDIR"],
+        "WARDEN_HOOK_PATH_SYMLINK": _HOOK_BY_NAME["FILE_SYMLINK"],
+        "WARDEN_HOOK_PATH_LINK": _HOOK_BY_NAME["FILE_LINK"],
+        "WARDEN_HOOK_PATH_CHMOD": _HOOK_BY_NAME["FILE_CHMOD"],
+        "WARDEN_HOOK_PATH_TRUNCATE": _HOOK_BY_NAME["FILE_TRUNCATE"],
+        "WARDEN_HOOK_SOCKET_CREATE": _HOOK_BY_NAME["SOCKET_CREATE"],
+        "WARDEN_HOOK_CAPABLE": _HOOK_BY_NAME["CAPABLE"],
+        "WARDEN_HOOK_PATH_CHOWN": _HOOK_BY_NAME["FILE_CHOWN"],
+        "WARDEN_HOOK_PATH_RENAME": _HOOK_BY_NAME["FILE_RENAME"],
+    },
+    "warden_protocol": {f"WARDEN_PROTO_{name.upper()}": code for name, code in maps.PROTOCOL_CODES.items()},
+    "self_attack": {
+        "ATTACK_SIGNAL": _ATTACK_BY_NAME["signal"],
+        "ATTACK_PTRACE": _ATTACK_BY_NAME["ptrace"],
+        "ATTACK_BPF_CMD": _ATTACK_BY_NAME["bpf-command"],
+        "ATTACK_MAP_WRITE": _ATTACK_BY_NAME["map-write"],
+        "ATTACK_PIN_CHANGE": _ATTACK_BY_NAME["pin-change"],
+        "ATTACK_BPFFS_MOUNT": _ATTACK_BY_NAME["bpffs-mount"],
+        "ATTACK_PROTECTED_WRITE": _ATTACK_BY_NAME["protected-write"],
+        "ATTACK_CGROUP_JOIN": _ATTACK_BY_NAME["cgroup-join"],
+    },
+}
+
+# C struct -> (the Python struct that packs or unpacks it, the C member behind each of its items, in order;
+# padding the Python format skips with "x" has no item).
+MIRRORED_STRUCTS: dict[str, tuple[struct.Struct, list[str]]] = {
+    "warden_rule_key": (maps.RULE_KEY, ["hash", "source", "scope", "category"]),
+    "warden_rule_slot": (maps.SLOT, ["alert", "action", "flags", "pad"]),
+    "warden_rule_node": (maps.NODE, ["exact", "dir", "recursive", "below", "skip", "len", "pad2", "path"]),
+    "warden_source_val": (maps.SOURCE_VAL, ["len", "path"]),
+    "warden_ns_key": (maps.NS_KEY, ["pid_ns", "mnt_ns"]),
+    "warden_scope_cfg": (maps.SCOPE_CFG, ["posture", "rules"]),
+    "warden_event": (events.EVENT, ["ts_boot_ns", "pid", "tgid", "ppid", "uid", "scope", "mnt_ns", "pid_ns",
+                                    "alert", "retval", "hook", "category", "action", "flags", "arg[0]", "arg[1]",
+                                    "arg[2]", "arg[3]", "path_len", "source_len", "comm", "path", "source"]),
+    "self_config": (self_protect.SELF_CONFIG, ["unit_cgroup", "parent_cgroup", "pin_dir"]),
+    "inode_key": (self_protect.INODE_KEY, ["ino", "dev", "pad"]),
+    "self_event": (self_protect.SELF_EVENT, ["ts_ns", "attack", "pid", "uid", "target_pid", "detail", "pad",
+                                            "mnt_ns", "comm", "name"]),
+}
+# The kernel's capability numbers (include/uapi/linux/capability.h), which capability rules are keyed on.
+KERNEL_CAPABILITIES = {f"CAP_{name.upper()}": number for name, number in maps.CAPABILITY_NUMBERS.items()}
+# Scalar key and value types of the maps (no struct on the C side).
+MIRRORED_SCALARS = {"warden_scopes key": (maps.SCOPE_ID, "__u32"), "warden_sources key": (maps.SOURCE_KEY, "__u64")}
+
+
+def _member(struct_name: str, member: str) -> str:
+    return f"((struct {struct_name} *)0)->{member}"
+
+
+def _items(layout: struct.Struct) -> list[tuple[int, int, bool | None]]:
+    """(offset, size, signed or None for byte strings) of each item of a little-endian, unaligned format."""
+    assert layout.format[0] == "<"
+    out, offset = [], 0
+    for count_text, code in re.findall(r"(\d*)([xcbB?hHiIlLqQs])", layout.format[1:]):
+        count = int(count_text or 1)
+        if code in "xs":
+            if code == "s":
+                out.append((offset, count, None))
+            offset += count
+            continue
+        size = struct.calcsize("<" + code)
+        for _ in range(count):
+            out.append((offset, size, code.islower()))
+            offset += size
+    assert offset == layout.size
+    return out
+
+
+@pytest.fixture(scope="module")
+def c_values(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """The value of every C expression the Python side mirrors, from the headers compiled on the host."""
+    clang = shutil.which("clang")
+    assert clang, "clang is part of the build dependencies (it builds the BPF objects)"
+    expressions = [*MIRRORED_VALUES, *KERNEL_CAPABILITIES, *(e for enum in MIRRORED_ENUMS.values() for e in enum)]
+    for name, (layout, members) in MIRRORED_STRUCTS.items():
+        expressions.append(f"sizeof(struct {name})")
+        for member, (_, _, signed) in zip(members, _items(layout), strict=False):
+            expressions += [f"offsetof(struct {name}, {member})", f"sizeof({_member(name, member)})"]
+            if signed is not None:  # an integer: its signedness matters to the decoder
+                expressions.append(f"(__typeof__({_member(name, member)}))-1 < 0")
+    for _, ctype in MIRRORED_SCALARS.values():
+        expressions += [f"sizeof({ctype})", f"({ctype})-1 < 0"]
+    source = "#include <stdio.h>\n#include <stddef.h>\n#include <linux/capability.h>\n" + "".join(
+        f'#include "{h.name}"\n' for h in TYPES_HEADERS) + "int main(void)\n{\n" + "".join(
+        f'    printf("%llu\\n", (unsigned long long)({e}));\n' for e in expressions) + "    return 0;\n}\n"
+    work = tmp_path_factory.mktemp("mirror")
+    (work / "mirror.c").write_text(source)
+    subprocess.run([clang, "-Wall", "-Werror", f"-I{PROGS}", "-o", str(work / "mirror"), str(work / "mirror.c")],
+                   check=True)
+    out = subprocess.run([str(work / "mirror")], check=True, capture_output=True, text=True).stdout.split()
+    return dict(zip(expressions, (int(v) for v in out), strict=True))
+
+
+@pytest.fixture(scope="module")
+def c_declarations() -> dict[str, dict[str, list[str]]]:
+    """What the *_types.h headers declare, from clang's AST: "enum" -> {name: enumerators}, "struct" ->
+    {name: []}."""
+    found: dict[str, dict[str, list[str]]] = {"enum": {}, "struct": {}}
+    for header in TYPES_HEADERS:
+        done = subprocess.run(["clang", "-x", "c", "-fsyntax-only", "-Xclang", "-ast-dump=json", str(header)],
+                              check=True, capture_output=True, text=True)
+        current = ""  # clang names a node's file only where it differs from the node before
+        for node in json.loads(done.stdout)["inner"]:
+            current = node.get("loc", {}).get("file", current)
+            if current != str(header):
+                continue
+            if node.get("kind") == "EnumDecl":
+                found["enum"][node.get("name", "")] = [c["name"] for c in node.get("inner", [])
+                                                       if c.get("kind") == "EnumConstantDecl"]
+            elif node.get("kind") == "RecordDecl" and node.get("completeDefinition"):
+                found["struct"][node.get("name", "")] = []
+    return found
+
+
+def test_every_shared_constant_matches_the_c_headers(c_values: dict[str, int]) -> None:
+    assert {e: c_values[e] for e in MIRRORED_VALUES} == MIRRORED_VALUES
+
+
+def test_capability_numbers_are_the_kernels(c_values: dict[str, int]) -> None:
+    assert {name: c_values[name] for name in KERNEL_CAPABILITIES} == KERNEL_CAPABILITIES
+
+
+def test_every_shared_macro_is_mirrored() -> None:
+    """A WARDEN_* or SELF_* constant added to a *_types.h header must be mirrored (and then checked above)."""
+    defined = set()
+    for header in TYPES_HEADERS:
+        done = subprocess.run(["clang", "-x", "c", "-dM", "-E", str(header)], check=True, capture_output=True,
+                              text=True)
+        defined |= {m for m in re.findall(r"^#define ((?:WARDEN|SELF)_\w+) ", done.stdout, re.M)
+                    if not m.endswith("_H")}
+    assert defined == {name for name in MIRRORED_VALUES if re.fullmatch(r"\w+", name)}
+
+
+def test_every_enum_of_the_c_headers_matches_python(c_values: dict[str, int],
+                                                     c_declarations: dict[str, dict[str, list[str]]]) -> None:
+    c_enums = c_declarations["enum"]
+    assert set(c_enums) == set(MIRRORED_ENUMS)
+    for enum, mirrored in MIRRORED_ENUMS.items():
+        assert set(c_enums[enum]) == set(mirrored), enum  # no enumerator without a Python value
+        assert {name: c_values[name] for name in mirrored} == mirrored, enum
+    assert sorted(events.HOOK_NAMES) == sorted(MIRRORED_ENUMS["warden_hook"].values())
+    assert sorted(self_protect.ATTACKS) == sorted(MIRRORED_ENUMS["self_attack"].values())
+
+
+def test_every_struct_of_the_c_headers_is_mirrored(c_declarations: dict[str, dict[str, list[str]]]) -> None:
+    sized_only = {m[1] for e in MIRRORED_VALUES if (m := re.fullmatch(r"sizeof\(struct (\w+)\)", e))}
+    assert set(c_declarations["struct"]) == set(MIRRORED_STRUCTS) | sized_only
+
+
+@pytest.mark.parametrize("name", sorted(MIRRORED_STRUCTS))
+def test_every_shared_struct_matches_its_python_format(c_values: dict[str, int], name: str) -> None:
+    """Size, and each member's offset, size and signedness: what the Python format packs or unpacks."""
+    layout, members = MIRRORED_STRUCTS[name]
+    python_items = _items(layout)
+    assert len(members) == len(python_items)
+    assert c_values[f"sizeof(struct {name})"] == layout.size
+    for member, (offset, size, signed) in zip(members, python_items, strict=True):
+        field = _member(name, member)
+        c_signed = None if signed is None else bool(c_values[f"(__typeof__({field}))-1 < 0"])
+        assert (c_values[f"offsetof(struct {name}, {member})"], c_values[f"sizeof({field})"], c_signed) == (
+            offset, size, signed), f"struct {name}.{member}"
+
+
+def test_scalar_keys_match(c_values: dict[str, int]) -> None:
+    for layout, ctype in MIRRORED_SCALARS.values():
+        assert (c_values[f"sizeof({ctype})"], bool(c_values[f"({ctype})-1 < 0"])) == (
+            layout.size, _items(layout)[0][2])
 
 
 def test_prefixes_are_the_directories_above_a_path() -> None:
@@ -194,7 +411,7 @@ def _event(**overrides: object) -> bytes:
 
 
 CONTEXT = EventContext(scopes={17: ScopeInfo("mysql", {"app": "mysql"})},
-                       alerts={5: maps.AlertInfo("block-mysql-data-access", 5, ("NIST", "db"), "no")},
+                       alerts={5: RuleAlert("block-mysql-data-access", 5, ("NIST", "db"), "no")},
                        hostname="guest")
 
 

@@ -1,8 +1,8 @@
 """The prefix walk with `skip` decides exactly what the walk over every prefix decides.
 
-`walk` below is bpf/warden.h's match_path, step for step, over the nodes bpf/maps.py encodes; the
-reference is the same walk with every skip forced to 1 (every prefix looked up). The guest suite proves
-the kernel side on concrete paths; this proves the jump itself on any rule set."""
+`walk` below is bpf/progs/warden_match.h's match_path, step for step, over the nodes bpf/kernel/maps.py
+encodes; the reference is the same walk with every skip forced to 1 (every prefix looked up). The guest
+suite proves the kernel side on concrete paths; this proves the jump itself on any rule set."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpf import maps
-from bpf.policy import Action, PathKind
-from bpf.ruleset import FileRule, RuleAlert, RuleSet, file_rule_key
+from bpf.kernel import maps
+from bpf.policy.model import Action, PathKind
+from bpf.policy.ruleset import FileRule, RuleAlert, RuleSet, file_rule_key
 
 ALERT = RuleAlert(policy="p", severity=None, tags=(), message=None)
 COMPONENTS = ("a", "b", "c")

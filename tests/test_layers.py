@@ -1,9 +1,11 @@
 """The layer order: no package imports one above it, nor one beside it at its own level.
 
-    level 0   initdata/ (formats)          bpf.policy (the KubeArmor language)
-    level 1   attest/ (the TEE side)       bpf.kernel (libbpf, maps, engine, self-protection)
-    level 2   trust/ (every trust decision)
+    level 0   initdata/ (formats, bounded reads, the error types)
+    level 1   attest/ (the TEE side)          bpf.policy (the KubeArmor language)
+    level 2   trust/ (every trust decision)   bpf.kernel (libbpf, maps, engine, self-protection)
     level 3   supervisor/ (I/O and processes)
+
+`bpf` itself (bpf/__init__.py) is only the package: it imports nothing and anyone above level 0 may name it.
 
 Every module of the five packages is parsed with `ast`, and every import in it counts: module level,
 function level, and under `if TYPE_CHECKING:` alike, since each is a dependency of the code.
@@ -24,47 +26,23 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("initdata", "attest", "trust", "supervisor", "bpf")
 FIRST_PARTY = frozenset({*PACKAGES, "tests", "bench"})
 
-LEVEL = {"initdata": 0, "bpf.policy": 0, "attest": 1, "bpf.kernel": 1, "trust": 2, "supervisor": 3}
+LEVEL = {"initdata": 0, "bpf": 0, "attest": 1, "bpf.policy": 1, "trust": 2, "bpf.kernel": 2, "supervisor": 3}
 
 # Which layers each layer may import (its own included); anything else, first-party, is a violation.
 MAY_IMPORT = {
     "initdata": {"initdata"},
-    "bpf.policy": {"bpf.policy"},
+    "bpf": {"bpf"},
     "attest": {"attest", "initdata"},
-    "bpf.kernel": {"bpf.kernel", "bpf.policy"},
+    "bpf.policy": {"bpf.policy", "initdata"},
     "trust": {"trust", "initdata", "attest", "bpf.policy"},
-    "supervisor": {"supervisor", "trust", "attest", "initdata", "bpf.policy", "bpf.kernel"},
+    "bpf.kernel": {"bpf.kernel", "bpf.policy", "bpf"},
+    "supervisor": {"supervisor", "trust", "attest", "initdata", "bpf", "bpf.policy", "bpf.kernel"},
 }
 # The lowest layers name their third-party imports too (None: not restricted beyond first-party).
 THIRD_PARTY: dict[str, frozenset[str] | None] = {
     "initdata": frozenset({"cryptography", "yaml"}),
     "bpf.policy": frozenset({"yaml"}),
 }
-
-# Today's flat bpf/ modules, by the layer they belong to. The bpf half of issue 13 moves them under
-# bpf/policy/ and bpf/kernel/ (matched by prefix below); the coordinator drops this map at the merge.
-FLAT_BPF = {
-    "bpf.policy": "bpf.policy",
-    "bpf.compiler": "bpf.policy",
-    "bpf.ruleset": "bpf.policy",
-    "bpf.limits": "bpf.policy",
-    "bpf": "bpf.kernel",
-    "bpf.loader": "bpf.kernel",
-    "bpf.maps": "bpf.kernel",
-    "bpf.events": "bpf.kernel",
-    "bpf.objects": "bpf.kernel",
-    "bpf.engine": "bpf.kernel",
-    "bpf.self_protect": "bpf.kernel",
-}
-# bpf/self_protect.py finds warden's packages to protect by importing them; the bpf half of issue 13
-# moves that list to the supervisor (which already passes it, supervisor.enforcement.protected_paths).
-# Until the halves merge these are the only imports allowed against the order; each must still exist
-# (test_pending_exceptions_are_still_needed), and the coordinator deletes the set at the merge.
-PENDING_BPF_HALF = frozenset({
-    ("bpf.self_protect", "attest"),
-    ("bpf.self_protect", "initdata"),
-    ("bpf.self_protect", "supervisor"),
-})
 
 
 @dataclass(frozen=True)
@@ -111,8 +89,6 @@ def imports_of(module: str, source: str, *, label: str, is_package: bool, known:
 
 def layer_of(module: str) -> str | None:
     """The layer a first-party module belongs to; None for a module outside the five packages."""
-    if module in FLAT_BPF:
-        return FLAT_BPF[module]
     for layer in sorted(LEVEL, key=len, reverse=True):  # bpf.policy.model before bpf
         if module == layer or module.startswith(layer + "."):
             return layer
@@ -143,8 +119,6 @@ def violations(imports: list[Import]) -> list[str]:
         if head in FIRST_PARTY:
             target_layer = layer_of(imp.target)
             if target_layer is None or target_layer not in MAY_IMPORT[layer]:
-                if (imp.module, head) in PENDING_BPF_HALF:
-                    continue
                 problems.append(f"{imp.where}: {imp.module} ({layer}, level {LEVEL[layer]}) imports {imp.target} "
                                 f"({target_layer or 'outside the layers'}); {layer} may import only "
                                 f"{', '.join(sorted(MAY_IMPORT[layer]))}")
@@ -176,20 +150,18 @@ def test_no_import_breaks_the_layer_order() -> None:
     assert problems == [], "imports against the layer order:\n" + "\n".join(problems)
 
 
-def test_pending_exceptions_are_still_needed() -> None:
-    seen = {(imp.module, top_level(imp.target)) for imp in all_imports()}
-    stale = sorted(PENDING_BPF_HALF - seen)
-    assert stale == [], f"remove from PENDING_BPF_HALF, these imports are gone: {stale}"
-
-
 @pytest.mark.parametrize(
     ("module", "source", "message"),
     [
         ("initdata.document", "from attest.tee import Tee\n", "(initdata, level 0) imports attest.tee"),
         ("attest.tdx", "def f():\n    from trust.gate import BootGate\n", "(attest, level 1) imports trust.gate"),
         ("trust.gate", "if TYPE_CHECKING:\n    from supervisor import config\n", "imports supervisor.config"),
-        ("trust.bundle", "import bpf.engine\n", "imports bpf.engine (bpf.kernel)"),
-        ("bpf.ruleset", "from bpf import engine\n", "bpf.ruleset (bpf.policy, level 0) imports bpf.engine"),
+        ("trust.bundle", "import bpf.kernel.engine\n", "imports bpf.kernel.engine (bpf.kernel)"),
+        ("bpf.policy.ruleset", "from bpf.kernel import engine\n",
+         "bpf.policy.ruleset (bpf.policy, level 1) imports bpf.kernel.engine"),
+        ("bpf.kernel.engine", "from supervisor.config import WardenConfig\n",
+         "bpf.kernel.engine (bpf.kernel, level 2) imports supervisor.config"),
+        ("bpf.kernel.maps", "import trust.gate\n", "(bpf.kernel, level 2) imports trust.gate"),
         ("initdata.keys", "import tenacity\n", "imports third-party tenacity"),
     ],
 )

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bpf.compiler import AnyContainerScope, ContainerScope, compile
-from bpf.policy import load_policy_paths
-from bpf.ruleset import RuleSet
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, compile
+from bpf.policy.files import load_policy_paths
+from bpf.policy.ruleset import RuleSet
 from supervisor.cli import main
 
 DATA = Path(__file__).parent / "data" / "policies"

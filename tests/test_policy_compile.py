@@ -1,4 +1,4 @@
-"""Compiling policies into a scope's RuleSet (bpf.compiler, bpf.ruleset)."""
+"""Compiling policies into a scope's RuleSet (bpf.policy.compiler, bpf.policy.ruleset)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-import bpf.compiler
-from bpf.compiler import (
+import bpf.policy.compiler
+from bpf.policy.compiler import (
     AnyContainerScope,
     ContainerScope,
     HostScope,
@@ -21,8 +21,9 @@ from bpf.compiler import (
     compile,
     selects,
 )
-from bpf.policy import Action, PathKind, Policy, load_policy_paths, parse_policy_text
-from bpf.ruleset import (
+from bpf.policy.files import load_policy_paths
+from bpf.policy.model import Action, PathKind, Policy
+from bpf.policy.ruleset import (
     CapabilityRule,
     CategoryPostures,
     FileRule,
@@ -34,6 +35,7 @@ from bpf.ruleset import (
     RuleSetFormatError,
     RuleSetOrderError,
 )
+from bpf.policy.yaml_loader import parse_policy_text
 
 SEED = Path(__file__).parent / "data" / "policies" / "seed"
 EVERY = {"kubearmor.io/container.name": ".*"}
@@ -327,7 +329,7 @@ def test_ruleset_from_json_garbage(text: str) -> None:
 
 
 def test_rule_limit(seed: tuple[Policy, ...], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bpf.compiler, "MAX_RULES_PER_SCOPE", 3)
+    monkeypatch.setattr(bpf.policy.compiler, "MAX_RULES_PER_SCOPE", 3)
     assert compile(seed, AnyContainerScope()).rule_count == 3
     with pytest.raises(RuleLimitError) as info:
         compile(seed, ContainerScope("db", {"app": "mysql"}))

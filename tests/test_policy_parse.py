@@ -1,4 +1,4 @@
-"""Parsing and validation of KubeArmor policies (bpf.policy)."""
+"""Parsing and validation of KubeArmor policies (bpf.policy: model, yaml_loader, reader, files)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from bpf.limits import MAX_PATH_BYTES, MAX_PATH_DEPTH
-from bpf.policy import (
-    MAX_TEXT_BYTES,
-    MAX_YAML_NODES,
+from bpf.policy.files import load_policy_paths
+from bpf.policy.limits import MAX_PATH_BYTES, MAX_PATH_DEPTH
+from bpf.policy.model import (
     Action,
-    Alert,
+    AlertFields,
     CapabilityMatch,
     LabelExpression,
     LabelOperator,
@@ -27,13 +26,12 @@ from bpf.policy import (
     Problem,
     ProtocolMatch,
     Selector,
-    load_policy_paths,
     normalise_path,
-    parse_policy_text,
 )
+from bpf.policy.yaml_loader import MAX_TEXT_BYTES, MAX_YAML_NODES, parse_policy_text
 
 SEED = Path(__file__).parent / "data" / "policies" / "seed"
-NO_ALERT = Alert(None, (), None)
+NO_ALERT = AlertFields(None, (), None)
 EVERY_CONTAINER = Selector((("kubearmor.io/container.name", ".*"),))
 
 
@@ -136,10 +134,11 @@ def test_innermost_action_and_alert_fields_win() -> None:
         "process": {"matchPaths": [{"path": "/bin/sh"}]},
     }))
     inherit_section, own = policy.file
-    assert (inherit_section.action, inherit_section.alert) == (Action.ALLOW, Alert(5, ("spec-tag",), "spec message"))
-    assert (own.action, own.alert) == (Action.BLOCK, Alert(9, ("rule",), "m"))
+    assert (inherit_section.action, inherit_section.alert) == (Action.ALLOW,
+                                                               AlertFields(5, ("spec-tag",), "spec message"))
+    assert (own.action, own.alert) == (Action.BLOCK, AlertFields(9, ("rule",), "m"))
     assert (policy.process[0].action, policy.process[0].alert) == (Action.AUDIT,
-                                                                   Alert(2, ("spec-tag",), "spec message"))
+                                                                   AlertFields(2, ("spec-tag",), "spec message"))
 
 
 def test_action_defaults_to_block() -> None:

@@ -13,10 +13,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpf.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, Scope, compile
-from bpf.limits import MAX_PATH_BYTES, MAX_PATH_DEPTH
-from bpf.policy import PolicyError, load_policy_paths, normalise_path, parse_policy_text
-from bpf.ruleset import Posture, RuleSet
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, Scope, compile
+from bpf.policy.files import load_policy_paths
+from bpf.policy.limits import MAX_PATH_BYTES, MAX_PATH_DEPTH
+from bpf.policy.model import PolicyError, normalise_path
+from bpf.policy.ruleset import Posture, RuleSet
+from bpf.policy.yaml_loader import parse_policy_text
 
 
 class _NoAliasDumper(yaml.SafeDumper):

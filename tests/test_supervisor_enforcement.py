@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from bpf.objects import object_dir
+from bpf.kernel.objects import object_dir
 from supervisor.enforcement import enforced_digest, shipped_objects
 
 

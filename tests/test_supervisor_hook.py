@@ -201,7 +201,7 @@ def test_the_hook_command_imports_neither_the_gate_nor_the_engine() -> None:
     """`warden hook` runs on every container start: it loads the control protocol, not warden's bulk."""
     code = ("import sys\nfrom supervisor.cli import main\n"
             "code = main(['hook', '--stage', 'poststop', '--socket', '/nonexistent', '--timeout', '0.1'])\n"
-            "heavy = [m for m in ('trust.gate', 'bpf.engine', 'bpf.compiler', 'cryptography', 'yaml') "
+            "heavy = [m for m in ('trust.gate', 'bpf.kernel.engine', 'bpf.policy.compiler', 'cryptography', 'yaml') "
             "if m in sys.modules]\n"
             "print(code, heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], input=b"", capture_output=True, check=True).stdout

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bpf.policy import Policy, PolicyError, parse_policy_text
+from bpf.policy.model import Policy, PolicyError
+from bpf.policy.yaml_loader import parse_policy_text
 from initdata.bundle import BundlePayload, parse_payload
 from initdata.dsse import BUNDLE_PAYLOAD_TYPE, parse_envelope, verify_envelope
 from initdata.errors import BundleExpired, PolicyInvalid, RollbackRefused

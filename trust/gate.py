@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 
 from attest.base import Measurement
 from attest.tee import TEE_FIELD_NAMES, Tee, expected_measurement
-from bpf.policy import Policy
+from bpf.policy.model import Policy
 from initdata.bundle import PolicyFile
 from initdata.document import BUNDLE_KEY, TRUST_KEY, InitdataDocument
 from initdata.dsse import parse_envelope, verify_envelope

@@ -13,11 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpf.compiler import Postures
-from bpf.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
-from bpf.loader import BpfError
-from bpf.policy import PolicyError, load_policy_paths
-from bpf.ruleset import Posture
+from bpf.kernel.engine import Engine
+from bpf.kernel.errors import EngineError
+from bpf.kernel.libbpf import BpfError
+from bpf.kernel.manifest import DEFAULT_STATE_DIR
+from bpf.kernel.pins import DEFAULT_PIN_DIR
+from bpf.policy.compiler import Postures
+from bpf.policy.files import load_policy_paths
+from bpf.policy.model import PolicyError
+from bpf.policy.ruleset import Posture
 from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 

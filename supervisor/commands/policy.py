@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from bpf.compiler import Scope
-    from bpf.policy import PolicyError
-    from bpf.ruleset import Posture, RuleAlert, RuleSet
+    from bpf.policy.compiler import Scope
+    from bpf.policy.model import PolicyError
+    from bpf.policy.ruleset import Posture, RuleAlert, RuleSet
 
 # The policy modules (and PyYAML) are imported by the handlers, not here: every `warden` command imports
 # this module at start-up to register its parser.
@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from bpf.policy import PolicyError, load_policy_paths
+    from bpf.policy.files import load_policy_paths
+    from bpf.policy.model import PolicyError
 
     try:
         policies = load_policy_paths(args.paths)
@@ -76,9 +77,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    from bpf.compiler import Postures, compile
-    from bpf.policy import PolicyError, load_policy_paths
-    from bpf.ruleset import Posture
+    from bpf.policy.compiler import Postures, compile
+    from bpf.policy.files import load_policy_paths
+    from bpf.policy.model import PolicyError
+    from bpf.policy.ruleset import Posture
 
     scope_spec: str = args.scope
     if args.label and not scope_spec.startswith("container:"):
@@ -133,7 +135,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _scope(spec: str, labels: dict[str, str], node_labels: dict[str, str] | None) -> Scope:
-    from bpf.compiler import AnyContainerScope, ContainerScope, HostScope
+    from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope
 
     if spec == "host":
         return HostScope(node_labels)

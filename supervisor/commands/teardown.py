@@ -11,7 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpf.engine import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Engine, EngineError
+from bpf.kernel.engine import Engine
+from bpf.kernel.errors import EngineError
+from bpf.kernel.manifest import DEFAULT_STATE_DIR
+from bpf.kernel.pins import DEFAULT_PIN_DIR
+from bpf.kernel.self_protect import SelfGuard
 from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 
 
@@ -26,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_teardown(args: argparse.Namespace) -> int:
     try:
         removed = Engine(pin_dir=args.pin_dir, state_dir=args.state_dir).teardown()
+        removed += SelfGuard(pin_root=args.pin_dir).teardown()
     except (EngineError, OSError) as exc:
         print(f"warden teardown: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAILURE

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf.objects import object_dir
+from bpf.kernel.objects import object_dir
 from supervisor.enforcement import shipped_objects
 from tests.guest.service import (
     ALERTS,

@@ -31,8 +31,8 @@ MYSQL_FILE = "/var/lib/mysql/any-file"
 LOADER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
-    from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.kernel.engine import Engine
+    from bpf.policy.files import load_policy_paths
 
     containers = json.loads(sys.argv[1])
     policies = load_policy_paths([Path(p) for p in sys.argv[3:]])
@@ -121,7 +121,7 @@ def warden_link_ids(guest: GuestVM) -> set[int]:
 # Drains the engine's pinned ring buffer (not the agent's alert file: no agent runs in this module).
 READ_ALERTS = textwrap.dedent("""
     import json
-    from bpf.engine import Engine
+    from bpf.kernel.engine import Engine
     for alert in Engine().read_alerts():
         print(json.dumps(alert.to_dict()))
 """)
@@ -301,8 +301,8 @@ def big_policy(tag: str, count: int) -> str:
 SWAP = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.kernel.engine import Engine
+    from bpf.policy.files import load_policy_paths
     seed = Path(sys.argv[1])
     engine = Engine()
     out = []
@@ -507,8 +507,8 @@ def test_upgrade_is_make_before_break(guest: GuestVM, first_load: dict[str, Any]
 REGISTRY = textwrap.dedent("""
     import json, subprocess, sys
     from pathlib import Path
-    from bpf.engine import Engine
-    from bpf.policy import load_policy_paths
+    from bpf.kernel.engine import Engine
+    from bpf.policy.files import load_policy_paths
     pid, pid_ns, mnt_ns = map(int, sys.argv[2:5])
     cat = ["nsenter", "-t", str(pid), "-m", "-p", "--", "cat", "/var/lib/mysql/any-file"]
     engine = Engine()

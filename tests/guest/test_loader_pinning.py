@@ -16,13 +16,13 @@ GUARDED = "/var/tmp/guarded"
 LOAD_AND_PIN = textwrap.dedent(f"""
     import errno, os
     from pathlib import Path
-    from bpf.loader import BpfObject, Libbpf
-    from bpf.objects import object_path
+    from bpf.kernel.libbpf import BpfObject, Libbpf
+    from bpf.kernel.objects import CHECKOUT_DIR
 
     lib = Libbpf()
     pins = Path("{PIN_DIR}")
     pins.mkdir(exist_ok=True)
-    with BpfObject(lib, object_path("write_guard")) as obj:
+    with BpfObject(lib, CHECKOUT_DIR / "tests" / "write_guard.bpf.o") as obj:
         obj.load()
         st = os.stat("{GUARDED}")
         key = st.st_ino.to_bytes(8, "little") + st.st_dev.to_bytes(4, "little") + bytes(4)
@@ -74,7 +74,7 @@ def test_pinned_link_is_listed_by_bpftool_with_its_id(guest: GuestVM, pinned_lin
 def test_loader_reopens_the_pinned_link_and_map(guest: GuestVM, pinned_link_id: int) -> None:
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from bpf.loader import Libbpf, Link, MapHandle
+        from bpf.kernel.libbpf import Libbpf, Link, MapHandle
         lib = Libbpf()
         link = Link.open_pinned(lib, Path("{PIN_DIR}/write_guard_link"))
         info = link.info()
@@ -91,7 +91,7 @@ def test_libbpf_errors_carry_errno_and_message(guest: GuestVM, pinned_link_id: i
     code = textwrap.dedent(f"""
         import errno
         from pathlib import Path
-        from bpf.loader import BpfError, Libbpf, MapHandle
+        from bpf.kernel.libbpf import BpfError, Libbpf, MapHandle
         lib = Libbpf()
         try:
             lib.obj_get(Path("{PIN_DIR}/missing"))

@@ -23,6 +23,7 @@ from supervisor.enforcement import shipped_objects
 from tests.data.initdata.factory import make_envelope, make_initdata, public_pem, signing_key
 from tests.guest.service import (
     ALERTS,
+    WARDEN,
     config_json,
     is_ready,
     lsm_link_ids,
@@ -35,6 +36,7 @@ from tests.guest.service import (
 from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
 
 PINS = "/sys/fs/bpf/warden"
+DROPIN = "/run/systemd/system/warden.service.d"
 SEED = sorted((REPO_ROOT / "tests" / "data" / "policies" / "seed").glob("*.yaml"))
 
 
@@ -185,3 +187,26 @@ def test_pid1_still_stops_and_restarts_the_service_and_the_new_one_adopts(guest:
     assert status["enforcement"]["adopted"] is True  # type: ignore[index]
     assert status["engine"]["self_protection"]["adopted"] is True  # type: ignore[index]
 
+
+def test_teardown_from_the_warden_cgroup_leaves_nothing_pinned(guest: GuestVM, warden: Warden) -> None:
+    # From outside warden's cgroup, teardown is refused like any other attack on the pins.
+    engine = warden_status(guest, ready=True)["engine"]
+    assert isinstance(engine, dict), engine
+    ours = {link["link_id"] for link in engine["links"]} | set(current_warden(guest).self_links.values())
+    refused = guest.run(f"{WARDEN} teardown")
+    assert refused.returncode == 1 and "not permitted" in refused.stderr, refused.stderr
+    assert ours <= lsm_link_ids(guest)
+    # Inside it: the unit itself, its ExecStart replaced by a runtime drop-in while it is stopped (what
+    # root with systemd's API can do: threat-model.md, section 7).
+    guest.run("systemctl stop warden.service", check=True)
+    guest.run(f"mkdir -p {DROPIN} && printf '[Service]\\nType=oneshot\\nRestart=no\\nWatchdogSec=0\\n"
+              f"ExecStart=\\nExecStart={WARDEN} teardown\\n' > {DROPIN}/teardown.conf && systemctl daemon-reload",
+              check=True)
+    done = guest.run("systemctl start warden.service", timeout=120)
+    journal = guest.run("journalctl -u warden.service -n 300 --no-pager -o cat").stdout
+    assert done.returncode == 0, journal
+    assert f"removed {PINS}/links/" in journal and f"removed {PINS}/self/links/self_task_kill" in journal, journal
+    listing = guest.run(f"ls -A {PINS}")
+    assert listing.returncode != 0 and "No such file or directory" in listing.stderr, listing.stdout
+    assert not ours & lsm_link_ids(guest)  # every warden program detached: the engine's and self_guard's
+    assert guest.run("test -e /run/warden/engine.json").returncode != 0

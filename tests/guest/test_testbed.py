@@ -39,5 +39,5 @@ def test_a_command_over_its_timeout_is_killed(guest: GuestVM) -> None:
 
 
 def test_python_runs_with_the_project_venv(guest: GuestVM) -> None:
-    result = guest.python("import bpf.loader, supervisor; print(supervisor.__version__)", check=True)
+    result = guest.python("import bpf.kernel.libbpf, supervisor; print(supervisor.__version__)", check=True)
     assert result.stdout.strip() == "0.1.0"

@@ -5,10 +5,13 @@
  * symlink, mkdir, rmdir, mknod, truncate, chmod, chown), so readOnly on /bin keeps /bin intact.
  * Every program returns an earlier LSM's refusal unchanged.
  */
-#include "warden.h"
+#include "warden_enforce.h"
+
+char LICENSE[] SEC("license") = "GPL";
 
 #define FILE_RULES(hook, d, mnt, write, inode) enforce_path(hook, WARDEN_CAT_FILE, d, mnt, write, inode)
 
+#define FMODE_WRITE 0x2
 #define FMODE_NONOTIFY 0x4000000
 
 /*

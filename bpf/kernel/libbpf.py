@@ -16,7 +16,7 @@ import ctypes.util
 import errno as errno_mod
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,25 +141,18 @@ class Libbpf:
             "bpf_object__find_program_by_name": ([vp, cp], vp),
             "bpf_object__find_map_by_name": ([vp, cp], vp),
             "bpf_object__next_program": ([vp, vp], vp),
-            "bpf_object__next_map": ([vp, vp], vp),
             "bpf_program__name": ([vp], cp),
             "bpf_program__section_name": ([vp], cp),
             "bpf_program__fd": ([vp], ci),
             "bpf_program__attach": ([vp], vp),
-            "bpf_map__name": ([vp], cp),
             "bpf_map__fd": ([vp], ci),
             "bpf_map__pin": ([vp, cp], ci),
-            "bpf_map__unpin": ([vp, cp], ci),
             "bpf_map__reuse_fd": ([vp, ci], ci),
-            "bpf_map__set_max_entries": ([vp, cu32], ci),
             "bpf_link__pin": ([vp, cp], ci),
-            "bpf_link__unpin": ([vp], ci),
             "bpf_link__open": ([cp], vp),
             "bpf_link__fd": ([vp], ci),
             "bpf_link__destroy": ([vp], ci),
-            "bpf_link__disconnect": ([vp], None),
             "bpf_obj_get": ([cp], ci),
-            "bpf_obj_pin": ([ci, cp], ci),
             "bpf_obj_get_info_by_fd": ([ci, vp, ctypes.POINTER(cu32)], ci),
             "bpf_map_update_elem": ([ci, vp, vp, ctypes.c_uint64], ci),
             "bpf_map_lookup_elem": ([ci, vp, vp], ci),
@@ -168,7 +161,6 @@ class Libbpf:
             "bpf_prog_get_fd_by_id": ([cu32], ci),
             "ring_buffer__new": ([ci, _RINGBUF_SAMPLE_FN, vp, vp], vp),
             "ring_buffer__poll": ([vp, ci], ci),
-            "ring_buffer__consume": ([vp], ci),
             "ring_buffer__free": ([vp], None),
             "libbpf_num_possible_cpus": ([], ci),
         }
@@ -247,7 +239,17 @@ class MapHandle:
     @classmethod
     def open_pinned(cls, lib: Libbpf, path: Path) -> MapHandle:
         fd = lib.obj_get(path)
-        return cls(lib, fd, path.name, owns_fd=True)
+        try:
+            return cls(lib, fd, path.name, owns_fd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def __enter__(self) -> MapHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check(self, data: bytes, size: int, what: str) -> ctypes.Array[ctypes.c_char]:
         if len(data) != size:
@@ -296,10 +298,72 @@ class MapHandle:
             yield key
             current = ctypes.create_string_buffer(key, self.info.key_size)
 
+    def contents(self) -> dict[bytes, bytes]:
+        """Every (key, value) pair, read key by key (a key deleted meanwhile is left out)."""
+        out = {}
+        for key in list(self.keys()):
+            value = self.lookup(key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def cpu_values(self, key: bytes) -> list[bytes] | None:
+        """The value of `key` on each possible CPU (one element for a map that is not per-CPU); None when
+        the key is absent."""
+        raw = self.lookup(key)
+        if raw is None:
+            return None
+        if self.info.type not in _PERCPU_MAP_TYPES:
+            return [raw]
+        stride = (self.info.value_size + 7) // 8 * 8
+        return [raw[i : i + self.info.value_size] for i in range(0, len(raw), stride)]
+
+    def counter(self, key: bytes) -> int:
+        """A u64 counter summed over CPUs (per-CPU maps count without atomics); 0 when the key is absent."""
+        return sum(int.from_bytes(value[:8], "little") for value in self.cpu_values(key) or [])
+
     def close(self) -> None:
         if self._owns_fd and self.fd >= 0:
             os.close(self.fd)
         self.fd = -1
+
+
+class MapSet(Mapping[str, MapHandle]):
+    """Maps opened together and closed together: `with MapSet.open_pinned(lib, pins) as maps: ...`."""
+
+    def __init__(self, handles: Mapping[str, MapHandle]) -> None:
+        self._handles = dict(handles)
+
+    @classmethod
+    def open_pinned(cls, lib: Libbpf, pins: Mapping[str, Path]) -> MapSet:
+        """Open every pin (name -> path); when one fails, those already open are closed."""
+        handles = cls({})
+        try:
+            for name, path in pins.items():
+                handles._handles[name] = MapHandle.open_pinned(lib, path)
+        except BaseException:
+            handles.close()
+            raise
+        return handles
+
+    def __getitem__(self, name: str) -> MapHandle:
+        return self._handles[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handles)
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+
+    def __enter__(self) -> MapSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Link:
@@ -315,6 +379,12 @@ class Link:
         ptr = lib.call_ptr(f"bpf_link__open({path})", lib.bpf_link__open, str(path).encode())
         return cls(lib, ptr, path.name)
 
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     @property
     def fd(self) -> int:
         return int(self._lib.bpf_link__fd(self._require()))
@@ -322,11 +392,12 @@ class Link:
     def info(self) -> LinkInfo:
         return self._lib.link_info(self.fd)
 
+    def program_info(self) -> ProgInfo:
+        """The program this link runs (its tag says which code: a hash of the translated instructions)."""
+        return self._lib.prog_info_by_id(self.info().prog_id)
+
     def pin(self, path: Path) -> None:
         self._lib.call_int(f"bpf_link__pin({path})", self._lib.bpf_link__pin, self._require(), str(path).encode())
-
-    def unpin(self) -> None:
-        self._lib.call_int(f"bpf_link__unpin({self.name})", self._lib.bpf_link__unpin, self._require())
 
     def release(self) -> None:
         """Drop our fd; the link stays attached if and only if it is pinned."""
@@ -407,21 +478,9 @@ class BpfObject:
         return self.lib.call_ptr(f"find map {name} in {self.path.name}",
                                  self.lib.bpf_object__find_map_by_name, self._require(), name.encode())
 
-    def map_names(self) -> list[str]:
-        names = []
-        ptr = self.lib.bpf_object__next_map(self._require(), None)
-        while ptr:
-            names.append(bytes(self.lib.bpf_map__name(ptr)).decode())
-            ptr = self.lib.bpf_object__next_map(self._require(), ptr)
-        return names
-
     def reuse_map(self, name: str, fd: int) -> None:
         """Before load: make map `name` use an existing map (e.g. one opened from a pin)."""
         self.lib.call_int(f"bpf_map__reuse_fd({name})", self.lib.bpf_map__reuse_fd, self.map_ptr(name), fd)
-
-    def set_max_entries(self, name: str, entries: int) -> None:
-        self.lib.call_int(f"bpf_map__set_max_entries({name})", self.lib.bpf_map__set_max_entries,
-                          self.map_ptr(name), entries)
 
     def map(self, name: str) -> MapHandle:
         """After load: element access to map `name`; the fd stays owned by the object."""

@@ -3,7 +3,9 @@
  * exec_guard: KubeArmor `process` rules at bprm_check_security. The object is the binary being
  * executed; fromSource is the executing task's current binary (its mm is not replaced yet).
  */
-#include "warden.h"
+#include "warden_enforce.h"
+
+char LICENSE[] SEC("license") = "GPL";
 
 SEC("lsm/bprm_check_security")
 int BPF_PROG(warden_bprm_check, struct linux_binprm *bprm, int ret)

@@ -3,7 +3,9 @@
  * cap_guard: KubeArmor `capabilities.matchCapabilities` at the capable hook (every capability
  * check, audited or not). Scopes without capability rules leave after two map lookups.
  */
-#include "warden.h"
+#include "warden_enforce.h"
+
+char LICENSE[] SEC("license") = "GPL";
 
 SEC("lsm/capable")
 int BPF_PROG(warden_capable, const struct cred *cred, struct user_namespace *ns, int cap, unsigned int opts, int ret)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 INSTALLED_DIR = Path("/usr/lib/warden/bpf")
-CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "build" / "bpf"
+CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "build" / "bpf"
 
 
 class ObjectNotFound(FileNotFoundError):

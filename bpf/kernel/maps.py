@@ -1,8 +1,9 @@
-"""Byte encodings of warden's BPF maps (bpf/warden_types.h) and the RuleSet -> map contents compiler.
+"""Byte encodings of warden's BPF maps (bpf/progs/warden_types.h) and the RuleSet -> map contents compiler.
 
 Everything the kernel side reads is built here, so the layouts and the path hash live in one place on
-each side: `bpf/warden_types.h` for C, this module for Python. tests/test_engine_maps.py compiles the C
-header with the host compiler and checks sizes, offsets and hashes against this module.
+each side: `bpf/progs/warden_types.h` (and `net_guard_types.h`) for C, this module for Python.
+tests/test_engine_maps.py compiles the C headers with the host compiler and checks every constant, size,
+offset and hash against this module.
 
 The rules map holds one node per path string (see `struct warden_rule_node`): an exact path ("/a/b") or a
 directory prefix ("/a/b/") carrying a directory rule, a recursive one, `below` (some rule lies below
@@ -20,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from bpf.limits import MAX_PATH_BYTES
-from bpf.policy import Action, PathKind
-from bpf.ruleset import Posture, RuleAlert, RuleSet
+from bpf.policy.limits import MAX_PATH_BYTES
+from bpf.policy.model import Action, PathKind
+from bpf.policy.ruleset import Posture, RuleAlert, RuleSet
 
 PATH_MAX: Final = MAX_PATH_BYTES + 1  # WARDEN_PATH_MAX
 HASH_SEED: Final = 0xCBF29CE484222325
@@ -43,7 +44,7 @@ POSTURE_CODES: Final = {Posture.AUDIT: ACT_AUDIT, Posture.BLOCK: ACT_BLOCK}
 RULE_READ_ONLY, RULE_OWNER_ONLY = 1, 2
 SCOPE_RULES, SCOPE_SOURCED = 1, 2
 
-# net_guard.bpf.c enum
+# enum warden_protocol (bpf/progs/net_guard_types.h)
 PROTOCOL_CODES: Final = {"tcp": 1, "udp": 2, "icmp": 3, "icmpv6": 4, "raw": 5, "sctp": 6, "stream": 7,
                          "dgram": 8, "rdm": 9, "seqpacket": 10, "dccp": 11, "packet": 12, "all": 13}
 
@@ -169,14 +170,6 @@ def _set_skips(nodes: dict[tuple[int, int, bytes], _Node]) -> None:
         n.skip = skip
 
 
-@dataclass(frozen=True)
-class AlertInfo:
-    policy: str
-    severity: int | None
-    tags: tuple[str, ...]
-    message: str | None
-
-
 @dataclass
 class ScopeTables:
     """What one scope puts into the maps: rule nodes, fromSource paths, its configuration, alerts."""
@@ -185,7 +178,7 @@ class ScopeTables:
     nodes: dict[bytes, bytes] = field(default_factory=dict)
     sources: dict[bytes, bytes] = field(default_factory=dict)
     cfg: bytes = bytes(SCOPE_CFG.size)
-    alerts: dict[int, AlertInfo] = field(default_factory=dict)
+    alerts: dict[int, RuleAlert] = field(default_factory=dict)  # alert id -> the rule's alert
 
     def digest(self) -> str:
         """sha256 over the sorted (key, value) pairs of the scope's rule nodes and its configuration."""
@@ -249,11 +242,11 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
     for f in ruleset.file:
         flags = (RULE_READ_ONLY if f.read_only else 0) | (RULE_OWNER_ONLY if f.owner_only else 0)
         path_rules.append((CAT_FILE, f.path, f.kind, f.source, _slot(f.alert, f.action, flags), False))
-        tables.alerts[alert_id(f.alert)] = _info(f.alert)
+        tables.alerts[alert_id(f.alert)] = f.alert
     for p in ruleset.process:
         flags = RULE_OWNER_ONLY if p.owner_only else 0
         path_rules.append((CAT_PROCESS, p.path, p.kind, p.source, _slot(p.alert, p.action, flags), False))
-        tables.alerts[alert_id(p.alert)] = _info(p.alert)
+        tables.alerts[alert_id(p.alert)] = p.alert
     for literal in (False, True):  # aliases first, so that literal rules overwrite them
         for category, path, kind, source, slot, _ in path_rules:
             for pv in variants(path):
@@ -266,12 +259,12 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
         for sv in variants(net.source):
             coded[(CAT_NETWORK, source_hash(sv, CAT_NETWORK), PROTOCOL_CODES[net.protocol])] = \
                 _slot(net.alert, net.action, 0)
-        tables.alerts[alert_id(net.alert)] = _info(net.alert)
+        tables.alerts[alert_id(net.alert)] = net.alert
     for c in ruleset.capabilities:
         for sv in variants(c.source):
             coded[(CAT_CAPABILITIES, source_hash(sv, CAT_CAPABILITIES), CAPABILITY_NUMBERS[c.capability])] = \
                 _slot(c.alert, c.action, 0)
-        tables.alerts[alert_id(c.alert)] = _info(c.alert)
+        tables.alerts[alert_id(c.alert)] = c.alert
 
     _set_skips(nodes)
     seen: dict[bytes, bytes] = {}
@@ -309,10 +302,6 @@ def resolve_in_root(root: str = "/") -> Resolver:
         return rel
 
     return resolve
-
-
-def _info(alert: RuleAlert) -> AlertInfo:
-    return AlertInfo(alert.policy, alert.severity, alert.tags, alert.message)
 
 
 def ns_key(pid_ns: int, mnt_ns: int) -> bytes:

@@ -17,19 +17,23 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from bpf.maps import (
+from bpf.kernel.maps import (
     ACTION_NAMES,
     CAPABILITY_NUMBERS,
+    CAT_CAPABILITIES,
+    CAT_NETWORK,
     CATEGORY_NAMES,
     SCOPE_ANY_CONTAINER,
     SCOPE_HOST,
-    AlertInfo,
 )
+from bpf.policy.ruleset import RuleAlert
 
+# The layouts and codes of bpf/progs/warden_types.h (tests/test_engine_maps.py checks them against it).
 EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHH4x16s256s256s4x")  # struct warden_event (608)
-EV_DEFAULT_POSTURE: Final = 1
-EV_TRUNCATED: Final = 2
+EV_DEFAULT_POSTURE: Final = 1  # WARDEN_EV_DEFAULT_POSTURE
+EV_TRUNCATED: Final = 2  # WARDEN_EV_TRUNCATED
 
+# enum warden_hook -> KubeArmor's name of the operation
 HOOK_NAMES: Final = {
     352: "SECURITY_BPRM_CHECK", 450: "FILE_OPEN", 452: "FILE_MKNOD", 453: "FILE_UNLINK", 454: "FILE_MKDIR",
     455: "FILE_RMDIR", 456: "FILE_SYMLINK", 457: "FILE_LINK", 459: "FILE_CHMOD", 460: "FILE_TRUNCATE",
@@ -78,7 +82,7 @@ class EventContext:
     """What user space knows that the kernel does not: scope and alert ids -> names and metadata."""
 
     scopes: Mapping[int, ScopeInfo]
-    alerts: Mapping[int, AlertInfo]
+    alerts: Mapping[int, RuleAlert]
     hostname: str = field(default_factory=socket.gethostname)
 
 
@@ -135,11 +139,11 @@ def parse_event(raw: bytes) -> RawEvent:
 
 
 def _resource(ev: RawEvent) -> str:
-    if ev.category == 3:  # network: KubeArmor's socket resource form
+    if ev.category == CAT_NETWORK:  # KubeArmor's socket resource form
         family, sock_type, protocol = ev.args[0], ev.args[1] & 0xF, ev.args[2]
         return (f"domain={_FAMILIES.get(family, str(family))} type={_TYPES.get(sock_type, str(sock_type))} "
                 f"protocol={protocol}")
-    if ev.category == 4:
+    if ev.category == CAT_CAPABILITIES:
         return _CAP_NAMES.get(ev.args[0], f"CAP_{ev.args[0]}")
     return ev.path
 
@@ -158,9 +162,9 @@ def decode_event(raw: bytes, context: EventContext) -> Alert:
                                                                                         f"scope-{ev.scope}"))
     host = ev.scope == SCOPE_HOST
     if ev.flags & EV_DEFAULT_POSTURE:
-        info = AlertInfo("DefaultPosture", None, (), None)
+        info = RuleAlert("DefaultPosture", None, (), None)
     else:
-        info = context.alerts.get(ev.alert, AlertInfo(f"unknown-alert-{ev.alert}", None, (), None))
+        info = context.alerts.get(ev.alert, RuleAlert(f"unknown-alert-{ev.alert}", None, (), None))
     ts_ns = boot_to_unix_ns(ev.ts_boot_ns)
     data = f"lsm={HOOK_NAMES.get(ev.hook, str(ev.hook))}"
     if ev.flags & EV_TRUNCATED:

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * warden_types.h: the layouts warden's BPF objects share with user space (bpf/maps.py and
- * bpf/events.py encode and decode exactly these bytes), and the path hash. It uses no BPF helper,
- * so the host tests compile it with the host compiler to prove that Python and C agree.
+ * warden_types.h: the layouts warden's BPF objects share with user space (bpf/kernel/maps.py and
+ * bpf/kernel/events.py encode and decode exactly these bytes), and the path hash. It uses no BPF
+ * helper, so the host tests compile it with the host compiler to prove that Python and C agree.
  */
 #ifndef WARDEN_TYPES_H
 #define WARDEN_TYPES_H
@@ -11,8 +11,8 @@
 #include <linux/types.h>
 #endif
 
-#define WARDEN_PATH_MAX 256 /* bytes stored for a path: bpf.limits.MAX_PATH_BYTES (255) + 1 */
-#define WARDEN_MAX_DEPTH 32 /* bpf.limits.MAX_PATH_DEPTH */
+#define WARDEN_PATH_MAX 256 /* bytes stored for a path: bpf.policy.limits.MAX_PATH_BYTES (255) + 1 */
+#define WARDEN_MAX_DEPTH 32 /* bpf.policy.limits.MAX_PATH_DEPTH */
 
 #define WARDEN_HASH_SEED 0xcbf29ce484222325ULL
 #define WARDEN_HASH_MULT 0x9e3779b97f4a7c15ULL
@@ -70,7 +70,7 @@ struct warden_rule_node {
 	struct warden_rule_slot dir;
 	struct warden_rule_slot recursive;
 	__u8 below;
-	__u8 skip; /* the next prefix worth a lookup is this many components down (bpf/maps.py: _set_skips) */
+	__u8 skip; /* the next prefix worth a lookup is this many components down (bpf/kernel/maps.py: _set_skips) */
 	__u16 len;
 	__u32 pad2;
 	char path[WARDEN_PATH_MAX];
@@ -100,7 +100,8 @@ struct warden_meta_val {
 	__u8 digest[32];
 };
 
-/* Hook ids: KubeArmor's event ids (KubeArmor/BPF/syscalls.h) where it has one. */
+/* Hook ids: KubeArmor's event ids (KubeArmor/BPF/syscalls.h) where it has one; bpf/kernel/events.py
+ * names them as KubeArmor does (HOOK_NAMES). */
 enum warden_hook {
 	WARDEN_HOOK_BPRM_CHECK = 352,
 	WARDEN_HOOK_FILE_OPEN = 450,

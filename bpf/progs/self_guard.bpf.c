@@ -18,6 +18,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "self_guard_types.h"
+
+char LICENSE[] SEC("license") = "GPL";
 
 #define EPERM 1
 #define FMODE_WRITE 0x2
@@ -25,44 +28,6 @@
 #define BPF_FS_MAGIC 0xcafe4a11
 #define CGROUP2_SUPER_MAGIC 0x63677270
 #define MAX_ANCESTORS 32
-#define NAME_LEN 64
-
-/* What a denial was about; mirrored in bpf/self_protect.py. */
-enum self_attack {
-	ATTACK_SIGNAL = 1,
-	ATTACK_PTRACE = 2,
-	ATTACK_BPF_CMD = 3,
-	ATTACK_MAP_WRITE = 4,
-	ATTACK_PIN_CHANGE = 5,
-	ATTACK_BPFFS_MOUNT = 6,
-	ATTACK_PROTECTED_WRITE = 7,
-	ATTACK_CGROUP_JOIN = 8,
-};
-
-struct self_config {
-	char unit_cgroup[NAME_LEN];   /* e.g. "warden.service" */
-	char parent_cgroup[NAME_LEN]; /* e.g. "system.slice" */
-	char pin_dir[NAME_LEN];       /* the top directory in bpffs, e.g. "warden" */
-};
-
-struct inode_key {
-	__u64 ino;
-	__u32 dev; /* kernel dev_t encoding (MAJOR << 20 | MINOR) */
-	__u32 pad;
-};
-
-struct self_event {
-	__u64 ts_ns;
-	__u32 attack;    /* enum self_attack */
-	__u32 pid;       /* tgid of the attacker */
-	__u32 uid;
-	__u32 target_pid; /* signal/ptrace target, else 0 */
-	__s32 detail;     /* signal number, bpf cmd, or 0 */
-	__u32 pad;
-	__u64 mnt_ns;
-	char comm[16];
-	char name[NAME_LEN]; /* the file, pin or map name involved */
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -114,12 +79,12 @@ static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
 
 static __always_inline bool name_is(const char *kernel_name, const char *want)
 {
-	char buf[NAME_LEN] = {};
+	char buf[SELF_NAME_LEN] = {};
 	int i;
 
 	if (bpf_probe_read_kernel_str(buf, sizeof(buf), kernel_name) < 0)
 		return false;
-	for (i = 0; i < NAME_LEN; i++) {
+	for (i = 0; i < SELF_NAME_LEN; i++) {
 		if (buf[i] != want[i])
 			return false;
 		if (!buf[i])
@@ -482,5 +447,3 @@ int BPF_PROG(self_move_mount, const struct path *from_path, const struct path *t
 	GUARD_PROLOGUE(ret);
 	return guard_mount_target(BPF_CORE_READ(to_path, dentry), cfg);
 }
-
-char LICENSE[] SEC("license") = "GPL";

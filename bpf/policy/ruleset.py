@@ -25,8 +25,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bpf.limits import MAX_RULES_PER_SCOPE
-from bpf.policy import CAPABILITIES, PROTOCOLS, Action, PathKind, normalise_path
+from bpf.policy.limits import MAX_RULES_PER_SCOPE
+from bpf.policy.model import CAPABILITIES, PROTOCOLS, Action, PathKind, normalise_path
 
 FORMAT: Final = "coco-warden/ruleset/v1"
 
@@ -40,7 +40,8 @@ class Posture(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RuleAlert:
-    """Alert metadata of the rule that won (see bpf.compiler for the conflict rule)."""
+    """Alert metadata of the rule that won (see bpf.policy.compiler for the conflict rule): the policy
+    name and its AlertFields. The kernel knows it by id (bpf.kernel.maps.alert_id)."""
 
     policy: str
     severity: int | None
@@ -71,7 +72,7 @@ class ProcessRule:
 
 @dataclass(frozen=True)
 class NetworkRule:
-    protocol: str  # lowercase, bpf.policy.PROTOCOLS
+    protocol: str  # lowercase, bpf.policy.model.PROTOCOLS
     source: str | None
     action: Action
     alert: RuleAlert
@@ -79,7 +80,7 @@ class NetworkRule:
 
 @dataclass(frozen=True)
 class CapabilityRule:
-    capability: str  # lowercase bare name, bpf.policy.CAPABILITIES
+    capability: str  # lowercase bare name, bpf.policy.model.CAPABILITIES
     source: str | None
     action: Action
     alert: RuleAlert

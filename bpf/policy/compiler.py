@@ -5,7 +5,7 @@ Scopes:
   VM is the only node, so by default every nodeSelector selects it (whatever its matchLabels say); give
   `node_labels` to require that each matchLabels entry be present in that map with the same value.
 - `ContainerScope(name, labels)`: the KubeArmorPolicy policies whose selector selects a container with this
-  name and these labels (see bpf.policy.Selector: container.name is a full-match regex, other labels exact,
+  name and these labels (see bpf.policy.model.Selector: container.name is a full-match regex, other labels exact,
   matchExpressions In/NotIn on "key=value" identities).
 - `AnyContainerScope()`: the rules for a container nobody registered, i.e. exactly the KubeArmorPolicy
   policies whose selector selects every container: `matchLabels` holding only `kubearmor.io/container.name`
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
-from bpf.limits import MAX_RULES_PER_SCOPE
-from bpf.policy import (
+from bpf.policy.limits import MAX_RULES_PER_SCOPE
+from bpf.policy.model import (
     Action,
-    Alert,
+    AlertFields,
     CapabilityMatch,
     PathMatch,
     Policy,
@@ -50,7 +50,7 @@ from bpf.policy import (
     Problem,
     ProtocolMatch,
 )
-from bpf.ruleset import (
+from bpf.policy.ruleset import (
     CapabilityRule,
     CategoryPostures,
     FileRule,
@@ -134,7 +134,7 @@ class Postures:
 
 
 class RuleLimitError(PolicyError):
-    """The scope's RuleSet would exceed bpf.limits.MAX_RULES_PER_SCOPE."""
+    """The scope's RuleSet would exceed bpf.policy.limits.MAX_RULES_PER_SCOPE."""
 
 
 def selects(policy: Policy, scope: Scope) -> bool:
@@ -206,7 +206,7 @@ def _sources(sources: tuple[str, ...]) -> tuple[str | None, ...]:
     return sources if sources else (None,)
 
 
-def _rule_alert(policy: Policy, alert: Alert) -> RuleAlert:
+def _rule_alert(policy: Policy, alert: AlertFields) -> RuleAlert:
     return RuleAlert(policy.name, alert.severity, alert.tags, alert.message)
 
 

@@ -1,34 +1,46 @@
-"""Self-protection: load, pin, adopt and arm the `self_guard` BPF-LSM object.
+"""Self-protection: load, pin, adopt, arm and tear down the `self_guard` BPF-LSM object.
 
 Lifecycle, as separate steps (Tetragon's sensor model):
-  load    open self_guard.bpf.o, load it, attach every program, pin each link and map under
-          <pin root>/self/ (links/<program>, maps by name);
-  adopt   when the pins exist and every pinned program's tag equals the shipped object's, reuse
-          them: nothing is detached or reloaded;
-  arm     write the identity (the unit's cgroup names) and the protected inodes and map ids. Once
-          armed, only warden's cgroup and PID 1 can change any of it, so arming comes last and a
-          restarted supervisor (inside the warden cgroup) re-arms what it adopted.
-There is no unload here: `warden teardown`, from inside the warden cgroup, is the only way out.
+  load      open self_guard.bpf.o, load it, attach every program, pin each link and map under
+            <pin root>/self/ (links/<program>, maps by name);
+  adopt     when the pins exist and every pinned program's tag equals the shipped object's, reuse
+            them: nothing is detached or reloaded;
+  arm       write the identity (the unit's cgroup names) and the protected inodes and map ids. Once
+            armed, only warden's cgroup and PID 1 can change any of it, so arming comes last and a
+            restarted supervisor (inside the warden cgroup) re-arms what it adopted;
+  teardown  unpin everything under <pin root>/self/. Only `warden teardown` calls it, and once armed only
+            from inside the warden cgroup does it succeed (self_guard refuses everyone else).
+What to protect is the caller's to say (`SelfProtectionConfig.protected_paths`): this module knows the
+kernel object, not the installation around it.
+
+The layouts written and read here are struct self_config, struct inode_key and struct self_event in
+bpf/progs/self_guard_types.h (tests/test_engine_maps.py checks them against the C header).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
+import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-from bpf.loader import BpfObject, Libbpf, Link, LinkInfo, MapHandle
-from bpf.objects import object_dir, object_path
+from bpf.kernel.libbpf import BpfObject, Libbpf, Link, LinkInfo, MapHandle, MapSet
+from bpf.kernel.objects import object_path
+from bpf.kernel.pins import DEFAULT_PIN_DIR
 
-OBJECT_NAME = "self_guard"
-NAME_LEN = 64
-DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/warden")
-SELF_MAPS = ("self_config", "self_inodes", "self_map_ids", "self_events", "self_drops")
+OBJECT_NAME: Final = "self_guard"
+SELF_MAPS: Final = ("self_config", "self_inodes", "self_map_ids", "self_events", "self_drops")
 
-# enum self_attack in self_guard.bpf.c
-ATTACKS = {
+NAME_LEN: Final = 64  # SELF_NAME_LEN
+SELF_CONFIG: Final = struct.Struct(f"<{NAME_LEN}s{NAME_LEN}s{NAME_LEN}s")  # struct self_config
+INODE_KEY: Final = struct.Struct("<QII")  # struct inode_key
+SELF_EVENT: Final = struct.Struct(f"<Q4IiIQ16s{NAME_LEN}s")  # struct self_event
+
+# enum self_attack
+ATTACKS: Final = {
     1: "signal",
     2: "ptrace",
     3: "bpf-command",
@@ -50,38 +62,16 @@ def kernel_dev(st_dev: int) -> int:
 
 
 def inode_key(path: Path) -> bytes:
-    """The self_inodes key of `path`: struct inode_key {u64 ino; u32 dev; u32 pad}."""
+    """The self_inodes key of `path`."""
     st = path.stat()
-    return st.st_ino.to_bytes(8, "little") + kernel_dev(st.st_dev).to_bytes(4, "little") + bytes(4)
-
-
-def default_protected_paths() -> tuple[Path, ...]:
-    """What an attacker must not change: configuration, trust keys, state, the installation."""
-    import attest
-    import bpf
-    import initdata
-    import supervisor
-
-    candidates = [
-        Path("/etc/warden"),
-        Path("/run/warden"),
-        Path(sys.prefix),  # the venv or the system prefix warden runs from
-        Path(os.path.realpath(sys.executable)).parent.parent,  # the interpreter's own tree
-        object_dir(),
-        *(Path(pkg.__file__).resolve().parent for pkg in (attest, bpf, initdata, supervisor)
-          if pkg.__file__ is not None),
-        Path("/etc/systemd/system/warden.service"),
-        Path("/usr/lib/systemd/system/warden.service"),
-        Path("/usr/share/oci/hooks"),
-    ]
-    return tuple(p for p in candidates if p.exists())
+    return INODE_KEY.pack(st.st_ino, kernel_dev(st.st_dev), 0)
 
 
 @dataclass(frozen=True)
 class SelfProtectionConfig:
+    protected_paths: tuple[Path, ...]  # what an attacker must not change (and everything below it)
     unit_cgroup: str = "warden.service"
     parent_cgroup: str = "system.slice"
-    protected_paths: tuple[Path, ...] = field(default_factory=default_protected_paths)
     protected_map_ids: tuple[int, ...] = ()
 
     def encoded(self, pin_dir_name: str) -> bytes:
@@ -91,8 +81,8 @@ class SelfProtectionConfig:
             raw = value.encode()
             if not raw or len(raw) >= NAME_LEN or b"/" in raw:
                 raise SelfProtectionError(f"self-protection {what} {value!r}: 1-63 bytes, no '/'")
-            parts.append(raw.ljust(NAME_LEN, b"\0"))
-        return b"".join(parts)
+            parts.append(raw)
+        return SELF_CONFIG.pack(*parts)
 
 
 @dataclass(frozen=True)
@@ -116,33 +106,38 @@ class SelfEvent:
     ts_ns: int
 
 
-SELF_EVENT_SIZE = 8 + 4 * 6 + 8 + 16 + NAME_LEN
-
-
 def decode_self_event(raw: bytes) -> SelfEvent:
-    if len(raw) < SELF_EVENT_SIZE:
-        raise ValueError(f"self_guard event is {len(raw)} bytes, expected {SELF_EVENT_SIZE}")
-    u32 = [int.from_bytes(raw[8 + 4 * i : 12 + 4 * i], "little") for i in range(6)]
-    detail = u32[4] - (1 << 32) if u32[4] >= 1 << 31 else u32[4]
+    if len(raw) < SELF_EVENT.size:
+        raise ValueError(f"self_guard event is {len(raw)} bytes, expected {SELF_EVENT.size}")
+    ts_ns, attack, pid, uid, target_pid, detail, _pad, mnt_ns, comm, name = SELF_EVENT.unpack_from(raw)
     return SelfEvent(
-        ts_ns=int.from_bytes(raw[0:8], "little"),
-        attack=ATTACKS.get(u32[0], f"unknown({u32[0]})"),
-        pid=u32[1],
-        uid=u32[2],
-        target_pid=u32[3],
+        ts_ns=ts_ns,
+        attack=ATTACKS.get(attack, f"unknown({attack})"),
+        pid=pid,
+        uid=uid,
+        target_pid=target_pid,
         detail=detail,
-        mnt_ns=int.from_bytes(raw[32:40], "little"),
-        comm=raw[40:56].split(b"\0", 1)[0].decode(errors="replace"),
-        name=raw[56 : 56 + NAME_LEN].split(b"\0", 1)[0].decode(errors="replace"),
+        mnt_ns=mnt_ns,
+        comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
+        name=name.split(b"\0", 1)[0].decode(errors="replace"),
     )
 
 
 class SelfGuard:
-    def __init__(self, pin_root: Path = DEFAULT_PIN_ROOT, lib: Libbpf | None = None) -> None:
-        self.lib = lib or Libbpf()
+    def __init__(self, pin_root: Path = DEFAULT_PIN_DIR, lib: Libbpf | None = None) -> None:
+        self._lib = lib
         self.pin_root = pin_root
         self.pin_dir = pin_root / "self"
         self.links_dir = self.pin_dir / "links"
+
+    @property
+    def lib(self) -> Libbpf:
+        if self._lib is None:
+            self._lib = Libbpf()
+        return self._lib
+
+    def _open_maps(self) -> MapSet:
+        return MapSet.open_pinned(self.lib, {name: self.pin_dir / name for name in SELF_MAPS})
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -169,11 +164,8 @@ class SelfGuard:
     def pinned_link_tags(self) -> dict[str, str]:
         tags = {}
         for pin in sorted(self.links_dir.iterdir()) if self.links_dir.is_dir() else []:
-            link = Link.open_pinned(self.lib, pin)
-            try:
-                tags[pin.name] = self.lib.prog_info_by_id(link.info().prog_id).tag
-            finally:
-                link.release()
+            with Link.open_pinned(self.lib, pin) as link:
+                tags[pin.name] = link.program_info().tag
         return tags
 
     def _load_and_pin(self) -> None:
@@ -183,9 +175,8 @@ class SelfGuard:
             for name in SELF_MAPS:
                 pin = self.pin_dir / name
                 if pin.exists():
-                    handle = MapHandle.open_pinned(self.lib, pin)
-                    obj.reuse_map(name, handle.fd)
-                    handle.close()
+                    with MapHandle.open_pinned(self.lib, pin) as handle:
+                        obj.reuse_map(name, handle.fd)
             obj.load()
             for name in SELF_MAPS:
                 if not (self.pin_dir / name).exists():
@@ -196,12 +187,11 @@ class SelfGuard:
                 pin = self.links_dir / name
                 if pin.exists():
                     pin.unlink()  # the new link of this hook is already attached
-                link.pin(pin)
-                link.release()
+                with link:
+                    link.pin(pin)
 
     def _arm(self, config: SelfProtectionConfig) -> tuple[dict[str, int], dict[str, int], int]:
-        maps = {name: MapHandle.open_pinned(self.lib, self.pin_dir / name) for name in SELF_MAPS}
-        try:
+        with self._open_maps() as maps:
             inodes = maps["self_inodes"]
             wanted = {inode_key(p) for p in (*config.protected_paths, self.pin_root)}
             for key in wanted:
@@ -214,36 +204,41 @@ class SelfGuard:
             maps["self_config"].update(bytes(4), config.encoded(self.pin_root.name))
             link_ids = {name: info.id for name, info in self.link_infos().items()}
             return link_ids, map_ids, len(wanted)
-        finally:
-            for handle in maps.values():
-                handle.close()
 
     def protect_maps(self, map_ids: Iterable[int]) -> None:
         """Reserve write access to more maps (the engine's) for warden."""
-        handle = MapHandle.open_pinned(self.lib, self.pin_dir / "self_map_ids")
-        try:
+        with MapHandle.open_pinned(self.lib, self.pin_dir / "self_map_ids") as handle:
             for map_id in map_ids:
                 handle.update(map_id.to_bytes(4, "little"), b"\x01")
-        finally:
-            handle.close()
+
+    def teardown(self) -> list[str]:
+        """Unpin every self_guard link (detaching its programs) and map, then remove <pin root>/self/ and the
+        pin root when nothing else is left in it. Returns what was removed, for the log."""
+        removed: list[str] = []
+        if self.links_dir.is_dir():
+            for pin in sorted(self.links_dir.iterdir()):
+                pin.unlink()
+                removed.append(str(pin))
+            self.links_dir.rmdir()
+        for name in SELF_MAPS:
+            pin = self.pin_dir / name
+            with contextlib.suppress(FileNotFoundError):
+                pin.unlink()
+                removed.append(str(pin))
+        for directory in (self.pin_dir, self.pin_root):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                directory.rmdir()
+        return removed
 
     # -- inspection ----------------------------------------------------------------------------
 
     def link_infos(self) -> dict[str, LinkInfo]:
         result = {}
         for pin in sorted(self.links_dir.iterdir()):
-            link = Link.open_pinned(self.lib, pin)
-            try:
+            with Link.open_pinned(self.lib, pin) as link:
                 result[pin.name] = link.info()
-            finally:
-                link.release()
         return result
 
     def drops(self) -> int:
-        handle = MapHandle.open_pinned(self.lib, self.pin_dir / "self_drops")
-        try:
-            value = handle.lookup(bytes(4)) or b""
-            # A per-CPU value: one 8-byte counter per possible CPU.
-            return sum(int.from_bytes(value[i : i + 8], "little") for i in range(0, len(value), 8))
-        finally:
-            handle.close()
+        with MapHandle.open_pinned(self.lib, self.pin_dir / "self_drops") as handle:
+            return handle.counter(bytes(4))
