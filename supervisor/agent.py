@@ -3,7 +3,7 @@
 One JSON object per line on stdout (journald, when run by the supervisor) and, optionally, appended
 to a file (KubeArmor's `logPath`). Field names are KubeArmor's alert fields (Timestamp, HostName,
 ContainerName, PolicyName, Severity, Type, Operation, Resource, Action, Result, Enforcer, ...), as
-decoded by `bpf.events.decode_event`.
+decoded by `bpf.kernel.events.decode_event`.
 
 The ring buffer is a pinned map (/sys/fs/bpf/warden/events), so it outlives any agent: events the
 kernel wrote while no agent ran wait there and are delivered by the next agent. What did not fit is
@@ -226,7 +226,7 @@ class PinnedRingBufferSource:
 
 
 def self_protection_alert(event: Any) -> dict[str, Any]:
-    """A self_guard denial (bpf.self_protect.SelfEvent) in KubeArmor's alert shape."""
+    """A self_guard denial (bpf.kernel.self_protect.SelfEvent) in KubeArmor's alert shape."""
     from bpf.kernel.events import boot_to_unix_ns
 
     unix_ns = boot_to_unix_ns(event.ts_ns)

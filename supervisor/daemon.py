@@ -7,7 +7,7 @@ Start-up, in order (STATUS says which step it is in):
 4. run the attestation gate (trust.gate, fed by supervisor.gate_inputs) in a worker thread while the
    main thread keeps systemd's start timeout extended (EXTEND_TIMEOUT_USEC), since attestation may be slow;
 5. load the accepted policies into the kernel, or adopt the pinned links a previous instance left
-   (bpf.engine via supervisor.enforcement), record the RuleSet digest in the AA event log, then
+   (bpf.kernel.engine via supervisor.enforcement), record the RuleSet digest in the AA event log, then
    READY=1 with a STATUS naming bundle version, RuleSet digest and measurement source.
 
 When the gate refuses: if nothing is enforced yet, enforce the baseline bundle shipped in the image

@@ -1,4 +1,4 @@
-"""The supervisor's side of the kernel: the BPF engine (bpf.engine) and self-protection (bpf.self_protect).
+"""The supervisor's side of the kernel: the BPF engine and self-protection (bpf.kernel.engine, .self_protect).
 
 `Enforcement` is the one object the daemon drives. It keeps the two BPF lifecycles apart, as the
 objects are: self-protection is armed first and unconditionally (it is not policy: no bundle can
