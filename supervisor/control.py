@@ -4,7 +4,8 @@ Requests (one JSON object per line):
 
     {"op": "status"}
     {"op": "reload"}                                       re-read the configured update bundle
-    {"op": "register", "id": ID, "name": NAME, "labels": {K: V}, "pid_ns": N, "mnt_ns": N}
+    {"op": "register", "id": ID, "name": NAME, "labels": {K: V}, "pid_ns": N, "mnt_ns": N, "pid": N}
+                                                           pid (optional): the container's first process
     {"op": "unregister", "id": ID}
 
 Replies (one line each): {"ok": true, ...} or {"ok": false, "error": "<one line>", "retry": bool};
@@ -66,6 +67,7 @@ class RegisterRequest:
     labels: Mapping[str, str] = field(hash=False)
     pid_ns: int
     mnt_ns: int
+    pid: int | None = None  # the container's first process: its scope is recorded on the task itself
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,14 @@ def _namespace_id(value: Any, key: str) -> int:
     return value
 
 
+def _pid(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**22:
+        raise ProtocolError(f"pid: {value!r} is not a process id")
+    return value
+
+
 def _container_id(value: Any) -> str:
     if not isinstance(value, str) or not CONTAINER_ID.fullmatch(value):
         raise ProtocolError(f"id: {str(value)[:80]!r} is not a container id")
@@ -120,7 +130,7 @@ def parse_request(line: bytes) -> Request:
     allowed: dict[str, set[str]] = {
         "status": {"op"},
         "reload": {"op"},
-        "register": {"op", "id", "name", "labels", "pid_ns", "mnt_ns"},
+        "register": {"op", "id", "name", "labels", "pid_ns", "mnt_ns", "pid"},
         "unregister": {"op", "id"},
     }
     if op not in allowed:
@@ -150,6 +160,7 @@ def parse_request(line: bytes) -> Request:
         labels=dict(labels),
         pid_ns=_namespace_id(data.get("pid_ns"), "pid_ns"),
         mnt_ns=_namespace_id(data.get("mnt_ns"), "mnt_ns"),
+        pid=_pid(data.get("pid")),
     )
 
 

@@ -173,6 +173,7 @@ def register_message(state: ContainerState, proc: Path = Path("/proc")) -> dict[
         "labels": state.labels,
         "pid_ns": pid_ns,
         "mnt_ns": mnt_ns,
+        "pid": state.pid,
     }
 
 

@@ -1,7 +1,8 @@
 """The containers the OCI hook registered: each one's engine scope, and a record that outlives us.
 
 `register` (the hook at createRuntime) gives a container its own RuleSet scope in the engine,
-keyed by its pid and mount namespaces; `unregister` (poststop) removes it. The record,
+found by its pid and mount namespaces and recorded on its first process (the hook's pid), whose
+children all inherit it; `unregister` (poststop) removes it. The record,
 `containers.json` under the state directory, lets a supervisor restarted in between still find the
 namespaces a poststop must remove. It only names scopes the engine holds: an unreadable record
 starts empty with a warning, and enforcement is unaffected.
@@ -55,7 +56,8 @@ class ContainerRegistry:
 
     def register(self, engine: Enforcement, request: RegisterRequest) -> Reply:
         try:
-            digest = engine.register_container(request.name, dict(request.labels), request.pid_ns, request.mnt_ns)
+            digest = engine.register_container(request.name, dict(request.labels), request.pid_ns, request.mnt_ns,
+                                               request.pid)
         except EnforcementError as exc:
             log.error("register %s failed: %s", request.container_id, exc)
             return Reply.failure(f"engine refused {request.container_id}: {exc}")

@@ -121,6 +121,7 @@ MIRRORED_VALUES: dict[str, int] = {
     "WARDEN_SCOPE_SOURCED": maps.SCOPE_SOURCED,
     "WARDEN_EV_DEFAULT_POSTURE": events.EV_DEFAULT_POSTURE,
     "WARDEN_EV_TRUNCATED": events.EV_TRUNCATED,
+    "WARDEN_EV_INCOMPLETE": events.EV_INCOMPLETE,
     "SELF_NAME_LEN": self_protect.NAME_LEN,
     "sizeof(struct warden_meta_key)": maps.META_KEY_SIZE,
     "sizeof(struct warden_meta_val)": maps.META_VAL_SIZE,
@@ -173,7 +174,8 @@ MIRRORED_STRUCTS: dict[str, tuple[struct.Struct, list[str]]] = {
     "warden_rule_node": (maps.NODE, ["exact", "dir", "recursive", "below", "skip", "len", "pad2", "path"]),
     "warden_source_val": (maps.SOURCE_VAL, ["len", "path"]),
     "warden_ns_key": (maps.NS_KEY, ["pid_ns", "mnt_ns"]),
-    "warden_scope_cfg": (maps.SCOPE_CFG, ["posture", "rules"]),
+    "warden_scope_cfg": (maps.SCOPE_CFG, ["posture", "rules", "strict"]),
+    "warden_task_scope": (maps.TASK_SCOPE, ["scope"]),
     "warden_event": (events.EVENT, ["ts_boot_ns", "pid", "tgid", "ppid", "uid", "scope", "mnt_ns", "pid_ns",
                                     "alert", "retval", "hook", "category", "action", "flags", "arg[0]", "arg[1]",
                                     "arg[2]", "arg[3]", "path_len", "source_len", "comm", "path", "source"]),
@@ -344,9 +346,19 @@ def test_seed_any_container_scope_encodes_to_the_expected_nodes() -> None:
     assert nodes[(maps.CAT_FILE, 0, "/")][3] == (1, 0, 0)  # below: the walk continues
     raw = maps.alert_id(ruleset.network[0].alert)
     assert nodes[(maps.CAT_NETWORK, 0, str(maps.PROTOCOL_CODES["raw"]))][0] == (raw, maps.ACT_BLOCK, 0)
-    assert len(nodes) == 4  # "/", "/bin/", "/sbin/", raw
-    postures, rules = maps.SCOPE_CFG.unpack(tables.cfg)
+    # an unregistered container gets every container policy: block-mysql-data-access too
+    mysql = maps.alert_id(next(r.alert for r in ruleset.file if r.path == "/var/lib/mysql/"))
+    assert nodes[(maps.CAT_FILE, 0, "/var/lib/mysql/")][2] == (mysql, maps.ACT_BLOCK, 0)
+    assert len(nodes) == 7  # "/", "/bin/", "/sbin/", "/var/", "/var/lib/", "/var/lib/mysql/", raw
+    postures, rules, strict = maps.SCOPE_CFG.unpack(tables.cfg)
     assert postures == bytes(8)
+    # the strictest file rule (a Block without readOnly before FIM's readOnly ones) decides a path the
+    # kernel could not walk to its root; there are no process rules
+    assert maps.SLOT.unpack(strict[8 * maps.CAT_FILE:][:8])[:3] == (mysql, maps.ACT_BLOCK, 0)
+    assert strict[8 * maps.CAT_PROCESS:][:8] == bytes(8)
+    fim_only = maps.encode_scope(maps.SCOPE_ANY_CONTAINER, compile(load_policy_paths([SEED]), ContainerScope("x")))
+    assert maps.SLOT.unpack(maps.SCOPE_CFG.unpack(fim_only.cfg)[2][8 * maps.CAT_FILE:][:8])[:3] == (
+        fim, maps.ACT_BLOCK, maps.RULE_READ_ONLY)
     assert rules[maps.CAT_FILE] == maps.SCOPE_RULES and rules[maps.CAT_NETWORK] == maps.SCOPE_RULES
     assert rules[maps.CAT_PROCESS] == 0 and not tables.sources
     assert tables.alerts[fim].policy == "file-integrity-monitoring"
@@ -386,7 +398,7 @@ spec:
 def test_allow_rules_set_the_posture_and_sources_are_verified_strings() -> None:
     ruleset = compile(parse_policy_text(POSTURE_POLICY, origin="t"), ContainerScope("w", {"app": "web"}))
     tables = maps.encode_scope(17, ruleset, resolve=lambda p: None)
-    postures, rules = maps.SCOPE_CFG.unpack(tables.cfg)
+    postures, rules, _strict = maps.SCOPE_CFG.unpack(tables.cfg)
     assert postures[maps.CAT_PROCESS] == maps.ACT_AUDIT  # KubeArmor's default posture: audit
     assert rules[maps.CAT_PROCESS] == maps.SCOPE_SOURCED
     src = maps.path_hash(b"/bin/bash")

@@ -74,7 +74,9 @@ def seed() -> tuple[Policy, ...]:
 
 
 def test_seed_any_container(seed: tuple[Policy, ...]) -> None:
-    assert compile(seed, AnyContainerScope()) == RuleSet(file=(FIM_BIN, FIM_SBIN), network=(RAW,))
+    # an unregistered container could be any container: the union, mysql's rule included (fail closed)
+    assert compile(seed, AnyContainerScope()) == RuleSet(file=(FIM_BIN, FIM_SBIN, MYSQL), network=(RAW,))
+    assert compile(seed, ContainerScope("web")) == RuleSet(file=(FIM_BIN, FIM_SBIN), network=(RAW,))
 
 
 def test_seed_mysql_container(seed: tuple[Policy, ...]) -> None:
@@ -228,7 +230,7 @@ def test_container_name_regex_is_full_match() -> None:
     assert selected(docs, ContainerScope("web")) == ["plus", "web-only", "web-prefix"]
     assert selected(docs, ContainerScope("webserver")) == ["plus", "web-prefix"]
     assert selected(docs, ContainerScope("myweb")) == ["plus"]
-    assert selected(docs, AnyContainerScope()) == ["plus"]
+    assert selected(docs, AnyContainerScope()) == ["plus", "web-only", "web-prefix"]  # the union
 
 
 def test_labels_and_expressions() -> None:
@@ -246,8 +248,8 @@ def test_labels_and_expressions() -> None:
     assert selected(docs, ContainerScope("c", {"app": "db"})) == ["by-label", "in", "name-and-label", "not-in"]
     assert selected(docs, ContainerScope("c", {"app": "cache", "tier": "debug"})) == ["in"]
     assert selected(docs, ContainerScope("sidecar")) == ["in-by-name", "not-in"]
-    # Only a selector that provably selects every container applies to an unregistered one.
-    assert selected(docs, AnyContainerScope()) == []
+    # An unregistered container could be any of them: every container policy applies (fail closed).
+    assert selected(docs, AnyContainerScope()) == ["by-label", "in", "in-by-name", "name-and-label", "not-in"]
 
 
 def test_host_and_container_policies_do_not_mix() -> None:
@@ -330,7 +332,7 @@ def test_ruleset_from_json_garbage(text: str) -> None:
 
 def test_rule_limit(seed: tuple[Policy, ...], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bpf.policy.compiler, "MAX_RULES_PER_SCOPE", 3)
-    assert compile(seed, AnyContainerScope()).rule_count == 3
+    assert compile(seed, ContainerScope("web")).rule_count == 3
     with pytest.raises(RuleLimitError) as info:
         compile(seed, ContainerScope("db", {"app": "mysql"}))
     assert str(info.value) == ("<scope container:db>:0: rules: 4 rules; the engine's limit is 3 per scope "

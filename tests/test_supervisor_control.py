@@ -81,8 +81,10 @@ def test_socket_is_0600_and_requests_are_dispatched_typed(server: tuple[Path, Re
     assert call(path, {"op": "unregister", "id": "c0ffee"})["ok"]
     register = recorder.requests[1]
     assert isinstance(register, RegisterRequest)
-    assert (register.name, dict(register.labels), register.pid_ns, register.mnt_ns) == (
-        "mysql", {"app": "mysql"}, 4026532001, 4026532002)
+    assert (register.name, dict(register.labels), register.pid_ns, register.mnt_ns, register.pid) == (
+        "mysql", {"app": "mysql"}, 4026532001, 4026532002, None)
+    assert call(path, {**REGISTER, "pid": 4422})["ok"]
+    assert isinstance(recorder.requests[-1], RegisterRequest) and recorder.requests[-1].pid == 4422
     assert isinstance(recorder.requests[2], UnregisterRequest)
 
 
@@ -96,6 +98,8 @@ def test_socket_is_0600_and_requests_are_dispatched_typed(server: tuple[Path, Re
         (b"{\"op\": \"status\", \"extra\": 1}", "extra: unknown field"),
         (json.dumps({**REGISTER, "pid_ns": -1}).encode(), "pid_ns"),
         (json.dumps({**REGISTER, "mnt_ns": True}).encode(), "mnt_ns"),
+        (json.dumps({**REGISTER, "pid": 0}).encode(), "pid:"),
+        (json.dumps({**REGISTER, "pid": "1"}).encode(), "pid:"),
         (json.dumps({**REGISTER, "id": "../etc"}).encode(), "id:"),
         (json.dumps({**REGISTER, "labels": {"a,b": "c"}}).encode(), "labels"),
         (json.dumps({**REGISTER, "labels": ["app=x"]}).encode(), "labels"),

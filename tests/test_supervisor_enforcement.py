@@ -11,7 +11,7 @@ from supervisor.enforcement import enforced_digest, shipped_objects
 def test_shipped_objects_are_the_build_outputs_by_sha256() -> None:
     shipped = shipped_objects()
     assert set(shipped) == {"file_guard.bpf.o", "exec_guard.bpf.o", "net_guard.bpf.o", "cap_guard.bpf.o",
-                            "self_guard.bpf.o"}
+                            "scope_guard.bpf.o", "self_guard.bpf.o"}
     for name, digest in shipped.items():
         assert digest == "sha256:" + hashlib.sha256((object_dir() / name).read_bytes()).hexdigest()
 

@@ -1,7 +1,7 @@
 """The BPF-LSM enforcement engine's verbs: load, adopt, sync, attach (upgrade) and tear down warden's objects.
 
 Lifecycle (Tetragon's sensor steps, with pins that always outlive the process):
-- load: open the CO-RE objects (file_guard, exec_guard, net_guard, cap_guard); the first creates the
+- load: open the CO-RE objects (file_guard, exec_guard, net_guard, cap_guard, scope_guard); the first creates the
   shared maps, the others reuse them; fill the maps; only then attach the programs and pin their links.
 - adopt: when the pinned links run the programs of the shipped objects (object digest in the link pin
   directory, program tags equal to those recorded at load), nothing is detached or reloaded; only the map
@@ -39,7 +39,7 @@ from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, Po
 from bpf.policy.model import Policy, PolicyError
 from bpf.policy.ruleset import RuleSet
 
-OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard")
+OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard", "scope_guard")
 DEFAULT_POSTURES: Final = Postures()
 
 
@@ -345,13 +345,17 @@ class Engine:
                                    "run load_or_adopt first")
         return manifest
 
-    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str:
-        """Compile and write the container's scope, then map its namespaces to it (never half-configured).
+    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
+                           pid: int | None = None) -> str:
+        """Compile and write the container's scope, then map its namespaces to it (never half-configured),
+        then record the scope on the container's first process `pid` (if given), so that it and every
+        child it forks keep the container's rules whatever namespaces they enter later.
         Uses the policies of the last load_or_adopt in this process. Returns the scope's RuleSet digest."""
         with self.manifest_file.locked():
-            return self._register_container(name, labels, pid_ns, mnt_ns)
+            return self._register_container(name, labels, pid_ns, mnt_ns, pid)
 
-    def _register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str:
+    def _register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
+                            pid: int | None) -> str:
         manifest = self._require_manifest()
         if not self._have_policies:
             raise EngineStateError("register_container: call load_or_adopt(policies) on this Engine first "
@@ -369,6 +373,8 @@ class Engine:
             handles["warden_meta"].update(maps.meta_key(f"rs/{scope_id}"), maps.digest_bytes(sc.ruleset_digest))
             self.manifest_file.write(manifest)
             handles["warden_ctrs"].update(maps.ns_key(pid_ns, mnt_ns), maps.SCOPE_ID.pack(scope_id))
+            if pid is not None:
+                _record_task_scope(handles["warden_task_scope"], pid, pid_ns, mnt_ns, scope_id)
         return sc.ruleset_digest
 
     def unregister_container(self, pid_ns: int, mnt_ns: int) -> None:
@@ -444,6 +450,27 @@ class Engine:
             if self.manifest_file.remove():
                 removed.append(str(self.manifest_file.path))
             return removed
+
+
+def _record_task_scope(handle: MapHandle, pid: int, pid_ns: int, mnt_ns: int, scope_id: int) -> None:
+    """Record `scope_id` in the task storage of process `pid`, through a pidfd (the map's key from user
+    space). The namespaces are checked after the pidfd is open, so a pid reused meanwhile is refused,
+    never given the scope."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
+    try:
+        found = tuple(os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in ("pid", "mnt"))
+        if found != (pid_ns, mnt_ns):
+            raise EngineStateError(f"register: pid {pid} is in namespaces {found}, not ({pid_ns}, {mnt_ns})")
+        handle.update(maps.PIDFD_KEY.pack(pidfd), maps.TASK_SCOPE.pack(scope_id))
+    except OSError as exc:
+        raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
+    except BpfError as exc:
+        raise EngineStateError(f"register: pid {pid}: task scope: {one_line(exc)}") from None
+    finally:
+        os.close(pidfd)
 
 
 def _verifier_reason(log: str) -> str:

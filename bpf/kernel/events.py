@@ -32,6 +32,7 @@ from bpf.policy.ruleset import RuleAlert
 EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHH4x16s256s256s4x")  # struct warden_event (608)
 EV_DEFAULT_POSTURE: Final = 1  # WARDEN_EV_DEFAULT_POSTURE
 EV_TRUNCATED: Final = 2  # WARDEN_EV_TRUNCATED
+EV_INCOMPLETE: Final = 4  # WARDEN_EV_INCOMPLETE
 
 # enum warden_hook -> KubeArmor's name of the operation
 HOOK_NAMES: Final = {
@@ -169,6 +170,8 @@ def decode_event(raw: bytes, context: EventContext) -> Alert:
     data = f"lsm={HOOK_NAMES.get(ev.hook, str(ev.hook))}"
     if ev.flags & EV_TRUNCATED:
         data += " truncated=true"
+    if ev.flags & EV_INCOMPLETE:
+        data += " incomplete=true"
     return Alert(
         Timestamp=ts_ns // 1_000_000_000,
         UpdatedTime=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ns / 1e9))

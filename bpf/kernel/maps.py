@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -63,7 +63,9 @@ SLOT: Final = struct.Struct("<IBBH")  # struct warden_rule_slot (8)
 NODE: Final = struct.Struct("<8s8s8sBBHI256s")  # struct warden_rule_node (288)
 SOURCE_VAL: Final = struct.Struct("<H6x256s")  # struct warden_source_val (264)
 NS_KEY: Final = struct.Struct("<II")  # struct warden_ns_key
-SCOPE_CFG: Final = struct.Struct("<8s8s")  # struct warden_scope_cfg
+SCOPE_CFG: Final = struct.Struct("<8s8s64s")  # struct warden_scope_cfg
+TASK_SCOPE: Final = struct.Struct("<I4x")  # struct warden_task_scope
+PIDFD_KEY: Final = struct.Struct("<i")  # warden_task_scope's key from user space: a pidfd
 SCOPE_ID: Final = struct.Struct("<I")
 SOURCE_KEY: Final = struct.Struct("<Q")
 META_KEY_SIZE: Final = 32
@@ -281,8 +283,22 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
                               (CAT_NETWORK, ruleset.postures.network),
                               (CAT_CAPABILITIES, ruleset.postures.capabilities)):
         postures[category] = POSTURE_CODES[posture] if posture is not None else 0
-    tables.cfg = SCOPE_CFG.pack(bytes(postures), bytes(rules_bits))
+    strict = [bytes(SLOT.size)] * 8
+    for category in (CAT_FILE, CAT_PROCESS):
+        strict[category] = strictest_slot(slot for c, *_, slot, _ in path_rules if c == category)
+    tables.cfg = SCOPE_CFG.pack(bytes(postures), bytes(rules_bits), b"".join(strict))
     return tables
+
+
+def strictest_slot(slots: Iterable[bytes]) -> bytes:
+    """The slot that decides when the kernel could not walk a path to its root (any rule might apply):
+    a Block before an Audit, fewer readOnly/ownerOnly narrowings first; no Block or Audit: none."""
+    def strictness(slot: bytes) -> tuple[int, int, int, int]:
+        alert, action, flags, _ = SLOT.unpack(slot)
+        return (-action, bin(flags).count("1"), flags, alert)
+
+    candidates = [s for s in slots if SLOT.unpack(s)[1] in (ACT_BLOCK, ACT_AUDIT)]
+    return min(candidates, key=strictness) if candidates else bytes(SLOT.size)
 
 
 def resolve_in_root(root: str = "/") -> Resolver:

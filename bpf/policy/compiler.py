@@ -7,9 +7,10 @@ Scopes:
 - `ContainerScope(name, labels)`: the KubeArmorPolicy policies whose selector selects a container with this
   name and these labels (see bpf.policy.model.Selector: container.name is a full-match regex, other labels exact,
   matchExpressions In/NotIn on "key=value" identities).
-- `AnyContainerScope()`: the rules for a container nobody registered, i.e. exactly the KubeArmorPolicy
-  policies whose selector selects every container: `matchLabels` holding only `kubearmor.io/container.name`
-  with one of `.*`, `^.*$`, `.+`, `^.+$` and no matchExpressions (Selector.selects_every_container).
+- `AnyContainerScope()`: the rules for a process in a container nobody registered (a mount namespace
+  that is not the host's, threat-model.md "Scopes"). Nothing measured says which container it is, so it
+  gets the union of every KubeArmorPolicy that could apply to some container: fail closed, the
+  conflict rules below keep the strictest rule per object (`selects`, the one place this is decided).
 
 Each rule with fromSource becomes one rule per source; a rule without fromSource has source None.
 
@@ -145,7 +146,8 @@ def selects(policy: Policy, scope: Scope) -> bool:
         return False
     if isinstance(scope, ContainerScope):
         return policy.selector.matches_container(scope.name, scope.labels)
-    return policy.selector.selects_every_container()
+    # An unregistered container could be any container: every container policy applies (fail closed).
+    return True
 
 
 def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Postures()) -> RuleSet:

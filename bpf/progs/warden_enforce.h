@@ -70,6 +70,8 @@ static __always_inline void emit(struct scratch *s, struct warden_req *r, struct
 	if (r->has_path) {
 		if (!s->obj.complete)
 			ev->flags |= WARDEN_EV_TRUNCATED;
+		if (!s->obj.reached)
+			ev->flags |= WARDEN_EV_INCOMPLETE;
 		ev->path_len = s->obj.len;
 		bpf_probe_read_kernel(ev->path, sizeof(ev->path), s->obj.buf + (s->obj.start & (PATH_RIGHT - 1)));
 	} else {
@@ -130,7 +132,7 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	__u32 category = (op >> 16) & 0xff;
 	int write = (op >> 24) & 1;
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct warden_rule_slot best = {};
+	struct warden_rule_slot best = {}, strict;
 	struct warden_scope_cfg *cfg;
 	struct warden_req r = {};
 	struct scratch *s;
@@ -145,6 +147,7 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	posture = cfg->posture[category & 7];
 	if (!rules && !posture)
 		return 0; /* the common case for an unrestricted scope: two lookups and out */
+	strict = cfg->strict[category & 7];
 	s = get_scratch();
 	if (!s)
 		return 0;
@@ -165,6 +168,10 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 		match_path(&s->obj, r.scope, category, source, &best);
 	if (!best.action && (rules & WARDEN_SCOPE_RULES))
 		match_path(&s->obj, r.scope, category, 0, &best);
+	/* The walk never reached the root (too deep, too many mounts): a rule on a prefix it did not see
+	 * might apply, so the scope's strictest rule does. Fail closed, never "only the rules on /". */
+	if (!s->obj.reached && strict.action && strict.action >= best.action)
+		best = strict;
 	if (best.flags & WARDEN_RULE_OWNER_ONLY) {
 		if (!inode) /* a name being created: its directory's owner */
 			inode = d->d_parent->d_inode;

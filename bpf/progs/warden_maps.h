@@ -44,6 +44,16 @@ struct {
 	__type(value, __u32);
 } warden_ctrs SEC(".maps");
 
+/* The scope of each task that has one: set when a registered container's first process is seen
+ * (by its namespaces, warden_ctrs) or by the engine at registration (through a pidfd), copied to
+ * every child at task_alloc (scope_guard.bpf.c). A task's container scope never changes after. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct warden_task_scope);
+} warden_task_scope SEC(".maps");
+
 /* [0] = inode number of the host mount namespace (set before any link is attached). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -1,8 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * warden_scope.h: which scope's rules apply to the current task: a registered container's (by its
- * pid and mount namespaces), the host's (PID 1's mount namespace), or else the rules for every
- * container.
+ * warden_scope.h: which scope's rules apply to the current task.
+ *
+ * The scope belongs to the task, not to its namespaces (threat-model.md, "Scopes"): it is kept in
+ * task storage (warden_task_scope) and copied to every child at task_alloc. Namespaces only find a
+ * task's scope the first time: a registered container's (pid-ns-for-children, mnt-ns) pair, the
+ * host's mount namespace, else the rules for every container. Once a task holds a container scope,
+ * unshare, setns, chroot and user namespaces change nothing. A task holding the any-container scope
+ * may still be found to belong to a registered container (its container was registered after the
+ * task was first seen), never the host. The host scope is not recorded: a host process that enters
+ * a container (runc exec, nsenter) takes that container's scope at its next hook.
  */
 #ifndef WARDEN_SCOPE_H
 #define WARDEN_SCOPE_H
@@ -14,19 +21,32 @@ static __always_inline __u32 resolve_scope(struct task_struct *t, struct warden_
 	/* Direct (BTF, exception-protected) loads instead of probe-read helper calls: this runs on
 	 * every hooked operation. A NULL nsproxy (an exiting task) reads as 0: any-container scope. */
 	struct nsproxy *nsp = t->nsproxy;
-	__u32 zero = 0, *id;
+	struct warden_task_scope *ts;
+	__u32 zero = 0, *id, scope;
 	__u64 *host;
 
 	nk->mnt_ns = nsp->mnt_ns->ns.inum;
 	nk->pid_ns = nsp->pid_ns_for_children->ns.inum;
+	ts = bpf_task_storage_get(&warden_task_scope, t, 0, 0);
+	if (ts && ts->scope >= WARDEN_SCOPE_FIRST_CONTAINER)
+		return ts->scope;
 	id = bpf_map_lookup_elem(&warden_ctrs, nk);
-	if (id)
-		return *id;
-	host = bpf_map_lookup_elem(&warden_config, &zero);
-	if (host && *host && *host == nk->mnt_ns)
-		return WARDEN_SCOPE_HOST;
-	/* Nobody registered this namespace: the rules for every container, never nothing. */
-	return WARDEN_SCOPE_ANY_CONTAINER;
+	if (id) {
+		scope = *id;
+	} else if (ts && ts->scope) {
+		return ts->scope; /* any-container: never the host again */
+	} else {
+		host = bpf_map_lookup_elem(&warden_config, &zero);
+		if (host && *host && *host == nk->mnt_ns)
+			return WARDEN_SCOPE_HOST;
+		/* Nobody registered this namespace: the rules for every container, never nothing. */
+		scope = WARDEN_SCOPE_ANY_CONTAINER;
+	}
+	if (!ts)
+		ts = bpf_task_storage_get(&warden_task_scope, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (ts)
+		ts->scope = scope;
+	return scope;
 }
 
 static __always_inline struct warden_scope_cfg *scope_cfg(__u32 *scope)

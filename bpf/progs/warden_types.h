@@ -90,6 +90,16 @@ struct warden_ns_key {
 struct warden_scope_cfg {
 	__u8 posture[8]; /* by category: 0 none, WARDEN_ACT_AUDIT or WARDEN_ACT_BLOCK */
 	__u8 rules[8];   /* by category: WARDEN_SCOPE_* bits */
+	/* by category (file, process): the scope's strictest path rule (a Block before an Audit, the
+	 * fewest readOnly/ownerOnly narrowings first), which decides when a path could not be walked to
+	 * its root: the rules of the prefixes that were not seen might have applied (fail closed). */
+	struct warden_rule_slot strict[8];
+};
+
+/* Value of warden_task_scope (task storage): the scope a task belongs to, inherited by its children. */
+struct warden_task_scope {
+	__u32 scope;
+	__u32 pad;
 };
 
 struct warden_meta_key {
@@ -121,6 +131,7 @@ enum warden_hook {
 
 #define WARDEN_EV_DEFAULT_POSTURE 1 /* no rule matched: the scope's default posture decided */
 #define WARDEN_EV_TRUNCATED 2       /* the path did not fit WARDEN_PATH_MAX / WARDEN_MAX_DEPTH */
+#define WARDEN_EV_INCOMPLETE 4      /* the walk never reached the root: the scope's strictest rule decided */
 
 struct warden_event {
 	__u64 ts_boot_ns;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * warden_walk.h: the path walk, from an object's dentry to the task's root, writing each name in
- * place into a path buffer (warden_path.h).
+ * warden_walk.h: the path walk, from an object's dentry to the root of its mount tree (never the
+ * task's root: chroot changes no path), writing each name in place into a path buffer (warden_path.h).
  */
 #ifndef WARDEN_WALK_H
 #define WARDEN_WALK_H
@@ -124,10 +124,8 @@ struct near_walk {
 	struct pathbuf *pb;
 	struct dentry *d;
 	struct dentry *mnt_root;
-	struct dentry *root_d;
 	struct vfsmount *vmnt;
-	struct vfsmount *root_vmnt;
-	__u32 crossed; /* stopped at the root of a mount that is not the task's root */
+	__u32 crossed; /* stopped at the root of a mount: the far walk goes on to the mount tree's root */
 };
 
 static long near_walk_cb(__u32 i, void *data)
@@ -136,7 +134,7 @@ static long near_walk_cb(__u32 i, void *data)
 	struct dentry *d = w->d;
 	struct dentry *parent;
 
-	if (!d || (d == w->root_d && w->vmnt == w->root_vmnt)) {
+	if (!d) {
 		w->pb->reached = 1;
 		return 1;
 	}
@@ -156,7 +154,7 @@ static long near_walk_cb(__u32 i, void *data)
 
 struct far_walk {
 	struct pathbuf *pb;
-	__u64 d, vmnt, mnt, mnt_root, root_d, root_vmnt;
+	__u64 d, vmnt, mnt, mnt_root;
 };
 
 static long far_walk_cb(__u32 i, void *data)
@@ -170,7 +168,7 @@ static long far_walk_cb(__u32 i, void *data)
 	struct dentry *parent;
 	struct qstr q = {};
 
-	if (!d || (w->d == w->root_d && w->vmnt == w->root_vmnt)) {
+	if (!d) {
 		pb->reached = 1;
 		return 1;
 	}
@@ -212,7 +210,10 @@ static long fit_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* Write the path of (d, vmnt) into `pb`, relative to the task's root. */
+/* Write the path of (d, vmnt) into `pb`, from the root of its mount tree: the mount namespace's root
+ * (a container's root file system as its runtime pivoted into it), or the root of a detached tree.
+ * The task's own root (chroot) is not a stop: a chrooted process sees the paths it saw before.
+ * `pb->reached` says whether the walk got there within WALK_MAX steps (else the path is incomplete). */
 static __always_inline void resolve_path(struct task_struct *t, struct scratch *s, struct pathbuf *pb,
 					 struct dentry *d, struct vfsmount *vmnt)
 {
@@ -225,8 +226,6 @@ static __always_inline void resolve_path(struct task_struct *t, struct scratch *
 	w.d = d;
 	w.vmnt = vmnt;
 	w.mnt_root = vmnt->mnt_root;
-	w.root_d = t->fs->root.dentry;
-	w.root_vmnt = t->fs->root.mnt;
 	pb->pos = PATH_RIGHT - 1;
 	pb->walked = 0;
 	pb->valid_from = 0;
@@ -238,8 +237,6 @@ static __always_inline void resolve_path(struct task_struct *t, struct scratch *
 		fw.vmnt = as_number(s, vmnt);
 		fw.mnt = fw.vmnt - bpf_core_field_offset(struct mount, mnt);
 		fw.mnt_root = fw.d;
-		fw.root_d = as_number(s, w.root_d);
-		fw.root_vmnt = as_number(s, w.root_vmnt);
 		bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
 	}
 	start = pb->pos & (PATH_RIGHT - 1);
