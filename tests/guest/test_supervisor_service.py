@@ -12,7 +12,8 @@ build on each other, like the life of a pod VM:
  6. the agent killed in a loop: backoff grows, `degraded` reported, events produced meanwhile arrive;
  7. garbage on the control socket, `warden status`;
  8. reload: an untrusted bundle is refused (nothing changes), a newer signed one is applied;
- 9. crun + the hook: the container policy holds inside a busybox container; a malformed state is refused;
+ 9. crun + the hook: the container policy holds inside a busybox container, also after chroot (issue 14);
+    a malformed state is refused;
 10. supervisor stopped: enforcement stays, and crun cannot create a container (the hook fails closed).
 """
 
@@ -396,6 +397,25 @@ def test_container_policy_is_enforced_inside_a_crun_container(guest: GuestVM, re
     assert "registered container web-1 (web)" in journal
     assert "unregistered container web-1" in journal  # poststop
     assert "web-1" not in warden_status(guest)["containers"]  # type: ignore[operator]
+
+
+def test_chroot_inside_a_crun_container_changes_no_path(guest: GuestVM, ready: dict[str, float]) -> None:
+    """Issue 14 under the real service: the container's root chroots into /secret (CAP_SYS_CHROOT) and
+    reads /data, which is /secret/data: still the container's path, still refused, and alerted."""
+    escape = "import os; os.chroot('/secret'); print(open('/data').read())"
+    directory = make_container(guest, "chroot", ["sh", "-c", f"cat /public; /usr/bin/python3 -c \"{escape}\"; "
+                                                 "echo chroot-rc=$?"],
+                               files={"/secret/data": "chroot-secret\n", "/public": "public\n"},
+                               extra_caps=["CAP_SYS_CHROOT"], with_usr=True)
+    result = guest.run(f"crun run -b {directory} chroot-1", timeout=120)
+    assert result.returncode == 0, result
+    assert "public" in result.stdout and "chroot-secret" not in result.stdout
+    assert "chroot-rc=1" in result.stdout and "Operation not permitted" in result.stderr, result
+    wait_until("the chroot alert", lambda: "chroot-1" in guest.run(f"cat {ALERTS}").stdout
+               or "/secret/data" in guest.run(f"cat {ALERTS}").stdout, 60, guest)
+    alerts = [json.loads(x) for x in guest.run(f"cat {ALERTS}").stdout.splitlines() if "/secret/data" in x]
+    assert any(a["PolicyName"] == "container-secret" and a["ContainerName"] == "chroot"
+               and a["Result"] == "Permission denied" for a in alerts), alerts
 
 
 def test_hook_with_malformed_state_fails_with_a_clear_error(guest: GuestVM, ready: dict[str, float]) -> None:

@@ -1,0 +1,223 @@
+"""A container's root tries to step out of its rules (issue 14: chroot, namespaces, incomplete walks),
+against the real 6.1 kernel, after `Engine.load_or_adopt` + `register_container`, the loading process
+SIGKILLed before any attempt.
+
+One guest for the module. The registered container "mysql" (labels app=mysql: the seed's
+block-mysql-data-access applies, with file-integrity-monitoring and net-raw-block) has its own mount
+namespace and shares the VM's pid namespace, so /proc/1/ns/mnt is the VM's own: the setns escape
+the threat model's attacker (CAP_SYS_ADMIN, a shared pid namespace) has. Its first process is
+registered by pid, as the OCI hook does. Every escape is shown denied and alerted with the right
+policy and the container's own scope (never any-container, never the host), and a neighbour of it
+allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.guest.vm import REPO_ROOT, GuestVM
+
+SEED = f"{REPO_ROOT}/tests/data/policies/seed"
+PY = f"{REPO_ROOT}/.venv/bin/python"
+MYSQL_FILE = "/var/lib/mysql/any-file"
+NOBODY = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+
+LOADER = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    from bpf.kernel.engine import Engine
+    from bpf.policy.files import load_policy_paths
+
+    pid, pid_ns, mnt_ns = map(int, sys.argv[2:5])
+    engine = Engine()
+    report = engine.load_or_adopt(load_policy_paths([Path(sys.argv[5])]))
+    digest = engine.register_container("mysql", {"app": "mysql"}, pid_ns, mnt_ns, pid)
+    Path(sys.argv[1]).write_text(json.dumps({"pid": os.getpid(), "digest": digest, "health": engine.health(),
+                                             "timings": report.timings_s}))
+    time.sleep(1_000_000)  # until SIGKILL
+""")
+
+READ_ALERTS = textwrap.dedent("""
+    import json
+    from bpf.kernel.engine import Engine
+    for alert in Engine().read_alerts():
+        print(json.dumps(alert.to_dict()))
+""")
+
+# The scope recorded on a task, read through a pidfd (the task storage map's key from user space).
+TASK_SCOPE = textwrap.dedent("""
+    import os, struct, sys
+    from bpf.kernel.libbpf import Libbpf, MapHandle
+    from bpf.kernel.pins import DEFAULT_PIN_DIR, EnginePins
+    pidfd = os.pidfd_open(int(sys.argv[1]))
+    with MapHandle.open_pinned(Libbpf(), EnginePins(DEFAULT_PIN_DIR).map_pin("warden_task_scope")) as handle:
+        value = handle.lookup(struct.pack("<i", pidfd))
+    print(struct.unpack("<I4x", value)[0] if value else 0)
+""")
+
+
+@dataclass(frozen=True)
+class Container:
+    pid: int
+
+    def run(self, guest: GuestVM, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        result = guest.run(f"nsenter -t {self.pid} -m -- sh -c {shlex.quote(command)}", timeout=timeout)
+        return result.returncode, result.stdout + result.stderr
+
+
+def read_alerts(guest: GuestVM) -> list[dict[str, Any]]:
+    out = guest.run(f"cd {REPO_ROOT} && {PY} -c {shlex.quote(READ_ALERTS)}", check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def denied_with(guest: GuestVM, container: Container, command: str, policy: str, resource: str,
+                incomplete: bool = False) -> dict[str, Any]:
+    """Run `command` in the container: it must fail with EPERM, and the alerts must name `policy`
+    for `resource` in the container's own scope (mysql), Block, denied."""
+    read_alerts(guest)  # drain what earlier steps left
+    code, out = container.run(guest, command)
+    assert code != 0 and ("Operation not permitted" in out or "denied" in out), (command, code, out)
+    alerts = [a for a in read_alerts(guest) if a["PolicyName"] == policy]
+    assert alerts, (command, out, read_alerts(guest))
+    alert = alerts[0]
+    assert (alert["ContainerName"], alert["Action"], alert["Result"]) == ("mysql", "Block", "Permission denied"), alert
+    assert alert["Resource"] == resource, alert
+    assert ("incomplete=true" in alert["Data"]) == incomplete, alert
+    return alert
+
+
+@pytest.fixture(scope="module")
+def mysql(guest: GuestVM) -> Iterator[Container]:
+    guest.run("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf", check=True)
+    guest.run("sysctl -qw kernel.unprivileged_userns_clone=1 || true")
+    guest.run(f"mkdir -p /var/lib/mysql && echo secret > {MYSQL_FILE} && chmod 644 {MYSQL_FILE} "
+              "&& echo ok > /bin/probe-read && echo original > /bin/probe-target", check=True)
+    # the deep trees are made from the host (no host rules): the walk's limit is 128 dentries
+    guest.run("for n in 100 130; do d=/tmp/deep$n; i=0; while [ $i -lt $n ]; do d=$d/d; i=$((i+1)); done; "
+              "mkdir -p $d && echo deep > $d/f; done", check=True)
+    guest.run("setsid unshare -m --propagation private sleep 100002 >/dev/null 2>&1 &", check=True)
+    pid = 0
+    for _ in range(100):
+        found = guest.run("pgrep -f '^sleep 100002'")
+        if found.returncode == 0:
+            pid = int(found.stdout.split()[0])
+            break
+        time.sleep(0.1)
+    assert pid, "container process did not start"
+    yield Container(pid)
+    guest.run(f"kill {pid}")
+
+
+@pytest.fixture(scope="module")
+def applied(guest: GuestVM, mysql: Container) -> dict[str, Any]:
+    ns = [int(guest.run(f"stat -Lc %i /proc/{mysql.pid}/ns/{kind}", check=True).stdout) for kind in ("pid", "mnt")]
+    script = guest.write_shared("scope-loader.py", LOADER)
+    ready = "/run/scope-loader.json"
+    guest.run(f"cd {REPO_ROOT} && setsid nohup {PY} {script} {ready} {mysql.pid} {ns[0]} {ns[1]} {SEED} "
+              f"> {ready}.log 2>&1 &", check=True)
+    deadline = time.monotonic() + 240
+    while guest.run(f"test -s {ready}").returncode != 0:
+        log = guest.run(f"cat {ready}.log").stdout
+        assert time.monotonic() < deadline and "Traceback" not in log, log
+        time.sleep(0.5)
+    result: dict[str, Any] = json.loads(guest.run(f"cat {ready}", check=True).stdout)
+    print(f"engine load timings: {result['timings']}")
+    guest.run(f"kill -9 {result['pid']}", check=True)  # the applying process is gone before any attempt
+    for _ in range(50):
+        if guest.run(f"kill -0 {result['pid']}").returncode != 0:
+            break
+        time.sleep(0.1)
+    assert guest.run(f"kill -0 {result['pid']}").returncode != 0
+    assert result["health"] == []
+    return result
+
+
+def test_the_registered_first_process_holds_its_scope(guest: GuestVM, applied: dict[str, Any],
+                                                      mysql: Container) -> None:
+    """Registration records the scope on the container's first process through a pidfd: the sleeping
+    process, which has run no hook since the programs were loaded, already holds it."""
+    script = guest.write_shared("task-scope.py", TASK_SCOPE)
+    scope = int(guest.run(f"cd {REPO_ROOT} && {PY} {script} {mysql.pid}", check=True).stdout)
+    status = json.loads(guest.run(f"{REPO_ROOT}/.venv/bin/warden engine status --json", check=True).stdout)
+    assert scope == status["scopes"]["mysql"]["id"] >= 16
+
+
+def test_in_the_container_the_rules_hold_and_neighbours_pass(guest: GuestVM, applied: dict[str, Any],
+                                                             mysql: Container) -> None:
+    denied_with(guest, mysql, f"cat {MYSQL_FILE}", "block-mysql-data-access", MYSQL_FILE)
+    assert mysql.run(guest, "cat /bin/probe-read") == (0, "ok\n")
+    assert guest.run(f"cat {MYSQL_FILE}").stdout == "secret\n"  # the host scope has no rules
+
+
+@pytest.mark.parametrize("escape", [
+    "unshare -m",  # a new mount namespace
+    "unshare -p -f",  # a new pid namespace, the command in a forked child (task_alloc inherits)
+    "unshare -Urm",  # user + mount namespaces, as root of the container
+    f"{NOBODY} unshare -Urm",  # ... and without any capability
+    "nsenter --mount=/proc/1/ns/mnt",  # setns into the VM's own mount namespace
+])
+def test_namespaces_do_not_leave_the_container_scope(guest: GuestVM, applied: dict[str, Any], mysql: Container,
+                                                     escape: str) -> None:
+    denied_with(guest, mysql, f"{escape} cat {MYSQL_FILE}", "block-mysql-data-access", MYSQL_FILE)
+    assert mysql.run(guest, f"{escape} cat /bin/probe-read") == (0, "ok\n")
+
+
+CHROOT = ("/usr/bin/python3 -c \"import os; os.chroot('{root}'); "
+          "print(open('{path}', '{mode}').read() if '{mode}' == 'r' else open('{path}', '{mode}').write('x'))\"")
+
+
+def test_chroot_changes_no_path(guest: GuestVM, applied: dict[str, Any], mysql: Container) -> None:
+    """After chroot /usr/bin, /probe-target is /usr/bin/probe-target (= /bin/probe-target): read-only."""
+    denied_with(guest, mysql, CHROOT.format(root="/usr/bin", path="/probe-target", mode="w"),
+                "file-integrity-monitoring", "/usr/bin/probe-target")
+    assert mysql.run(guest, CHROOT.format(root="/usr/bin", path="/probe-read", mode="r")) == (0, "ok\n\n")
+    denied_with(guest, mysql, CHROOT.format(root="/var/lib", path="/mysql/any-file", mode="r"),
+                "block-mysql-data-access", MYSQL_FILE)
+    assert guest.run("cat /bin/probe-target", check=True).stdout == "original\n"
+
+
+def test_chroot_in_a_user_namespace_without_capabilities(guest: GuestVM, applied: dict[str, Any],
+                                                         mysql: Container) -> None:
+    command = f"{NOBODY} unshare -Ur " + CHROOT.format(root="/var/lib", path="/mysql/any-file", mode="r")
+    denied_with(guest, mysql, command, "block-mysql-data-access", MYSQL_FILE)
+    neighbour = f"{NOBODY} unshare -Ur " + CHROOT.format(root="/usr/bin", path="/probe-read", mode="r")
+    assert mysql.run(guest, neighbour) == (0, "ok\n\n")
+
+
+def stacked(n: int) -> str:
+    return (f"unshare -m sh -c 'mkdir -p /tmp/stack{n}; i=0; while [ $i -lt {n} ]; do "
+            f"mount -t tmpfs s{n} /tmp/stack{n} || exit 9; i=$((i+1)); done; "
+            f"echo x > /tmp/stack{n}/f && cat /tmp/stack{n}/f'")
+
+
+def test_140_stacked_mounts_fail_closed(guest: GuestVM, applied: dict[str, Any], mysql: Container) -> None:
+    """The far walk cannot reach the root through 140 mounts: the scope's strictest rule (mysql's Block,
+    which has no readOnly) decides, with an alert that says the path was incomplete."""
+    denied_with(guest, mysql, stacked(140), "block-mysql-data-access", "/", incomplete=True)
+    assert mysql.run(guest, stacked(100)) == (0, "x\n")
+
+
+def test_a_path_deeper_than_the_walk_fails_closed(guest: GuestVM, applied: dict[str, Any],
+                                                  mysql: Container) -> None:
+    deep130 = "/tmp/deep130" + "/d" * 130 + "/f"
+    deep100 = "/tmp/deep100" + "/d" * 100 + "/f"
+    denied_with(guest, mysql, f"cat {deep130}", "block-mysql-data-access", "/", incomplete=True)
+    assert mysql.run(guest, f"cat {deep100}") == (0, "deep\n")
+    assert guest.run(f"cat {deep130}").stdout == "deep\n"  # the host scope has no rules
+
+
+def test_an_unregistered_container_gets_every_container_policy(guest: GuestVM, applied: dict[str, Any]) -> None:
+    """A non-host mount namespace nobody registered: the union of the container policies (mysql's too)."""
+    read_alerts(guest)
+    result = guest.run(f"unshare -m cat {MYSQL_FILE}")
+    assert result.returncode != 0 and "Operation not permitted" in result.stderr
+    alerts = [a for a in read_alerts(guest) if a["Resource"] == MYSQL_FILE]
+    assert [(a["ContainerName"], a["PolicyName"]) for a in alerts][:1] == [("any-container", "block-mysql-data-access")]
