@@ -124,6 +124,7 @@ def test_register_waits_for_the_ack(sock: Path, ready: Supervisor) -> None:
     request = ready.requests[0]
     assert isinstance(request, RegisterRequest)
     assert request.pid_ns == os.stat("/proc/self/ns/pid").st_ino
+    assert request.pid == os.getpid()  # the first process, whose task the engine records the scope on
 
 
 def test_not_ready_is_waited_out(sock: Path) -> None:
