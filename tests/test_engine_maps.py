@@ -455,3 +455,14 @@ def test_network_capability_posture_and_host_events() -> None:
 def test_short_records_are_refused() -> None:
     with pytest.raises(EventDecodeError):
         parse_event(b"\0" * 100)
+
+
+def test_the_strictest_slot_is_a_block_with_the_fewest_narrowings() -> None:
+    """What decides a path the kernel could not walk to its root (warden_scope_cfg.strict)."""
+    audit = maps.SLOT.pack(1, maps.ACT_AUDIT, 0, 0)
+    both = maps.SLOT.pack(2, maps.ACT_BLOCK, maps.RULE_READ_ONLY | maps.RULE_OWNER_ONLY, 0)
+    owner = maps.SLOT.pack(3, maps.ACT_BLOCK, maps.RULE_OWNER_ONLY, 0)
+    allow = maps.SLOT.pack(4, maps.ACT_ALLOW, 0, 0)
+    assert maps.strictest_slot([audit, both, owner, allow]) == owner
+    assert maps.strictest_slot([allow, audit]) == audit
+    assert maps.strictest_slot([allow]) == bytes(maps.SLOT.size)  # Allow rules decide nothing here
