@@ -30,6 +30,7 @@ from attest.base import Measurement
 from attest.snp import hostdata_from_report
 from attest.tdx import mrconfigid_from_quote
 from attest.tee import Tee
+from initdata import strict_json
 from initdata.errors import AttestationAgentError, GateError, MeasurementUnavailable
 
 DEFAULT_AA_URL = "http://127.0.0.1:8006"
@@ -117,10 +118,7 @@ class AttestationAgentClient:
 
 
 def _json_object(data: bytes, *, origin: str, field: str) -> dict[str, Any]:
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise AttestationAgentError(origin, field, "is not JSON") from None
+    document = strict_json.loads(data, origin=origin, field=field, error=AttestationAgentError)
     if not isinstance(document, dict):
         raise AttestationAgentError(origin, field, "is not a JSON object")
     return document
@@ -148,10 +146,7 @@ def measurement_from_evidence(evidence: bytes, *, origin: str, source: str) -> M
     """
     if len(evidence) > MAX_RESPONSE_BYTES:
         raise MeasurementUnavailable(origin, "evidence", f"larger than {MAX_RESPONSE_BYTES} bytes")
-    try:
-        document = json.loads(evidence)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise MeasurementUnavailable(origin, "evidence", "is not JSON") from None
+    document = strict_json.loads(evidence, origin=origin, field="evidence", error=MeasurementUnavailable)
     if not isinstance(document, dict):
         raise MeasurementUnavailable(origin, "evidence", "is not a JSON object")
     if "quote" in document:

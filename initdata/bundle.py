@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from initdata import strict_json
 from initdata.bounded import read_bounded
 from initdata.errors import InputTooLarge, MalformedBundle
 
@@ -37,6 +38,8 @@ PAYLOAD_KEYS = frozenset({"version", "expires", "policies", "bpf_objects", "agen
 MAX_POLICY_FILES = 256
 MAX_BPF_OBJECTS = 64
 MAX_VERSION = 2**63 - 1
+# Times far from now are refused outright, so later arithmetic (expiry - issue) never overflows.
+MIN_YEAR, MAX_YEAR = 2000, 9000
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 BPF_OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA256_REF = re.compile(r"sha256:[0-9a-f]{64}")
@@ -66,10 +69,12 @@ def parse_rfc3339(value: object, *, origin: str, field: str) -> datetime:
     # Python's fromisoformat takes at most 6 fractional digits; RFC 3339 allows more.
     text = re.sub(r"(\.\d{6})\d+", r"\1", text)
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
+        parsed = datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # e.g. 9999-12-31T23:59:59-01:00 is past datetime.max in UTC
         raise MalformedBundle(origin, field, f"{value!r}: {exc}") from None
-    return parsed.astimezone(UTC)
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise MalformedBundle(origin, field, f"{value!r} is outside the years {MIN_YEAR}..{MAX_YEAR}")
+    return parsed
 
 
 def format_rfc3339(moment: datetime) -> str:
@@ -88,11 +93,7 @@ def parse_expiry_argument(value: str, *, now: datetime, origin: str = "--expires
 
 def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
     """Payload bytes (already signature-checked) -> BundlePayload, refusing anything unexpected."""
-    try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise MalformedBundle(origin, "payload", f"not JSON ({detail})") from None
+    document = strict_json.loads(payload, origin=origin, field="payload", error=MalformedBundle)
     if not isinstance(document, dict):
         raise MalformedBundle(origin, "payload", "must be a JSON object")
     unknown = sorted(set(document) - PAYLOAD_KEYS)

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from initdata import strict_json
 from initdata.errors import RollbackStateError
 
 STATE_FILE_NAME = "bundle-state.json"
@@ -37,10 +38,7 @@ def parse_state(raw: bytes, *, origin: str) -> AcceptedBundle:
     """State file bytes -> AcceptedBundle; RollbackStateError for anything else."""
     if len(raw) > MAX_STATE_BYTES:
         raise RollbackStateError(origin, "file", f"larger than {MAX_STATE_BYTES} bytes")
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RollbackStateError(origin, "file", "is not JSON") from None
+    document = strict_json.loads(raw, origin=origin, field="file", error=RollbackStateError)
     if not isinstance(document, dict):
         raise RollbackStateError(origin, "file", "is not a JSON object")
     version, digest = document.get("version"), document.get("digest")

@@ -24,6 +24,7 @@ Top-level keys (snake_case, like the gate's):
     control_socket:        the control socket (newline-delimited JSON, mode 0600)
     gate_failure_exit_s:   after a refused gate: enforce the baseline, then exit 1 after this long
     extend_timeout_s:      while the gate runs, ask systemd for this much more start time, repeatedly
+    attestation_deadline_s: the gate's total time; past it the gate is refused (baseline), never extended
     record_ruleset:        after enforcement, record the RuleSet digest in the AA event log (AAEL)
     postures:              default postures for containers {file, network, capabilities}: allow|audit|block
     host_postures:         the same for the host scope
@@ -63,6 +64,7 @@ KEYS: dict[str, str] = {
     "control_socket": "control socket path",
     "gate_failure_exit_s": "seconds to keep the baseline STATUS before exiting 1 after a refused gate",
     "extend_timeout_s": "EXTEND_TIMEOUT_USEC step while the gate runs, seconds",
+    "attestation_deadline_s": "total time the gate may take before it is refused, seconds",
     "record_ruleset": "record the RuleSet digest in the attestation-agent event log",
     "postures": "container default postures: file, network, capabilities",
     "host_postures": "host default postures: file, network, capabilities",
@@ -183,6 +185,7 @@ class WardenConfig:
     control_socket: Path = Path("/run/warden/warden.sock")
     gate_failure_exit_s: float = 30.0
     extend_timeout_s: float = 30.0
+    attestation_deadline_s: float = 120.0
     record_ruleset: bool = True
     postures: PostureConfig = field(default_factory=PostureConfig)
     host_postures: PostureConfig = field(default_factory=PostureConfig)
@@ -352,6 +355,8 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
             out[name] = reader.seconds(value, name, 0, 3600)
         elif name == "extend_timeout_s":
             out[name] = reader.seconds(value, name, 1, 600)
+        elif name == "attestation_deadline_s":
+            out[name] = reader.seconds(value, name, 1, 3600)
         elif name == "record_ruleset":
             out[name] = reader.boolean(value, name)
         elif name in ("postures", "host_postures"):

@@ -28,10 +28,14 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from initdata import strict_json
+from initdata.errors import GateError
 
 log = logging.getLogger("warden.control")
 
@@ -110,10 +114,9 @@ def _container_id(value: Any) -> str:
 def parse_request(line: bytes) -> Request:
     """One line of bytes -> a typed request, or ProtocolError saying what is wrong."""
     try:
-        data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise ProtocolError(f"request is not JSON ({detail})") from None
+        data = strict_json.loads(line, origin="request", field="request", error=GateError)
+    except GateError as exc:
+        raise ProtocolError(f"request is {exc.problem}") from None
     if not isinstance(data, dict):
         raise ProtocolError("request must be a JSON object")
     op = data.get("op")
@@ -156,8 +159,9 @@ def parse_request(line: bytes) -> Request:
 RequestHandler = Callable[[Request], Reply]
 
 
-def _read_line(conn: socket.socket, buffer: bytearray) -> bytes | None:
-    """The next line (without the newline), None at EOF; ProtocolError if over the size bound."""
+def _read_line(conn: socket.socket, buffer: bytearray, *, deadline: float | None = None) -> bytes | None:
+    """The next line (without the newline), None at EOF; ProtocolError if over the size bound;
+    TimeoutError once `deadline` (monotonic) passes, however the bytes trickle in."""
     while True:
         newline = buffer.find(b"\n")
         if newline >= 0:
@@ -168,6 +172,11 @@ def _read_line(conn: socket.socket, buffer: bytearray) -> bytes | None:
             return line
         if len(buffer) > MAX_MESSAGE_BYTES:
             raise ProtocolError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed")
+            conn.settimeout(left)
         chunk = conn.recv(65536)
         if not chunk:
             if buffer.strip():
@@ -210,7 +219,7 @@ class _Connection(socketserver.BaseRequestHandler):
         buffer = bytearray()
         for _ in range(MAX_REQUESTS_PER_CONNECTION):
             try:
-                line = _read_line(conn, buffer)
+                line = _read_line(conn, buffer, deadline=time.monotonic() + READ_TIMEOUT_S)
             except ProtocolError as exc:
                 self._send(conn, Reply.failure(str(exc)))
                 return  # the rest of an oversized message cannot be framed: drop the connection
@@ -281,17 +290,31 @@ class ControlUnavailable(Exception):
 
 
 def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = READ_TIMEOUT_S) -> dict[str, Any]:
-    """Send one request, return the parsed reply object. ControlUnavailable if nobody listens."""
+    """Send one request, return the parsed reply object. ControlUnavailable if nobody listens.
+
+    `timeout` bounds the whole exchange (connect, send, every recv together), not each socket call:
+    a peer trickling one byte at a time cannot make it last longer (TimeoutError).
+    """
     line = message if isinstance(message, bytes) else json.dumps(dict(message)).encode()
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{path}: no complete reply within {timeout:g}s")
+        return left
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
-        conn.settimeout(timeout)
+        conn.settimeout(remaining())
         try:
             conn.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ControlUnavailable(f"{path}: nothing listening ({exc.strerror})") from None
+        conn.settimeout(remaining())
         conn.sendall(line.rstrip(b"\n") + b"\n")
         buffer = bytearray()
         while b"\n" not in buffer:
+            conn.settimeout(remaining())
             chunk = conn.recv(65536)
             if not chunk:
                 break
@@ -302,9 +325,9 @@ def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = REA
     if not text:
         raise ControlUnavailable(f"{path}: the supervisor closed the connection without a reply")
     try:
-        reply = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ControlUnavailable(f"{path}: the reply is not JSON") from None
+        reply = strict_json.loads(text, origin=str(path), field="reply", error=GateError)
+    except GateError as exc:
+        raise ControlUnavailable(str(exc)) from None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise ControlUnavailable(f"{path}: the reply is not a warden reply object")
     return reply

@@ -27,7 +27,6 @@ Names and labels, from annotations (untrusted text, validated by the control pro
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -38,6 +37,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from initdata import strict_json
+from initdata.errors import GateError
 from supervisor.control import ControlUnavailable, call
 from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 
@@ -113,11 +114,10 @@ def parse_state(raw: bytes) -> ContainerState:
     if not raw.strip():
         raise HookError("stdin: empty; the runtime passes the container state as JSON on stdin")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) \
-            else type(exc).__name__
-        raise HookError(f"stdin: OCI state is not JSON ({detail})") from None
+        # The OCI state has annotations nested 2 deep; the config's hooks and mounts are not in it.
+        data = strict_json.loads(raw, origin="stdin", field="OCI state", error=GateError)
+    except GateError as exc:
+        raise HookError(str(exc)) from None
     if not isinstance(data, dict):
         raise HookError("stdin: OCI state must be a JSON object")
 
@@ -188,7 +188,7 @@ def send_until_acknowledged(socket_path: Path, message: Mapping[str, Any], timeo
                 f"({last}); failing closed"
             )
         try:
-            reply = call(socket_path, message, timeout=max(0.1, min(remaining, 5.0)))
+            reply = call(socket_path, message, timeout=min(remaining, 5.0))
         except ControlUnavailable as exc:
             last = str(exc)
         except (TimeoutError, OSError) as exc:

@@ -15,12 +15,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from initdata import strict_json
+from initdata.bounded import read_bounded_if_present
+from initdata.errors import GateError
 from supervisor.control import RegisterRequest, Reply, UnregisterRequest
 from supervisor.enforcement import Enforcement, EnforcementError
 
 log = logging.getLogger("warden.daemon")
 
 REGISTRY_NAME = "containers.json"
+MAX_REGISTRY_BYTES = 4 * 1024 * 1024
 
 
 class ContainerRegistry:
@@ -36,11 +40,12 @@ class ContainerRegistry:
     def load(self) -> None:
         """Read the record an earlier instance left (nothing: no containers)."""
         try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); starting with no registered containers", self.path, exc)
+            raw = read_bounded_if_present(self.path, MAX_REGISTRY_BYTES, error=GateError)
+            if raw is None:
+                return
+            data = strict_json.loads(raw, origin=str(self.path), field="file", error=GateError)
+        except GateError as exc:
+            log.warning("%s; starting with no registered containers", exc)
             return
         if isinstance(data, dict):
             self._containers = {k: v for k, v in data.items() if isinstance(v, dict)}

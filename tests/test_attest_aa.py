@@ -196,7 +196,7 @@ def test_sample_evidence_is_insecure(fake_agent: FakeAgent) -> None:
 @pytest.mark.parametrize(
     ("evidence", "problem"),
     [
-        (b"not json", "evidence: is not JSON"),
+        (b"not json", "evidence: not JSON"),
         (b"[]", "evidence: is not a JSON object"),
         (b'{"quote": 5}', "evidence.quote: missing or not a base64"),
         (b'{"quote": "***"}', "evidence.quote: is not valid base64"),

@@ -189,7 +189,7 @@ def test_cli_malformed_state_one_line_exit_1(sock: Path) -> None:
                             input=b"{\"ociVersion\": ", capture_output=True, timeout=60)
     assert result.returncode == 1
     err = result.stderr.decode()
-    assert err.count("\n") == 1 and err.startswith("warden hook: stdin: OCI state is not JSON")
+    assert err.count("\n") == 1 and err.startswith("warden hook: stdin: OCI state: not JSON")
 
 
 def test_cli_usage_error_exit_2() -> None:
