@@ -9,8 +9,17 @@ Payload type `application/vnd.coco-warden.bundle+json`, a JSON object with exact
         {"name": "block-shadow.yaml", "text": "apiVersion: security.kubearmor.com/v1\\n..."}
       ],
       "bpf_objects": {"warden_lsm.bpf.o": "sha256:<64 hex>"},   # what the engine must load
-      "agent": {...}                             # optional agent settings, any JSON object
+      "agent": {...},                            # optional agent settings, any JSON object
+      "pod": {                                   # optional: the pod this bundle is for (signed)
+        "namespace": "default",
+        "labels": {"app": "mysql"},
+        "containers": ["mysql", "sidecar"]
+      }
     }
+
+`pod` is the pod owner's statement of which pod the bundle governs: its namespace and labels (what
+KubeArmor selectors match) and the names of the containers it expects. trust.identity decides from
+it, never from annotations, which policies apply to each container the OCI hook registers.
 
 Each policy entry is the text of one YAML file as its author wrote it (it may hold several `---`
 documents); `name` becomes the origin in policy error messages. Keeping the author's text, rather
@@ -34,7 +43,15 @@ from initdata import strict_json
 from initdata.bounded import read_bounded
 from initdata.errors import InputTooLarge, MalformedBundle
 
-PAYLOAD_KEYS = frozenset({"version", "expires", "policies", "bpf_objects", "agent"})
+PAYLOAD_KEYS = frozenset({"version", "expires", "policies", "bpf_objects", "agent", "pod"})
+POD_KEYS = frozenset({"namespace", "labels", "containers"})
+MAX_POD_LABELS = 64
+MAX_POD_CONTAINERS = 64
+# Kubernetes names: DNS-1123 labels (namespaces, container names); label keys/values without , or =
+# (KubeArmor joins labels as "k=v,k=v"), printable.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 MAX_POLICY_FILES = 256
 MAX_BPF_OBJECTS = 64
 MAX_VERSION = 2**63 - 1
@@ -53,6 +70,45 @@ class PolicyFile:
 
 
 @dataclass(frozen=True)
+class PodIdentity:
+    """The signed identity of the pod a bundle governs (see the module docstring)."""
+
+    namespace: str
+    labels: Mapping[str, str] = field(hash=False)
+    containers: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"namespace": self.namespace, "labels": dict(self.labels), "containers": list(self.containers)}
+
+
+def parse_pod(value: object, *, origin: str, field: str = "payload.pod") -> PodIdentity:
+    """The `pod` object -> PodIdentity; MalformedBundle naming the sub-field otherwise."""
+    if not isinstance(value, dict):
+        raise MalformedBundle(origin, field, "must be an object with namespace, labels, containers")
+    unknown = sorted(set(value) - POD_KEYS)
+    if unknown:
+        raise MalformedBundle(origin, f"{field}.{unknown[0]}", "unknown field")
+    namespace = value.get("namespace")
+    if not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace):
+        raise MalformedBundle(origin, f"{field}.namespace", f"{namespace!r} is not a Kubernetes namespace name")
+    labels = value.get("labels", {})
+    if not isinstance(labels, dict) or len(labels) > MAX_POD_LABELS:
+        raise MalformedBundle(origin, f"{field}.labels", f"must be an object of at most {MAX_POD_LABELS} labels")
+    for key, label in labels.items():
+        if not LABEL_KEY.fullmatch(key) or not isinstance(label, str) or not LABEL_VALUE.fullmatch(label):
+            raise MalformedBundle(origin, f"{field}.labels.{key[:60]}", "is not a Kubernetes label key=value")
+    containers = value.get("containers")
+    if not isinstance(containers, list) or not 1 <= len(containers) <= MAX_POD_CONTAINERS:
+        raise MalformedBundle(origin, f"{field}.containers", f"must list 1..{MAX_POD_CONTAINERS} container names")
+    for index, name in enumerate(containers):
+        if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
+            raise MalformedBundle(origin, f"{field}.containers[{index}]", f"{name!r} is not a container name")
+    if len(set(containers)) != len(containers):
+        raise MalformedBundle(origin, f"{field}.containers", "names a container twice")
+    return PodIdentity(namespace=namespace, labels=MappingProxyType(dict(labels)), containers=tuple(containers))
+
+
+@dataclass(frozen=True)
 class BundlePayload:
     version: int
     expires: datetime
@@ -60,6 +116,7 @@ class BundlePayload:
     bpf_objects: Mapping[str, str] = field(hash=False)
     agent: Mapping[str, object] = field(hash=False)
     digest: str  # "sha256:<hex>" of the payload bytes: identifies the exact bundle
+    pod: PodIdentity | None = None  # None: the bundle names no pod (every container gets the union)
 
 
 def parse_rfc3339(value: object, *, origin: str, field: str) -> datetime:
@@ -143,6 +200,8 @@ def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
     if not isinstance(agent, dict):
         raise MalformedBundle(origin, "payload.agent", "must be a JSON object")
 
+    pod = parse_pod(document["pod"], origin=origin) if "pod" in document else None
+
     return BundlePayload(
         version=version,
         expires=expires,
@@ -150,6 +209,7 @@ def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
         bpf_objects=MappingProxyType(dict(raw_objects)),
         agent=MappingProxyType(dict(agent)),
         digest="sha256:" + hashlib.sha256(payload).hexdigest(),
+        pod=pod,
     )
 
 
@@ -160,6 +220,7 @@ def build_payload(
     policies: list[PolicyFile],
     bpf_objects: Mapping[str, str] | None = None,
     agent: Mapping[str, object] | None = None,
+    pod: PodIdentity | None = None,
     origin: str = "bundle",
 ) -> bytes:
     """Canonical payload bytes; parsed back before returning so sign never emits what verify refuses."""
@@ -171,6 +232,8 @@ def build_payload(
     }
     if agent:
         document["agent"] = dict(agent)
+    if pod is not None:
+        document["pod"] = pod.to_json()
     payload = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     parse_payload(payload, origin=origin)
     return payload

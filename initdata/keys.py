@@ -181,15 +181,15 @@ class TrustStore:
             )
 
 
-def _check_owner_and_mode(info: os.stat_result, *, origin: str, field: str, owner_uid: int) -> None:
+def _check_owner_and_mode(info: os.stat_result, *, origin: str, field: str, owner_uid: int | None) -> None:
     # Whoever can write a trust key (or add one to the directory) chooses what the gate accepts.
-    if info.st_uid != owner_uid:
+    if owner_uid is not None and info.st_uid != owner_uid:
         raise TrustStoreError(origin, field, f"is owned by uid {info.st_uid}, not {owner_uid}")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise TrustStoreError(origin, field, f"is group- or world-writable (mode {stat.S_IMODE(info.st_mode):04o})")
 
 
-def _read_trust_file(dir_fd: int, name: str, *, origin: str, owner_uid: int) -> bytes:
+def _read_trust_file(dir_fd: int, name: str, *, origin: str, owner_uid: int | None) -> bytes:
     """One key file, opened relative to the directory: no symlink followed (O_NOFOLLOW), no FIFO or
     device waited on (O_NONBLOCK, then refused as not regular), owner and mode checked on the open fd."""
     try:
@@ -211,12 +211,13 @@ def _read_trust_file(dir_fd: int, name: str, *, origin: str, owner_uid: int) -> 
     return data
 
 
-def load_trust_dir(directory: Path, *, owner_uid: int = 0) -> TrustStore:
+def load_trust_dir(directory: Path, *, owner_uid: int | None = 0) -> TrustStore:
     """Every `*.pem` in the image's trust directory (one or more public keys per file).
 
     The directory and every key file must be owned by `owner_uid` (root) and not group- or
     world-writable; key files must be regular files (a symlink, FIFO or device is refused, never
-    followed or waited on). Any violation refuses the whole store: a key of unknown provenance
+    followed or waited on). `owner_uid` None skips the owner check (offline authoring tools on a
+    workstation, never the guest). Any violation refuses the whole store: a key of unknown provenance
     is not silently skipped, and not silently trusted.
     """
     origin = str(directory)

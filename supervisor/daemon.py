@@ -81,6 +81,7 @@ from supervisor.status import (
     status_document,
 )
 from trust.gate import VerifiedPolicy
+from trust.identity import policies_for_pod
 
 log = logging.getLogger("warden.daemon")
 
@@ -161,7 +162,8 @@ class Supervisor:
         assert engine is not None
         with self._lock:
             if isinstance(request, RegisterRequest):
-                return self._registry.register(engine, request)
+                verified = self.state.verified
+                return self._registry.register(engine, request, verified.pod if verified is not None else None)
             if isinstance(request, UnregisterRequest):
                 return self._registry.unregister(engine, request)
         return Reply.failure("unsupported request")  # pragma: no cover - parse_request is exhaustive
@@ -294,7 +296,7 @@ class Supervisor:
             self.state.phase = Phase.RELOADING
             self.notifier.reloading(f"reloading: bundle v{current.bundle_version} -> v{new.bundle_version}")
             try:
-                summary = self._load(new.parsed_policies)
+                summary = self._load(policies_for_pod(new.parsed_policies, new.pod))
             except EnforcementError as exc:
                 self.state.phase = Phase.READY
                 self.state.last_reload = {"result": "failed", "error": str(exc), "via": origin}
@@ -441,7 +443,7 @@ class Supervisor:
         self._set_status(f"gate accepted bundle v{verified.bundle_version}; loading enforcement")
         started = time.monotonic()
         try:
-            summary = self._load(verified.parsed_policies)
+            summary = self._load(policies_for_pod(verified.parsed_policies, verified.pod))
         except EnforcementError as exc:
             log.error("%s", exc)
             self.state.gate_error = None

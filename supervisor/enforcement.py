@@ -153,9 +153,10 @@ class Enforcement:
         except FAILURES:
             return False
 
-    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str:
+    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
+                           *, kind: str = "container") -> str:
         try:
-            return self.engine.register_container(name, labels, pid_ns, mnt_ns)
+            return self.engine.register_container(name, labels, pid_ns, mnt_ns, kind=kind)
         except FAILURES as exc:
             raise EnforcementError(str(exc)) from None
 

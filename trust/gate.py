@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from attest.base import Measurement
 from attest.tee import TEE_FIELD_NAMES, Tee, expected_measurement
 from bpf.policy.model import Policy
-from initdata.bundle import PolicyFile
+from initdata.bundle import PodIdentity, PolicyFile
 from initdata.document import BUNDLE_KEY, TRUST_KEY, InitdataDocument
 from initdata.dsse import parse_envelope, verify_envelope
 from initdata.errors import (
@@ -79,6 +79,7 @@ class VerifiedPolicy:
     trust_keys: tuple[PublicKey, ...]  # the keys an update must be signed with (same mode)
     signer_keyids: tuple[str, ...]
     threshold: int
+    pod: PodIdentity | None = None  # the signed pod (trust.identity); None: the bundle names none
 
     def status_line(self) -> str:
         prefix = "INSECURE (no TEE, sample source): " if self.insecure else ""
@@ -210,6 +211,7 @@ class BootGate:
             trust_keys=trust.keys,
             signer_keyids=tuple(k.keyid for k in bundle.signers),
             threshold=self.rules.threshold,
+            pod=payload.pod,
         )
 
     def accept_resumed(
@@ -266,6 +268,9 @@ class UpdateGate:
                 "payload.version",
                 f"an update needs a version greater than {current.bundle_version}, not {payload.version}",
             )
+        if payload.pod != current.pod:
+            # Registered scopes were decided with the pod in force; a pod VM runs one pod for its life.
+            raise MalformedBundle(origin, "payload.pod", "an update must name the same pod as the bundle in force")
         # The measurement, initdata and trust facts carry over from the boot gate: the update changes
         # only the bundle.
         return replace(
