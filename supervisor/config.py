@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
-from attest.detect import DEFAULT_SOURCE_ORDER, SOURCE_NAMES
+from attest.detect import DEFAULT_SOURCE_ORDER, INSECURE_SOURCE_NAMES, SOURCE_NAMES
 from initdata.errors import ConfigError, GateError
 from initdata.keys import DEFAULT_TRUST_DIR
 from trust.rules import GateRules, TrustMode
@@ -95,6 +95,7 @@ GATE_KEYS: dict[str, str] = {
     "trust_modes": "image and/or initdata (keys carried in warden.trust)",
     "measurement_sources": "measurement sources, tried in this order",
     "insecure_allow_sample": "accept a VM without a TEE (development only; reported INSECURE)",
+    "insecure_sources": "measurements no TEE vouches for, accepted INSECURE-labelled: vtpm, sample",
     "state_dir": "rollback state directory (per boot), or null for no rollback memory",
     "attestation_agent_url": "api-server-rest of guest-components (http or https)",
     "attestation_agent_timeout": "seconds per attestation-agent request",
@@ -121,6 +122,7 @@ class GateConfig:
     trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
     measurement_sources: tuple[str, ...] = DEFAULT_SOURCE_ORDER
     insecure_allow_sample: bool = False
+    insecure_sources: tuple[str, ...] = ()
     state_dir: Path | None = DEFAULT_STATE_DIR
     attestation_agent_url: str = DEFAULT_AA_URL
     attestation_agent_timeout: float = 2.0
@@ -128,7 +130,8 @@ class GateConfig:
     @property
     def rules(self) -> GateRules:
         return GateRules(
-            threshold=self.threshold, trust_modes=self.trust_modes, insecure_allow_sample=self.insecure_allow_sample
+            threshold=self.threshold, trust_modes=self.trust_modes, insecure_allow_sample=self.insecure_allow_sample,
+            insecure_sources=frozenset(self.insecure_sources),
         )
 
     def aa_client(self) -> AttestationAgentClient:
@@ -290,6 +293,8 @@ def _gate(value: Any, reader: _Reader, key: str) -> GateConfig:
             out[name] = reader.names(item, where, SOURCE_NAMES, "source")
         elif name == "insecure_allow_sample":
             out[name] = reader.boolean(item, where)
+        elif name == "insecure_sources":
+            out[name] = () if item == [] else reader.names(item, where, INSECURE_SOURCE_NAMES, "insecure source")
         elif name == "attestation_agent_url":
             out[name] = reader.url(item, where)
         elif name == "attestation_agent_timeout":

@@ -21,8 +21,8 @@ from attest.base import MeasurementSource
 from attest.detect import build_sources, first_measurement
 from initdata.bounded import read_bounded, read_bounded_if_present
 from initdata.document import InitdataDocument
-from initdata.errors import MalformedBundle, RollbackStateError
-from initdata.keys import load_trust_dir
+from initdata.errors import MalformedBundle, RollbackStateError, TrustStoreError
+from initdata.keys import TrustStore, load_trust_dir
 from initdata.locate import locate_initdata
 from initdata.rollback import MAX_STATE_BYTES, STATE_FILE_NAME, AcceptedBundle, encode_state, parse_state
 from supervisor.config import GateConfig, WardenConfig
@@ -63,7 +63,9 @@ def gate_initdata(
     """
     gate = BootGate(document, config.rules, now=now)
     gate.check_measurement(first_measurement(sources if sources is not None else live_sources(config)))
-    image_keys = load_trust_dir(config.trust_dir) if gate.trust_mode() is TrustMode.IMAGE else None
+    image_keys = image_trust_keys(config) if TrustMode.IMAGE in config.trust_modes else None
+    if image_keys is None and gate.trust_mode() is TrustMode.IMAGE:
+        image_keys = load_trust_dir(config.trust_dir)  # raises with the reason there are none
     last = read_rollback_state(config.state_dir)
     if resume is None:
         verified = gate.accept(image_keys=image_keys, last_accepted=last)
@@ -72,6 +74,18 @@ def gate_initdata(
         log.info("resumed bundle v%d accepted by a reload earlier in this boot", verified.bundle_version)
     record_rollback_state(config.state_dir, verified, now=gate.reference_time)
     return verified
+
+
+def image_trust_keys(config: GateConfig) -> TrustStore | None:
+    """The image's trust keys; None when the image ships none (no directory, or no *.pem in it).
+    Every other problem (a symlink, a writable file, a bad key) raises: an image with broken keys
+    must not quietly fall back to initdata keys."""
+    try:
+        return load_trust_dir(config.trust_dir)
+    except TrustStoreError as exc:
+        if exc.field == "directory" and exc.problem in ("does not exist", "holds no *.pem public keys"):
+            return None
+        raise
 
 
 def gate_update(

@@ -2,8 +2,7 @@
 
     gate = BootGate(document, rules, now=now)        # time fixed here, for every check
     gate.check_measurement(measurement)              # step 1
-    if gate.trust_mode() is TrustMode.IMAGE:         # the caller reads the image keys only if needed
-        image_keys = load_trust_dir(...)
+    image_keys = load_trust_dir(...)                 # when the image mode is allowed (None: no keys)
     verified = gate.accept(image_keys=image_keys, last_accepted=state)   # steps 2-4 (trust.bundle)
 
 Steps, in this order, each with its own error type:
@@ -22,8 +21,14 @@ state, and recording the acceptance are the caller's (supervisor.gate_inputs). I
 Trust modes (which keys verify the bundle):
 - `image`: the PEM keys under the trust directory of the (measured) guest image;
 - `initdata`: the PEM keys in the initdata's own `warden.trust` value, bound by step 1.
-If `warden.trust` is present and the `initdata` mode is allowed, those keys are used; otherwise the
-image keys, if that mode is allowed; otherwise the gate refuses (TrustModeRefused).
+The rule, in order (issue 15 item 9: initdata keys never replace image keys):
+1. the `image` mode is allowed and the image ships trust keys: the image keys, whatever initdata
+   carries (the measured image's owner decided who signs; initdata, written by whoever launches the
+   VM, cannot swap in other signers even though the TEE measured it);
+2. `warden.trust` is present and the `initdata` mode is allowed: the initdata keys (a generic image
+   that ships no keys, the usual CoCo pod-VM image);
+3. the `image` mode is allowed: the image keys (and reading them fails with the reason);
+4. otherwise the gate refuses (TrustModeRefused).
 
 A newer bundle later in the boot (a reload) goes through `UpdateGate`: signed by the keys the boot
 gate bound, strictly newer than the one in force.
@@ -82,7 +87,10 @@ class VerifiedPolicy:
     pod: PodIdentity | None = None  # the signed pod (trust.identity); None: the bundle names none
 
     def status_line(self) -> str:
-        prefix = "INSECURE (no TEE, sample source): " if self.insecure else ""
+        prefix = ""
+        if self.insecure:
+            prefix = ("INSECURE (no TEE, sample source): " if self.tee is None
+                      else f"INSECURE ({self.tee} not vouched for by a TEE): ")
         binding = (
             f"{self.tee} {TEE_FIELD_NAMES[Tee(self.tee)]} matches"
             if self.tee is not None
@@ -117,15 +125,17 @@ class BootGate:
     def check_measurement(self, measurement: Measurement) -> None:
         """Step 1. Raises unless the measured register holds what this initdata's digest says it should."""
         document = self.document
-        if measurement.insecure:
-            if not self.rules.insecure_allow_sample:
-                raise InsecureSourceRefused(
-                    measurement.detail,
-                    "measurement",
-                    "no TEE is present and insecure_allow_sample is not set; refusing to run unmeasured",
-                )
-        else:
-            assert measurement.tee is not None
+        kind = measurement.insecure_kind
+        if kind is not None and not self.rules.allows_insecure(kind):
+            raise InsecureSourceRefused(
+                measurement.detail,
+                "measurement",
+                "no TEE is present and insecure_allow_sample is not set; refusing to run unmeasured"
+                if kind == "sample"
+                else f"a {kind} measurement no TEE vouches for is not a TEE measurement; refusing unless "
+                f"insecure_sources lists {kind}",
+            )
+        if measurement.tee is not None:
             expected = expected_measurement(
                 document.digest, document.algorithm, measurement.tee, origin=document.origin
             )
@@ -147,14 +157,16 @@ class BootGate:
     def bundle_origin(self) -> str:
         return f"{self.document.origin} data.{BUNDLE_KEY}"
 
-    def trust_mode(self) -> TrustMode:
-        """Which keys verify the bundle (see the module docstring). The caller reads the image keys
-        only when this says IMAGE, so an image without a trust directory can use initdata keys."""
+    def trust_mode(self, *, image_has_keys: bool = False) -> TrustMode:
+        """Which keys verify the bundle (the rule is in the module docstring). `image_has_keys`: the
+        image ships trust keys (only asked when the image mode is allowed)."""
         self._measured()
         document = self.document
         if BUNDLE_KEY not in document.data:
             raise MalformedBundle(document.origin, f"data.{BUNDLE_KEY}", "missing: no policy bundle in initdata")
         carried = document.data.get(TRUST_KEY)
+        if image_has_keys and TrustMode.IMAGE in self.rules.trust_modes:
+            return TrustMode.IMAGE
         if carried is not None and TrustMode.INITDATA in self.rules.trust_modes:
             return TrustMode.INITDATA
         if TrustMode.IMAGE in self.rules.trust_modes:
@@ -180,7 +192,7 @@ class BootGate:
         """Steps 2-4 on the initdata's bundle, after step 1. `image_keys` is needed only when
         `trust_mode()` is IMAGE; `last_accepted` is this boot's rollback state (None: no memory)."""
         measurement = self._measured()
-        mode = self.trust_mode()
+        mode = self.trust_mode(image_has_keys=image_keys is not None and bool(image_keys.keys))
         trust = self._trust_store(mode, image_keys)
         bundle = verify_bundle(
             self.document.data[BUNDLE_KEY].encode("utf-8"),

@@ -23,8 +23,14 @@ class GateRules:
     - threshold: distinct trusted keys that must sign a bundle (k of n)
     - trust_modes: which of `image` / `initdata` keys may be used (see trust.gate)
     - insecure_allow_sample: accept a VM without a TEE (development only; reported INSECURE)
+    - insecure_sources: measurements no TEE vouches for that are accepted anyway, INSECURE-labelled:
+      "sample" (no TEE at all), "vtpm" (a TPM the TEE does not vouch for). Opt-in only.
     """
 
     threshold: int = 1
     trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
     insecure_allow_sample: bool = False
+    insecure_sources: frozenset[str] = frozenset()
+
+    def allows_insecure(self, kind: str) -> bool:
+        return kind in self.insecure_sources or (kind == "sample" and self.insecure_allow_sample)
