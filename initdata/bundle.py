@@ -5,6 +5,7 @@ Payload type `application/vnd.coco-warden.bundle+json`, a JSON object with exact
     {
       "version": 7,                              # integer >= 1; rollback protection compares it
       "expires": "2027-01-31T00:00:00Z",         # RFC 3339 with a zone; refused at or after this
+      "issued_at": "2026-11-01T00:00:00Z",       # optional; when signed (bounds the validity window)
       "policies": [                              # 1..256 KubeArmor policy *files*, in order
         {"name": "block-shadow.yaml", "text": "apiVersion: security.kubearmor.com/v1\\n..."}
       ],
@@ -43,7 +44,7 @@ from initdata import strict_json
 from initdata.bounded import read_bounded
 from initdata.errors import InputTooLarge, MalformedBundle
 
-PAYLOAD_KEYS = frozenset({"version", "expires", "policies", "bpf_objects", "agent", "pod"})
+PAYLOAD_KEYS = frozenset({"version", "expires", "issued_at", "policies", "bpf_objects", "agent", "pod"})
 POD_KEYS = frozenset({"namespace", "labels", "containers"})
 MAX_POD_LABELS = 64
 MAX_POD_CONTAINERS = 64
@@ -117,6 +118,7 @@ class BundlePayload:
     agent: Mapping[str, object] = field(hash=False)
     digest: str  # "sha256:<hex>" of the payload bytes: identifies the exact bundle
     pod: PodIdentity | None = None  # None: the bundle names no pod (every container gets the union)
+    issued_at: datetime | None = None  # None: not stated (the validity window is then counted from now)
 
 
 def parse_rfc3339(value: object, *, origin: str, field: str) -> datetime:
@@ -201,6 +203,10 @@ def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
         raise MalformedBundle(origin, "payload.agent", "must be a JSON object")
 
     pod = parse_pod(document["pod"], origin=origin) if "pod" in document else None
+    issued_at = (parse_rfc3339(document["issued_at"], origin=origin, field="payload.issued_at")
+                 if "issued_at" in document else None)
+    if issued_at is not None and issued_at >= expires:
+        raise MalformedBundle(origin, "payload.issued_at", "is not before payload.expires")
 
     return BundlePayload(
         version=version,
@@ -210,6 +216,7 @@ def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
         agent=MappingProxyType(dict(agent)),
         digest="sha256:" + hashlib.sha256(payload).hexdigest(),
         pod=pod,
+        issued_at=issued_at,
     )
 
 
@@ -221,6 +228,7 @@ def build_payload(
     bpf_objects: Mapping[str, str] | None = None,
     agent: Mapping[str, object] | None = None,
     pod: PodIdentity | None = None,
+    issued_at: datetime | None = None,
     origin: str = "bundle",
 ) -> bytes:
     """Canonical payload bytes; parsed back before returning so sign never emits what verify refuses."""
@@ -234,6 +242,8 @@ def build_payload(
         document["agent"] = dict(agent)
     if pod is not None:
         document["pod"] = pod.to_json()
+    if issued_at is not None:
+        document["issued_at"] = format_rfc3339(issued_at)
     payload = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     parse_payload(payload, origin=origin)
     return payload

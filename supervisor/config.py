@@ -47,6 +47,7 @@ from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
 from attest.detect import DEFAULT_SOURCE_ORDER, INSECURE_SOURCE_NAMES, SOURCE_NAMES
 from initdata.errors import ConfigError, GateError
 from initdata.keys import DEFAULT_TRUST_DIR
+from initdata.rollback import parse_kbs_uri
 from trust.rules import GateRules, TrustMode
 
 DEFAULT_CONFIG_PATH = Path("/etc/warden/warden.yaml")
@@ -96,6 +97,8 @@ GATE_KEYS: dict[str, str] = {
     "measurement_sources": "measurement sources, tried in this order",
     "insecure_allow_sample": "accept a VM without a TEE (development only; reported INSECURE)",
     "insecure_sources": "measurements no TEE vouches for, accepted INSECURE-labelled: vtpm, sample",
+    "max_validity_days": "refuse bundles valid longer than this many days (from issued_at, else now); null: no bound",
+    "minimum_version_resource": "kbs:///repo/type/tag holding the minimum bundle version, fetched after attestation",
     "state_dir": "rollback state directory (per boot), or null for no rollback memory",
     "attestation_agent_url": "api-server-rest of guest-components (http or https)",
     "attestation_agent_timeout": "seconds per attestation-agent request",
@@ -123,6 +126,8 @@ class GateConfig:
     measurement_sources: tuple[str, ...] = DEFAULT_SOURCE_ORDER
     insecure_allow_sample: bool = False
     insecure_sources: tuple[str, ...] = ()
+    max_validity_days: int | None = None
+    minimum_version_resource: str | None = None
     state_dir: Path | None = DEFAULT_STATE_DIR
     attestation_agent_url: str = DEFAULT_AA_URL
     attestation_agent_timeout: float = 2.0
@@ -131,7 +136,7 @@ class GateConfig:
     def rules(self) -> GateRules:
         return GateRules(
             threshold=self.threshold, trust_modes=self.trust_modes, insecure_allow_sample=self.insecure_allow_sample,
-            insecure_sources=frozenset(self.insecure_sources),
+            insecure_sources=frozenset(self.insecure_sources), max_validity_days=self.max_validity_days,
         )
 
     def aa_client(self) -> AttestationAgentClient:
@@ -293,6 +298,15 @@ def _gate(value: Any, reader: _Reader, key: str) -> GateConfig:
             out[name] = reader.names(item, where, SOURCE_NAMES, "source")
         elif name == "insecure_allow_sample":
             out[name] = reader.boolean(item, where)
+        elif name == "max_validity_days":
+            out[name] = None if item is None else reader.integer(item, where, 1, 36500)
+        elif name == "minimum_version_resource":
+            if item is not None:
+                try:
+                    parse_kbs_uri(item if isinstance(item, str) else "", origin=reader.origin, field=where)
+                except GateError as exc:
+                    raise reader.fail(where, exc.problem) from None
+            out[name] = item
         elif name == "insecure_sources":
             out[name] = () if item == [] else reader.names(item, where, INSECURE_SOURCE_NAMES, "insecure source")
         elif name == "attestation_agent_url":

@@ -40,7 +40,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from attest.base import Measurement
 from attest.tee import TEE_FIELD_NAMES, Tee, expected_measurement
@@ -85,6 +85,8 @@ class VerifiedPolicy:
     signer_keyids: tuple[str, ...]
     threshold: int
     pod: PodIdentity | None = None  # the signed pod (trust.identity); None: the bundle names none
+    max_validity: timedelta | None = None  # carried to updates (trust.bundle.check_freshness)
+    minimum_version: int | None = None  # the relying party's floor at boot; updates are held to it too
 
     def status_line(self) -> str:
         prefix = ""
@@ -188,7 +190,8 @@ class BootGate:
             raise RuntimeError("trust mode image needs the image keys (load_trust_dir)")
         return image_keys
 
-    def accept(self, *, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None) -> VerifiedPolicy:
+    def accept(self, *, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None,
+               minimum_version: int | None = None) -> VerifiedPolicy:
         """Steps 2-4 on the initdata's bundle, after step 1. `image_keys` is needed only when
         `trust_mode()` is IMAGE; `last_accepted` is this boot's rollback state (None: no memory)."""
         measurement = self._measured()
@@ -201,6 +204,8 @@ class BootGate:
             threshold=self.rules.threshold,
             last_accepted=last_accepted,
             now=self.reference_time,
+            max_validity=self.rules.max_validity,
+            minimum_version=minimum_version,
         )
         payload = bundle.payload
         return VerifiedPolicy(
@@ -224,10 +229,13 @@ class BootGate:
             signer_keyids=tuple(k.keyid for k in bundle.signers),
             threshold=self.rules.threshold,
             pod=payload.pod,
+            max_validity=self.rules.max_validity,
+            minimum_version=minimum_version,
         )
 
     def accept_resumed(
-        self, update: bytes, *, origin: str, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None
+        self, update: bytes, *, origin: str, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None,
+        minimum_version: int | None = None,
     ) -> VerifiedPolicy:
         """After a reload earlier in this boot: the boot bundle, then the update that reload accepted.
 
@@ -237,7 +245,7 @@ class BootGate:
         state included, exactly as when it was first applied: a restart resumes the newer policy and
         never falls back to the older one.
         """
-        boot = self.accept(image_keys=image_keys, last_accepted=None)
+        boot = self.accept(image_keys=image_keys, last_accepted=None, minimum_version=minimum_version)
         return UpdateGate(boot, now=self.reference_time).accept(update, origin=origin, last_accepted=last_accepted)
 
 
@@ -269,6 +277,8 @@ class UpdateGate:
             threshold=current.threshold,
             last_accepted=last_accepted,
             now=self.reference_time,
+            max_validity=current.max_validity,
+            minimum_version=current.minimum_version,
         )
         return self._replace_bundle(bundle, origin=origin)
 

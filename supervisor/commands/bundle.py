@@ -178,6 +178,7 @@ def run_sign(args: argparse.Namespace) -> int:
         bpf_objects=bpf_objects,
         agent=agent,
         pod=pod,
+        issued_at=now.replace(microsecond=0),  # bounds the validity window (gate.max_validity_days)
         origin=str(args.policy_dir),
     )
     validate_policies(parse_payload(payload, origin=str(args.policy_dir)), origin=str(args.policy_dir))
