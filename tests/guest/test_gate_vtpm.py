@@ -126,8 +126,8 @@ FAKE_AA = textwrap.dedent("""
             self.end_headers()
             self.wfile.write(body)
 
+    os.setgid(uid); os.setuid(uid)  # first: the socket's owner (/proc/net/tcp) is whoever creates it
     server = HTTPServer(("127.0.0.1", 8006), Handler)
-    os.setgid(uid); os.setuid(uid)
     print("listening", flush=True)
     server.serve_forever()
 """)
