@@ -331,6 +331,8 @@ def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = REA
             conn.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ControlUnavailable(f"{path}: nothing listening ({exc.strerror})") from None
+        except PermissionError as exc:  # not root: the socket is 0600 in a 0700 directory
+            raise ControlUnavailable(f"{path}: cannot connect ({exc.strerror}); only root may") from None
         conn.settimeout(remaining())
         conn.sendall(line.rstrip(b"\n") + b"\n")
         buffer = bytearray()
