@@ -262,8 +262,9 @@ def test_crashing_inputs_end_in_a_one_line_refusal_with_the_baseline_kept(guest:
                   f"--config {directory}/warden.yaml\\n' > {CRASH_DROPIN} && systemctl daemon-reload", check=True)
         since = guest.run("date +%s.%N", check=True).stdout.strip()
         guest.run("systemctl start --no-block warden.service", check=True)
-        wait_until(f"the refusal of {name}", lambda: "gate refused" in show(guest, "StatusText")["StatusText"],
-                   180, guest)
+        # Each case's refusal names its own input, so a STATUS left from the previous case cannot pass.
+        wait_until(f"the refusal of {name}",
+                   lambda expected=expected: expected in show(guest, "StatusText")["StatusText"], 180, guest)
         text = show(guest, "StatusText")["StatusText"]
         assert expected in text, text
         assert "keeping the enforcement already pinned" in text, text
