@@ -27,6 +27,7 @@ import binascii
 import hmac
 import json
 import secrets
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -88,7 +89,7 @@ class AttestationAgentClient:
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
             try:
                 with opener.open(req, timeout=self.timeout) as response:
-                    data: bytes = response.read(MAX_RESPONSE_BYTES + 1)
+                    data = _read_body(response, deadline=time.monotonic() + self.timeout, url=url)
             except urllib.error.HTTPError as exc:
                 detail = exc.read(200).decode("utf-8", errors="replace")
                 raise AttestationAgentError(url, "status", f"HTTP {exc.code} {detail}") from None
@@ -125,6 +126,22 @@ class AttestationAgentClient:
                 raise AttestationAgentError(self.base_url, name, f"{part!r} is not a path segment")
         path = "/cdh/resource/" + "/".join(urllib.parse.quote(p, safe="") for p in (repository, kind, tag))
         return self.request("GET", path)
+
+
+def _read_body(response: Any, *, deadline: float, url: str) -> bytes:
+    """The response body, at most MAX_RESPONSE_BYTES + 1, within `deadline`: a server that trickles
+    its body cannot stretch one request beyond its timeout (each read still has the socket timeout)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_RESPONSE_BYTES:
+        if time.monotonic() > deadline:
+            raise AttestationAgentError(url, "response", "the body did not arrive within the timeout")
+        chunk: bytes = response.read1(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _json_object(data: bytes, *, origin: str, field: str) -> dict[str, Any]:

@@ -382,3 +382,39 @@ def test_attestation_has_a_total_deadline(tmp_path: Path, monkeypatch: pytest.Mo
     assert "attestation_deadline_s=2s" in supervisor.state.status_line
     assert supervisor.state.enforced.origin is EnforcedOrigin.BASELINE
     assert extensions and max(extensions) <= 2.0 + 1.0
+
+
+def test_a_trickling_attestation_agent_body_is_bounded_per_request() -> None:
+    """Item 6: the AA REST client's timeout bounds the body as a whole, not each read."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from attest.aa import AttestationAgentClient
+    from initdata.errors import AttestationAgentError
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(200):
+                try:
+                    self.wfile.write(b"{")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = AttestationAgentClient(f"http://127.0.0.1:{server.server_address[1]}", timeout=1.0, attempts=1)
+        started = time.monotonic()
+        with pytest.raises(AttestationAgentError, match="did not arrive within the timeout"):
+            client.request("GET", "/aa/evidence")
+        assert time.monotonic() - started < 2.5
+    finally:
+        server.shutdown()
+        server.server_close()
