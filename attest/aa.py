@@ -6,22 +6,33 @@ Endpoints used (default base http://127.0.0.1:8006, loopback only):
 - POST /aa/aael {domain, operation, content}  -> {"success": "true"} when the event was recorded
 - GET  /cdh/resource/<repo>/<type>/<tag>      -> resource bytes (a newer bundle, for updates)
 
-The evidence is read, not verified: we trust the local AA as we trust the kernel interfaces it
-wraps (a relying party verifies the same evidence's signature remotely). Requests never go through
-a proxy (HTTP_PROXY must not redirect a loopback call), redirects are not followed, and every
-response is size-bounded.
+Who answers matters (issue 15 item 4): any local uid can listen on a loopback port the real AA is
+not holding. So evidence from this REST path counts as a measurement only when
+- the URL is loopback and the socket listening on it belongs to uid 0 (its owner in
+  /proc/net/tcp{,6}, checked before and after the request: `check_loopback_listener`), and
+- the evidence carries the fresh nonce we sent as runtime_data in its report data (TDX quote
+  REPORTDATA, SNP report REPORT_DATA: the AA zero-pads runtime_data to 64 bytes, guest-components
+  attestation-agent/attester/src/{tdx,snp}/mod.rs), so a recorded quote cannot be replayed.
+The quote's signature is not verified here (the relying party does that): a root process that
+forges a whole quote is inside the TCB anyway. The attestation-agent over its root-owned unix
+socket with a peer check (attest/ttrpc.py, another branch) is the preferred transport.
+Requests never go through a proxy (HTTP_PROXY must not redirect a loopback call), redirects are not
+followed, and every response is size-bounded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import secrets
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
@@ -30,6 +41,7 @@ from attest.base import Measurement
 from attest.snp import hostdata_from_report
 from attest.tdx import mrconfigid_from_quote
 from attest.tee import Tee
+from initdata import strict_json
 from initdata.errors import AttestationAgentError, GateError, MeasurementUnavailable
 
 DEFAULT_AA_URL = "http://127.0.0.1:8006"
@@ -77,7 +89,7 @@ class AttestationAgentClient:
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
             try:
                 with opener.open(req, timeout=self.timeout) as response:
-                    data: bytes = response.read(MAX_RESPONSE_BYTES + 1)
+                    data = _read_body(response, deadline=time.monotonic() + self.timeout, url=url)
             except urllib.error.HTTPError as exc:
                 detail = exc.read(200).decode("utf-8", errors="replace")
                 raise AttestationAgentError(url, "status", f"HTTP {exc.code} {detail}") from None
@@ -116,11 +128,24 @@ class AttestationAgentClient:
         return self.request("GET", path)
 
 
+def _read_body(response: Any, *, deadline: float, url: str) -> bytes:
+    """The response body, at most MAX_RESPONSE_BYTES + 1, within `deadline`: a server that trickles
+    its body cannot stretch one request beyond its timeout (each read still has the socket timeout)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_RESPONSE_BYTES:
+        if time.monotonic() > deadline:
+            raise AttestationAgentError(url, "response", "the body did not arrive within the timeout")
+        chunk: bytes = response.read1(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _json_object(data: bytes, *, origin: str, field: str) -> dict[str, Any]:
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise AttestationAgentError(origin, field, "is not JSON") from None
+    document = strict_json.loads(data, origin=origin, field=field, error=AttestationAgentError)
     if not isinstance(document, dict):
         raise AttestationAgentError(origin, field, "is not a JSON object")
     return document
@@ -138,8 +163,24 @@ def _b64(value: object, *, origin: str, field: str) -> bytes:
         raise MeasurementUnavailable(origin, field, "is not valid base64") from None
 
 
-def measurement_from_evidence(evidence: bytes, *, origin: str, source: str) -> Measurement:
-    """The initdata register from attestation-agent evidence JSON, per TEE.
+TDX_REPORT_DATA_OFFSET = {4: 568, 5: 574}  # quote header 48 (+6 for v5's body descriptor) + 520 in the body
+SNP_REPORT_DATA = slice(0x50, 0x90)
+REPORT_DATA_SIZE = 64
+
+
+def _check_nonce(report_data: bytes, runtime_data: bytes | None, *, origin: str, field: str) -> None:
+    if runtime_data is None:
+        return
+    expected = runtime_data.ljust(REPORT_DATA_SIZE, b"\0")
+    if len(report_data) != REPORT_DATA_SIZE or not hmac.compare_digest(report_data, expected):
+        raise MeasurementUnavailable(origin, field, "does not carry the nonce we sent: replayed or forged evidence")
+
+
+def measurement_from_evidence(
+    evidence: bytes, *, origin: str, source: str, runtime_data: bytes | None = None
+) -> Measurement:
+    """The initdata register from attestation-agent evidence JSON, per TEE. With `runtime_data`,
+    the evidence's report data must be exactly it, zero-padded to 64 bytes (the nonce check).
 
     - TDX: {"cc_eventlog": ..., "quote": base64(TD quote)}              -> MRCONFIGID
     - SNP: {"attestation_report": base64(raw report) or the report as an object with a
@@ -148,15 +189,15 @@ def measurement_from_evidence(evidence: bytes, *, origin: str, source: str) -> M
     """
     if len(evidence) > MAX_RESPONSE_BYTES:
         raise MeasurementUnavailable(origin, "evidence", f"larger than {MAX_RESPONSE_BYTES} bytes")
-    try:
-        document = json.loads(evidence)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise MeasurementUnavailable(origin, "evidence", "is not JSON") from None
+    document = strict_json.loads(evidence, origin=origin, field="evidence", error=MeasurementUnavailable)
     if not isinstance(document, dict):
         raise MeasurementUnavailable(origin, "evidence", "is not a JSON object")
     if "quote" in document:
         quote = _b64(document["quote"], origin=origin, field="evidence.quote")
         value = mrconfigid_from_quote(quote, origin=f"{origin} evidence.quote")
+        offset = TDX_REPORT_DATA_OFFSET[int.from_bytes(quote[:2], "little")]  # version checked just above
+        _check_nonce(quote[offset:offset + REPORT_DATA_SIZE], runtime_data, origin=origin,
+                     field="evidence.quote.report_data")
         return Measurement(source=source, tee=Tee.TDX, value=value, detail=f"{origin} (TDX quote)")
     if "attestation_report" in document:
         report = document["attestation_report"]
@@ -171,9 +212,18 @@ def measurement_from_evidence(evidence: bytes, *, origin: str, source: str) -> M
                     origin, "evidence.attestation_report.host_data", "is not 32 byte values"
                 )
             value = bytes(host_data)
+            report_data = report.get("report_data")
+            if not isinstance(report_data, list) or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in report_data
+            ):
+                report_data = []
+            _check_nonce(bytes(report_data), runtime_data, origin=origin,
+                         field="evidence.attestation_report.report_data")
         else:
             raw = _b64(report, origin=origin, field="evidence.attestation_report")
             value = hostdata_from_report(raw, origin=f"{origin} evidence.attestation_report")
+            _check_nonce(raw[SNP_REPORT_DATA], runtime_data, origin=origin,
+                         field="evidence.attestation_report.report_data")
         return Measurement(source=source, tee=Tee.SNP, value=value, detail=f"{origin} (SNP report)")
     if "svn" in document and "report_data" in document:
         return Measurement(source=source, tee=None, value=b"", detail=f"{origin} (sample attester)")
@@ -182,11 +232,53 @@ def measurement_from_evidence(evidence: bytes, *, origin: str, source: str) -> M
     )
 
 
+_LOOPBACK_V4 = {"0100007F", "00000000"}  # 127.0.0.1 and 0.0.0.0, as /proc/net/tcp prints them
+_LOOPBACK_V6 = {"00000000000000000000000001000000", "00000000000000000000000000000000"}  # ::1 and ::
+TCP_LISTEN = "0A"
+
+
+def loopback_listener_uids(port: int, *, proc_net: Path = Path("/proc/net")) -> set[int]:
+    """Owners (uid) of the sockets listening on loopback (or any address) at `port`, this netns."""
+    uids: set[int] = set()
+    for name, loopback in (("tcp", _LOOPBACK_V4), ("tcp6", _LOOPBACK_V6)):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 8 or fields[3] != TCP_LISTEN:
+                continue
+            address, _, hex_port = fields[1].partition(":")
+            if address in loopback and int(hex_port, 16) == port:
+                uids.add(int(fields[7]))
+    return uids
+
+
+def check_loopback_listener(base_url: str, *, required_uid: int = 0, proc_net: Path = Path("/proc/net")) -> None:
+    """MeasurementUnavailable unless `base_url` is loopback and only `required_uid` listens there."""
+    parsed = urllib.parse.urlsplit(base_url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise MeasurementUnavailable(base_url, "url", "evidence over the network is not a local TEE measurement")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    owners = loopback_listener_uids(port, proc_net=proc_net)
+    if not owners:
+        raise MeasurementUnavailable(base_url, "listener", f"no listening socket on loopback port {port} found")
+    if owners != {required_uid}:
+        raise MeasurementUnavailable(
+            base_url, "listener",
+            f"port {port} is held by uid {', '.join(map(str, sorted(owners)))}, not {required_uid}: "
+            "not the attestation-agent")
+
+
 class AttestationAgentSource:
     name = "attestation-agent"
 
-    def __init__(self, client: AttestationAgentClient | None = None) -> None:
+    def __init__(self, client: AttestationAgentClient | None = None, *, required_uid: int = 0,
+                 proc_net: Path = Path("/proc/net")) -> None:
         self.client = client if client is not None else AttestationAgentClient()
+        self.required_uid = required_uid
+        self.proc_net = proc_net
         self._reported_tee: object = None
 
     def available(self) -> bool:
@@ -205,11 +297,15 @@ class AttestationAgentSource:
 
     def measure(self) -> Measurement:
         origin = self.client._url("/aa/evidence")
+        nonce = secrets.token_hex(16)  # 32 ASCII bytes: what the AA puts (zero-padded) in the report data
+        check_loopback_listener(self.client.base_url, required_uid=self.required_uid, proc_net=self.proc_net)
         try:
-            evidence = self.client.evidence(secrets.token_hex(16))
+            evidence = self.client.evidence(nonce)
         except AttestationAgentError as exc:
             raise MeasurementUnavailable(exc.origin, exc.field, exc.problem) from None
-        return measurement_from_evidence(evidence, origin=origin, source=self.name)
+        # Still the same owner after the exchange (a listener swapped in between is caught too).
+        check_loopback_listener(self.client.base_url, required_uid=self.required_uid, proc_net=self.proc_net)
+        return measurement_from_evidence(evidence, origin=origin, source=self.name, runtime_data=nonce.encode())
 
 
 def record_ruleset_digest(

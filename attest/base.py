@@ -21,10 +21,21 @@ class Measurement:
     tee: Tee | None
     value: bytes
     detail: str  # where it was read, for messages: a path, a URL
+    # False for a register no TEE vouches for: a vTPM outside a confidential VM's TCB (the VMM
+    # emulates it, so the host can extend or reset PCR8 at will). Such a measurement is compared,
+    # but counts as INSECURE and needs opt-in (`insecure_sources: [vtpm]`).
+    vouched_by_tee: bool = True
 
     @property
     def insecure(self) -> bool:
-        return self.tee is None
+        return self.tee is None or not self.vouched_by_tee
+
+    @property
+    def insecure_kind(self) -> str | None:
+        """None for a TEE measurement; else the `insecure_sources` name that must allow it."""
+        if self.tee is None:
+            return "sample"
+        return None if self.vouched_by_tee else self.tee.value
 
 
 class MeasurementSource(Protocol):
@@ -35,7 +46,8 @@ class MeasurementSource(Protocol):
     def available(self) -> bool: ...
 
     def tee_detected(self) -> bool:
-        """After available() said yes: does this source stand for real TEE hardware?
+        """After available() said yes: does this source stand for real TEE hardware (TDX, SNP, an
+        attestation-agent with such an attester)? A bare vTPM and `sample` do not.
 
         A present TEE that then fails to measure must fail closed rather than fall back to sample.
         """

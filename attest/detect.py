@@ -1,11 +1,13 @@
 """Which measurement sources to try, in which order, and the first measurement they give.
 
-Order comes from the configuration (default: tdx, snp, vtpm, attestation-agent, sample). Each
-source says whether its hardware interface is present (`available()`); the first present one is
-asked. If a present source fails, the next present one is tried, with one exception: `sample` is
-used only when no present source stood for TEE hardware (`tee_detected()`: the TDX/SNP/TPM
-devices, or an attestation-agent whose primary attester is not `sample`). A TEE guest whose
-interface fails must fail closed, never drop silently to "no TEE".
+Order comes from the configuration (default: tdx, snp, vtpm, attestation-agent, sample), except
+that the sources which never stand for a TEE (`vtpm` without a TEE vouching for it, `sample`) come
+after all the others whatever the configured order. Each source says whether its hardware
+interface is present (`available()`); the first present one is asked. If a present source fails,
+the next present one is tried, with one exception: `vtpm` and `sample` are used only when no
+present source stood for TEE hardware (`tee_detected()`: the TDX/SNP devices, or an
+attestation-agent whose primary attester is TDX/SNP). A TEE guest whose interface fails must fail
+closed, never drop silently to "no TEE" or to a VMM-emulated TPM.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from initdata.errors import GateError, MeasurementUnavailable
 
 SOURCE_NAMES = ("tdx", "snp", "vtpm", "attestation-agent", "sample")
 DEFAULT_SOURCE_ORDER = SOURCE_NAMES
+# Sources that never stand for a TEE: tried only after every other source, and only when no TEE
+# is present, whatever the configured order (a listed-first `sample` cannot win over TDX).
+INSECURE_SOURCE_NAMES = ("vtpm", "sample")
 
 
 def build_sources(
@@ -54,8 +59,10 @@ def first_measurement(sources: Sequence[MeasurementSource]) -> Measurement:
     """The first measurement a present source gives (see the module docstring for the rule)."""
     failures: list[str] = []
     tee_present = False
-    for source in sources:
-        if source.name == "sample" and tee_present:
+    ordered = [s for s in sources if s.name not in INSECURE_SOURCE_NAMES] + \
+              [s for s in sources if s.name in INSECURE_SOURCE_NAMES]
+    for source in ordered:
+        if source.name in INSECURE_SOURCE_NAMES and tee_present:
             continue
         if not source.available():
             continue

@@ -3,6 +3,9 @@
 The pod-VM image extends PCR8 (`tpm2_pcrextend 8:sha256=<digest>`, or the AA's az/tpm attesters do
 it); from a zero PCR that gives sha256(32 zero bytes || digest), which the gate expects. The kernel
 prints PCRs as uppercase hex plus a newline (drivers/char/tpm/tpm-sysfs.c).
+
+Not a TEE on its own: the measurement is marked `vouched_by_tee=False`, so the gate accepts it only
+with `insecure_sources: [vtpm]` and reports it INSECURE (issue 15 item 5).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ class VtpmSource:
         self.pcr_path = sysfs_root / "class" / "tpm" / tpm / "pcr-sha256" / str(PCR_INDEX)
 
     def tee_detected(self) -> bool:
-        return True
+        # A TPM alone is not a TEE: without the TEE vouching for it (Azure CVMs: the HCL report in NV
+        # index 0x01400001, read by guest-components' az-snp-vtpm/az-tdx-vtpm attesters; not
+        # implemented here), the VMM that emulates it can set PCR8 to anything.
+        return False
 
     def available(self) -> bool:
         return self.pcr_path.exists()
@@ -40,4 +46,5 @@ class VtpmSource:
         text = raw.decode("ascii", errors="replace").strip()
         if not _HEX64.fullmatch(text):
             raise MeasurementUnavailable(origin, "pcr8", "is not 64 hex digits")
-        return Measurement(source=self.name, tee=Tee.VTPM, value=bytes.fromhex(text), detail=origin)
+        return Measurement(source=self.name, tee=Tee.VTPM, value=bytes.fromhex(text), detail=origin,
+                           vouched_by_tee=False)

@@ -5,12 +5,22 @@ Payload type `application/vnd.coco-warden.bundle+json`, a JSON object with exact
     {
       "version": 7,                              # integer >= 1; rollback protection compares it
       "expires": "2027-01-31T00:00:00Z",         # RFC 3339 with a zone; refused at or after this
+      "issued_at": "2026-11-01T00:00:00Z",       # optional; when signed (bounds the validity window)
       "policies": [                              # 1..256 KubeArmor policy *files*, in order
         {"name": "block-shadow.yaml", "text": "apiVersion: security.kubearmor.com/v1\\n..."}
       ],
       "bpf_objects": {"warden_lsm.bpf.o": "sha256:<64 hex>"},   # what the engine must load
-      "agent": {...}                             # optional agent settings, any JSON object
+      "agent": {...},                            # optional agent settings, any JSON object
+      "pod": {                                   # optional: the pod this bundle is for (signed)
+        "namespace": "default",
+        "labels": {"app": "mysql"},
+        "containers": ["mysql", "sidecar"]
+      }
     }
+
+`pod` is the pod owner's statement of which pod the bundle governs: its namespace and labels (what
+KubeArmor selectors match) and the names of the containers it expects. trust.identity decides from
+it, never from annotations, which policies apply to each container the OCI hook registers.
 
 Each policy entry is the text of one YAML file as its author wrote it (it may hold several `---`
 documents); `name` becomes the origin in policy error messages. Keeping the author's text, rather
@@ -30,13 +40,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from initdata import strict_json
 from initdata.bounded import read_bounded
 from initdata.errors import InputTooLarge, MalformedBundle
 
-PAYLOAD_KEYS = frozenset({"version", "expires", "policies", "bpf_objects", "agent"})
+PAYLOAD_KEYS = frozenset({"version", "expires", "issued_at", "policies", "bpf_objects", "agent", "pod"})
+POD_KEYS = frozenset({"namespace", "labels", "containers"})
+MAX_POD_LABELS = 64
+MAX_POD_CONTAINERS = 64
+# Kubernetes names: DNS-1123 labels (namespaces, container names); label keys/values without , or =
+# (KubeArmor joins labels as "k=v,k=v"), printable.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 MAX_POLICY_FILES = 256
 MAX_BPF_OBJECTS = 64
 MAX_VERSION = 2**63 - 1
+# Times far from now are refused outright, so later arithmetic (expiry - issue) never overflows.
+MIN_YEAR, MAX_YEAR = 2000, 9000
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 BPF_OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA256_REF = re.compile(r"sha256:[0-9a-f]{64}")
@@ -50,6 +71,45 @@ class PolicyFile:
 
 
 @dataclass(frozen=True)
+class PodIdentity:
+    """The signed identity of the pod a bundle governs (see the module docstring)."""
+
+    namespace: str
+    labels: Mapping[str, str] = field(hash=False)
+    containers: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"namespace": self.namespace, "labels": dict(self.labels), "containers": list(self.containers)}
+
+
+def parse_pod(value: object, *, origin: str, field: str = "payload.pod") -> PodIdentity:
+    """The `pod` object -> PodIdentity; MalformedBundle naming the sub-field otherwise."""
+    if not isinstance(value, dict):
+        raise MalformedBundle(origin, field, "must be an object with namespace, labels, containers")
+    unknown = sorted(set(value) - POD_KEYS)
+    if unknown:
+        raise MalformedBundle(origin, f"{field}.{unknown[0]}", "unknown field")
+    namespace = value.get("namespace")
+    if not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace):
+        raise MalformedBundle(origin, f"{field}.namespace", f"{namespace!r} is not a Kubernetes namespace name")
+    labels = value.get("labels", {})
+    if not isinstance(labels, dict) or len(labels) > MAX_POD_LABELS:
+        raise MalformedBundle(origin, f"{field}.labels", f"must be an object of at most {MAX_POD_LABELS} labels")
+    for key, label in labels.items():
+        if not LABEL_KEY.fullmatch(key) or not isinstance(label, str) or not LABEL_VALUE.fullmatch(label):
+            raise MalformedBundle(origin, f"{field}.labels.{key[:60]}", "is not a Kubernetes label key=value")
+    containers = value.get("containers")
+    if not isinstance(containers, list) or not 1 <= len(containers) <= MAX_POD_CONTAINERS:
+        raise MalformedBundle(origin, f"{field}.containers", f"must list 1..{MAX_POD_CONTAINERS} container names")
+    for index, name in enumerate(containers):
+        if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
+            raise MalformedBundle(origin, f"{field}.containers[{index}]", f"{name!r} is not a container name")
+    if len(set(containers)) != len(containers):
+        raise MalformedBundle(origin, f"{field}.containers", "names a container twice")
+    return PodIdentity(namespace=namespace, labels=MappingProxyType(dict(labels)), containers=tuple(containers))
+
+
+@dataclass(frozen=True)
 class BundlePayload:
     version: int
     expires: datetime
@@ -57,6 +117,8 @@ class BundlePayload:
     bpf_objects: Mapping[str, str] = field(hash=False)
     agent: Mapping[str, object] = field(hash=False)
     digest: str  # "sha256:<hex>" of the payload bytes: identifies the exact bundle
+    pod: PodIdentity | None = None  # None: the bundle names no pod (every container gets the union)
+    issued_at: datetime | None = None  # None: not stated (the validity window is then counted from now)
 
 
 def parse_rfc3339(value: object, *, origin: str, field: str) -> datetime:
@@ -66,10 +128,12 @@ def parse_rfc3339(value: object, *, origin: str, field: str) -> datetime:
     # Python's fromisoformat takes at most 6 fractional digits; RFC 3339 allows more.
     text = re.sub(r"(\.\d{6})\d+", r"\1", text)
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
+        parsed = datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # e.g. 9999-12-31T23:59:59-01:00 is past datetime.max in UTC
         raise MalformedBundle(origin, field, f"{value!r}: {exc}") from None
-    return parsed.astimezone(UTC)
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise MalformedBundle(origin, field, f"{value!r} is outside the years {MIN_YEAR}..{MAX_YEAR}")
+    return parsed
 
 
 def format_rfc3339(moment: datetime) -> str:
@@ -88,11 +152,7 @@ def parse_expiry_argument(value: str, *, now: datetime, origin: str = "--expires
 
 def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
     """Payload bytes (already signature-checked) -> BundlePayload, refusing anything unexpected."""
-    try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise MalformedBundle(origin, "payload", f"not JSON ({detail})") from None
+    document = strict_json.loads(payload, origin=origin, field="payload", error=MalformedBundle)
     if not isinstance(document, dict):
         raise MalformedBundle(origin, "payload", "must be a JSON object")
     unknown = sorted(set(document) - PAYLOAD_KEYS)
@@ -142,6 +202,12 @@ def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
     if not isinstance(agent, dict):
         raise MalformedBundle(origin, "payload.agent", "must be a JSON object")
 
+    pod = parse_pod(document["pod"], origin=origin) if "pod" in document else None
+    issued_at = (parse_rfc3339(document["issued_at"], origin=origin, field="payload.issued_at")
+                 if "issued_at" in document else None)
+    if issued_at is not None and issued_at >= expires:
+        raise MalformedBundle(origin, "payload.issued_at", "is not before payload.expires")
+
     return BundlePayload(
         version=version,
         expires=expires,
@@ -149,6 +215,8 @@ def parse_payload(payload: bytes, *, origin: str) -> BundlePayload:
         bpf_objects=MappingProxyType(dict(raw_objects)),
         agent=MappingProxyType(dict(agent)),
         digest="sha256:" + hashlib.sha256(payload).hexdigest(),
+        pod=pod,
+        issued_at=issued_at,
     )
 
 
@@ -159,6 +227,8 @@ def build_payload(
     policies: list[PolicyFile],
     bpf_objects: Mapping[str, str] | None = None,
     agent: Mapping[str, object] | None = None,
+    pod: PodIdentity | None = None,
+    issued_at: datetime | None = None,
     origin: str = "bundle",
 ) -> bytes:
     """Canonical payload bytes; parsed back before returning so sign never emits what verify refuses."""
@@ -170,6 +240,10 @@ def build_payload(
     }
     if agent:
         document["agent"] = dict(agent)
+    if pod is not None:
+        document["pod"] = pod.to_json()
+    if issued_at is not None:
+        document["issued_at"] = format_rfc3339(issued_at)
     payload = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     parse_payload(payload, origin=origin)
     return payload

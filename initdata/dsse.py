@@ -17,6 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from initdata import strict_json
 from initdata.document import MAX_INITDATA_BYTES
 from initdata.errors import (
     InputTooLarge,
@@ -84,11 +85,7 @@ def parse_envelope(data: bytes, *, origin: str) -> Envelope:
     """Envelope JSON -> Envelope. Structure only: nothing here is trusted yet."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise InputTooLarge(origin, "envelope", f"{len(data)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise MalformedBundle(origin, "envelope", f"not JSON ({detail})") from None
+    document = strict_json.loads(data, origin=origin, field="envelope", error=MalformedBundle)
     if not isinstance(document, dict):
         raise MalformedBundle(origin, "envelope", "must be a JSON object")
     unknown = sorted(set(document) - ENVELOPE_KEYS)

@@ -12,7 +12,10 @@ keys by their DER, never by keyid.
 from __future__ import annotations
 
 import enum
+import errno
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,6 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from initdata.bounded import read_bounded
 from initdata.errors import InputTooLarge, TrustStoreError
 
 DEFAULT_TRUST_DIR = Path("/etc/warden/trust")
@@ -102,6 +104,26 @@ def split_pem_blocks(data: bytes) -> list[bytes]:
         pos = stop
 
 
+# Ed25519 points of small order (the 8-torsion): every one has y in {1, p-1, 0, +-y8}. A public key
+# there verifies a forged signature (e.g. R = identity, s = 0 against A = identity: measured with
+# this library), so such keys are refused at load. Checked on y reduced mod p, with the sign bit
+# ignored and non-canonical encodings (y >= p) refused outright, so every encoding of the eight
+# points, canonical or not, is caught (the lists of libsodium and ed25519-dalek are subsets).
+_ED25519_P = 2**255 - 19
+_ED25519_Y8 = 0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7
+_ED25519_SMALL_ORDER_Y = frozenset({0, 1, _ED25519_P - 1, _ED25519_Y8, _ED25519_P - _ED25519_Y8})
+
+
+def ed25519_weak_reason(raw: bytes) -> str | None:
+    """Why a 32-byte Ed25519 public key encoding must not be trusted, or None."""
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    if y >= _ED25519_P:
+        return "non-canonical Ed25519 point encoding"
+    if y in _ED25519_SMALL_ORDER_Y:
+        return "Ed25519 point of small order (it verifies forged signatures)"
+    return None
+
+
 def load_public_key_pem(pem: bytes, *, origin: str) -> PublicKey:
     if len(pem) > MAX_PEM_BYTES:
         raise InputTooLarge(origin, "pem", f"{len(pem)} bytes exceeds the {MAX_PEM_BYTES}-byte limit")
@@ -115,6 +137,10 @@ def load_public_key_pem(pem: bytes, *, origin: str) -> PublicKey:
     algorithm = _algorithm_of(key)
     if algorithm is None:
         raise TrustStoreError(origin, "pem", "only Ed25519, ECDSA P-256 and P-384 keys are supported")
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        weak = ed25519_weak_reason(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        if weak is not None:
+            raise TrustStoreError(origin, "pem", f"refused: {weak}")
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return PublicKey(spki_der=der, algorithm=algorithm)
 
@@ -155,20 +181,66 @@ class TrustStore:
             )
 
 
-def load_trust_dir(directory: Path) -> TrustStore:
-    """Every `*.pem` in the image's trust directory (one or more public keys per file)."""
+def _check_owner_and_mode(info: os.stat_result, *, origin: str, field: str, owner_uid: int | None) -> None:
+    # Whoever can write a trust key (or add one to the directory) chooses what the gate accepts.
+    if owner_uid is not None and info.st_uid != owner_uid:
+        raise TrustStoreError(origin, field, f"is owned by uid {info.st_uid}, not {owner_uid}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise TrustStoreError(origin, field, f"is group- or world-writable (mode {stat.S_IMODE(info.st_mode):04o})")
+
+
+def _read_trust_file(dir_fd: int, name: str, *, origin: str, owner_uid: int | None) -> bytes:
+    """One key file, opened relative to the directory: no symlink followed (O_NOFOLLOW), no FIFO or
+    device waited on (O_NONBLOCK, then refused as not regular), owner and mode checked on the open fd."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        problem = "is a symlink; trust keys must be regular files" if exc.errno == errno.ELOOP \
+            else f"cannot be opened ({exc.strerror})"
+        raise TrustStoreError(origin, "file", problem) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TrustStoreError(origin, "file", "is not a regular file")
+        _check_owner_and_mode(info, origin=origin, field="file", owner_uid=owner_uid)
+        if info.st_size > MAX_PEM_BYTES:
+            raise InputTooLarge(origin, "file", f"{info.st_size} bytes exceeds the {MAX_PEM_BYTES}-byte limit")
+        data = handle.read(MAX_PEM_BYTES + 1)
+    if len(data) > MAX_PEM_BYTES:
+        raise InputTooLarge(origin, "file", f"exceeds the {MAX_PEM_BYTES}-byte limit")
+    return data
+
+
+def load_trust_dir(directory: Path, *, owner_uid: int | None = 0) -> TrustStore:
+    """Every `*.pem` in the image's trust directory (one or more public keys per file).
+
+    The directory and every key file must be owned by `owner_uid` (root) and not group- or
+    world-writable; key files must be regular files (a symlink, FIFO or device is refused, never
+    followed or waited on). `owner_uid` None skips the owner check (offline authoring tools on a
+    workstation, never the guest). Any violation refuses the whole store: a key of unknown provenance
+    is not silently skipped, and not silently trusted.
+    """
     origin = str(directory)
     try:
-        paths = sorted(p for p in directory.iterdir() if p.name.endswith(".pem"))
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise TrustStoreError(origin, "directory", "does not exist") from None
     except OSError as exc:
+        raise TrustStoreError(origin, "directory", f"cannot be opened ({exc.strerror})") from None
+    try:
+        _check_owner_and_mode(os.fstat(dir_fd), origin=origin, field="directory", owner_uid=owner_uid)
+        names = sorted(n for n in os.listdir(dir_fd) if n.endswith(".pem"))
+        if len(names) > MAX_TRUST_KEYS:
+            raise InputTooLarge(origin, "directory", f"{len(names)} files exceeds the limit of {MAX_TRUST_KEYS}")
+        keys: list[PublicKey] = []
+        for name in names:
+            path = str(directory / name)
+            keys.extend(load_public_keys_pem(_read_trust_file(dir_fd, name, origin=path, owner_uid=owner_uid),
+                                             origin=path))
+    except OSError as exc:
         raise TrustStoreError(origin, "directory", f"cannot be listed ({exc.strerror})") from None
-    if len(paths) > MAX_TRUST_KEYS:
-        raise InputTooLarge(origin, "directory", f"{len(paths)} files exceeds the limit of {MAX_TRUST_KEYS}")
-    keys: list[PublicKey] = []
-    for path in paths:
-        keys.extend(load_public_keys_pem(read_bounded(path, MAX_PEM_BYTES), origin=str(path)))
+    finally:
+        os.close(dir_fd)
     if not keys:
         raise TrustStoreError(origin, "directory", "holds no *.pem public keys")
     return TrustStore.from_keys(keys, origin=origin)

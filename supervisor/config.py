@@ -24,6 +24,7 @@ Top-level keys (snake_case, like the gate's):
     control_socket:        the control socket (newline-delimited JSON, mode 0600)
     gate_failure_exit_s:   after a refused gate: enforce the baseline, then exit 1 after this long
     extend_timeout_s:      while the gate runs, ask systemd for this much more start time, repeatedly
+    attestation_deadline_s: the gate's total time; past it the gate is refused (baseline), never extended
     record_ruleset:        after enforcement, record the RuleSet digest in the AA event log (AAEL)
     postures:              default postures for containers {file, network, capabilities}: allow|audit|block
     host_postures:         the same for the host scope
@@ -43,9 +44,10 @@ from typing import Any
 import yaml
 
 from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
-from attest.detect import DEFAULT_SOURCE_ORDER, SOURCE_NAMES
+from attest.detect import DEFAULT_SOURCE_ORDER, INSECURE_SOURCE_NAMES, SOURCE_NAMES
 from initdata.errors import ConfigError, GateError
 from initdata.keys import DEFAULT_TRUST_DIR
+from initdata.rollback import parse_kbs_uri
 from trust.rules import GateRules, TrustMode
 
 DEFAULT_CONFIG_PATH = Path("/etc/warden/warden.yaml")
@@ -63,6 +65,7 @@ KEYS: dict[str, str] = {
     "control_socket": "control socket path",
     "gate_failure_exit_s": "seconds to keep the baseline STATUS before exiting 1 after a refused gate",
     "extend_timeout_s": "EXTEND_TIMEOUT_USEC step while the gate runs, seconds",
+    "attestation_deadline_s": "total time the gate may take before it is refused, seconds",
     "record_ruleset": "record the RuleSet digest in the attestation-agent event log",
     "postures": "container default postures: file, network, capabilities",
     "host_postures": "host default postures: file, network, capabilities",
@@ -93,6 +96,9 @@ GATE_KEYS: dict[str, str] = {
     "trust_modes": "image and/or initdata (keys carried in warden.trust)",
     "measurement_sources": "measurement sources, tried in this order",
     "insecure_allow_sample": "accept a VM without a TEE (development only; reported INSECURE)",
+    "insecure_sources": "measurements no TEE vouches for, accepted INSECURE-labelled: vtpm, sample",
+    "max_validity_days": "refuse bundles valid longer than this many days (from issued_at, else now); null: no bound",
+    "minimum_version_resource": "kbs:///repo/type/tag holding the minimum bundle version, fetched after attestation",
     "state_dir": "rollback state directory (per boot), or null for no rollback memory",
     "attestation_agent_url": "api-server-rest of guest-components (http or https)",
     "attestation_agent_timeout": "seconds per attestation-agent request",
@@ -119,6 +125,9 @@ class GateConfig:
     trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
     measurement_sources: tuple[str, ...] = DEFAULT_SOURCE_ORDER
     insecure_allow_sample: bool = False
+    insecure_sources: tuple[str, ...] = ()
+    max_validity_days: int | None = None
+    minimum_version_resource: str | None = None
     state_dir: Path | None = DEFAULT_STATE_DIR
     attestation_agent_url: str = DEFAULT_AA_URL
     attestation_agent_timeout: float = 2.0
@@ -126,7 +135,8 @@ class GateConfig:
     @property
     def rules(self) -> GateRules:
         return GateRules(
-            threshold=self.threshold, trust_modes=self.trust_modes, insecure_allow_sample=self.insecure_allow_sample
+            threshold=self.threshold, trust_modes=self.trust_modes, insecure_allow_sample=self.insecure_allow_sample,
+            insecure_sources=frozenset(self.insecure_sources), max_validity_days=self.max_validity_days,
         )
 
     def aa_client(self) -> AttestationAgentClient:
@@ -183,6 +193,7 @@ class WardenConfig:
     control_socket: Path = Path("/run/warden/warden.sock")
     gate_failure_exit_s: float = 30.0
     extend_timeout_s: float = 30.0
+    attestation_deadline_s: float = 120.0
     record_ruleset: bool = True
     postures: PostureConfig = field(default_factory=PostureConfig)
     host_postures: PostureConfig = field(default_factory=PostureConfig)
@@ -287,6 +298,17 @@ def _gate(value: Any, reader: _Reader, key: str) -> GateConfig:
             out[name] = reader.names(item, where, SOURCE_NAMES, "source")
         elif name == "insecure_allow_sample":
             out[name] = reader.boolean(item, where)
+        elif name == "max_validity_days":
+            out[name] = None if item is None else reader.integer(item, where, 1, 36500)
+        elif name == "minimum_version_resource":
+            if item is not None:
+                try:
+                    parse_kbs_uri(item if isinstance(item, str) else "", origin=reader.origin, field=where)
+                except GateError as exc:
+                    raise reader.fail(where, exc.problem) from None
+            out[name] = item
+        elif name == "insecure_sources":
+            out[name] = () if item == [] else reader.names(item, where, INSECURE_SOURCE_NAMES, "insecure source")
         elif name == "attestation_agent_url":
             out[name] = reader.url(item, where)
         elif name == "attestation_agent_timeout":
@@ -352,6 +374,8 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
             out[name] = reader.seconds(value, name, 0, 3600)
         elif name == "extend_timeout_s":
             out[name] = reader.seconds(value, name, 1, 600)
+        elif name == "attestation_deadline_s":
+            out[name] = reader.seconds(value, name, 1, 3600)
         elif name == "record_ruleset":
             out[name] = reader.boolean(value, name)
         elif name in ("postures", "host_postures"):

@@ -4,15 +4,22 @@ Requests (one JSON object per line):
 
     {"op": "status"}
     {"op": "reload"}                                       re-read the configured update bundle
-    {"op": "register", "id": ID, "name": NAME, "labels": {K: V}, "pid_ns": N, "mnt_ns": N, "pid": N}
-                                                           pid (optional): the container's first process
+    {"op": "register", "id": ID, "pid": PID, "name": NAME,       the container's init pid and the
+     "pod_name": P, "pod_namespace": NS}                      CRI container name; pod_* optional,
+                                                              informational (alerts, logs) only
     {"op": "unregister", "id": ID}
+
+No labels and no namespace ids travel in a request: labels come from the signed bundle's `pod`
+(trust.identity), namespaces are read by the supervisor from /proc/<pid>/ns (supervisor.registry),
+so a client can name a container but cannot choose which signed rules it gets.
 
 Replies (one line each): {"ok": true, ...} or {"ok": false, "error": "<one line>", "retry": bool};
 `retry` true means "not now" (the supervisor is not READY yet), which the hook waits out.
 
-Trust boundary: anything that can connect is root in the guest (the socket is 0600 in a 0700
-directory), but the bytes are still parsed as untrusted: a message is bounded (MAX_MESSAGE_BYTES,
+Trust boundary: the socket is 0600 in a 0700 directory, and every connection's SO_PEERCRED uid
+must be 0 (the kernel records the credentials of whoever called connect(2); a root process that
+hands its connected socket to another lends it what root could do anyway). The bytes are still
+parsed as untrusted: a message is bounded (MAX_MESSAGE_BYTES,
 else an error reply and the connection is closed), a silent client is dropped after a timeout, the
 number of concurrent connections is bounded, and every malformed request gets an error reply,
 never an exception in the server.
@@ -28,11 +35,16 @@ import re
 import socket
 import socketserver
 import stat
+import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from initdata import strict_json
+from initdata.errors import GateError
 
 log = logging.getLogger("warden.control")
 
@@ -40,10 +52,10 @@ MAX_MESSAGE_BYTES = 64 * 1024
 READ_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 16
 MAX_REQUESTS_PER_CONNECTION = 64
-MAX_LABELS = 64
 MAX_NAME_CHARS = 253
 CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,253}")
-LABEL_TEXT = re.compile(r"[^\x00-\x1f\x7f,=]{1,316}")  # KubeArmor "k=v,k=v" must stay parseable
+REQUIRED_PEER_UID = 0
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ProtocolError(Exception):
@@ -63,11 +75,10 @@ class ReloadRequest:
 @dataclass(frozen=True)
 class RegisterRequest:
     container_id: str
-    name: str
-    labels: Mapping[str, str] = field(hash=False)
-    pid_ns: int
-    mnt_ns: int
-    pid: int | None = None  # the container's first process: its scope is recorded on the task itself
+    pid: int  # the container's init process, as the runtime reports it
+    name: str  # CRI container name (host-written: trust.identity picks among the signed names with it)
+    pod_name: str = ""  # informational only
+    pod_namespace: str = ""  # informational only
 
 
 @dataclass(frozen=True)
@@ -97,9 +108,17 @@ class Reply:
         return cls(ok=False, error=error, retry=retry)
 
 
-def _namespace_id(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
-        raise ProtocolError(f"{key}: {value!r} is not a namespace inode number")
+def _pid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 < value < 2**22:
+        raise ProtocolError(f"pid: {str(value)[:40]!r} is not a process id other than 1")
+    return value
+
+
+def _text(value: Any, key: str, *, optional: bool) -> str:
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS or not value.isprintable():
+        raise ProtocolError(f"{key}: must be a printable string of 1..{MAX_NAME_CHARS} characters")
     return value
 
 
@@ -120,17 +139,16 @@ def _container_id(value: Any) -> str:
 def parse_request(line: bytes) -> Request:
     """One line of bytes -> a typed request, or ProtocolError saying what is wrong."""
     try:
-        data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise ProtocolError(f"request is not JSON ({detail})") from None
+        data = strict_json.loads(line, origin="request", field="request", error=GateError)
+    except GateError as exc:
+        raise ProtocolError(f"request is {exc.problem}") from None
     if not isinstance(data, dict):
         raise ProtocolError("request must be a JSON object")
     op = data.get("op")
     allowed: dict[str, set[str]] = {
         "status": {"op"},
         "reload": {"op"},
-        "register": {"op", "id", "name", "labels", "pid_ns", "mnt_ns", "pid"},
+        "register": {"op", "id", "pid", "name", "pod_name", "pod_namespace"},
         "unregister": {"op", "id"},
     }
     if op not in allowed:
@@ -145,30 +163,21 @@ def parse_request(line: bytes) -> Request:
     container_id = _container_id(data.get("id"))
     if op == "unregister":
         return UnregisterRequest(container_id)
-    name = data.get("name", container_id)
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or not name.isprintable():
-        raise ProtocolError("name: must be a printable string of 1..253 characters")
-    labels = data.get("labels", {})
-    if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
-        raise ProtocolError(f"labels: must be an object of at most {MAX_LABELS} string pairs")
-    for key, value in labels.items():
-        if not isinstance(value, str) or not LABEL_TEXT.fullmatch(key) or not LABEL_TEXT.fullmatch(value):
-            raise ProtocolError(f"labels: {str(key)[:60]!r} is not a key=value pair of printable text without ,=")
     return RegisterRequest(
         container_id=container_id,
-        name=name,
-        labels=dict(labels),
-        pid_ns=_namespace_id(data.get("pid_ns"), "pid_ns"),
-        mnt_ns=_namespace_id(data.get("mnt_ns"), "mnt_ns"),
         pid=_pid(data.get("pid")),
+        name=_text(data.get("name", container_id), "name", optional=False),
+        pod_name=_text(data.get("pod_name"), "pod_name", optional=True),
+        pod_namespace=_text(data.get("pod_namespace"), "pod_namespace", optional=True),
     )
 
 
 RequestHandler = Callable[[Request], Reply]
 
 
-def _read_line(conn: socket.socket, buffer: bytearray) -> bytes | None:
-    """The next line (without the newline), None at EOF; ProtocolError if over the size bound."""
+def _read_line(conn: socket.socket, buffer: bytearray, *, deadline: float | None = None) -> bytes | None:
+    """The next line (without the newline), None at EOF; ProtocolError if over the size bound;
+    TimeoutError once `deadline` (monotonic) passes, however the bytes trickle in."""
     while True:
         newline = buffer.find(b"\n")
         if newline >= 0:
@@ -179,6 +188,11 @@ def _read_line(conn: socket.socket, buffer: bytearray) -> bytes | None:
             return line
         if len(buffer) > MAX_MESSAGE_BYTES:
             raise ProtocolError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed")
+            conn.settimeout(left)
         chunk = conn.recv(65536)
         if not chunk:
             if buffer.strip():
@@ -194,6 +208,12 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     allow_reuse_address = False
     request_handler: RequestHandler
     slots: threading.BoundedSemaphore
+    required_uid: int
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of whoever connected, as the kernel recorded them at connect(2)."""
+    return _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
 
 
 class _Connection(socketserver.BaseRequestHandler):
@@ -201,6 +221,12 @@ class _Connection(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         conn: socket.socket = self.request
+        peer_pid, peer_uid, _gid = peer_credentials(conn)
+        if peer_uid != self.server.required_uid:
+            log.warning("control: refused a connection from pid %d uid %d (only uid %d may connect)",
+                        peer_pid, peer_uid, self.server.required_uid)
+            self._send(conn, Reply.failure(f"uid {peer_uid} may not use the control socket"))
+            return
         if not self.server.slots.acquire(blocking=False):
             self._send(conn, Reply.failure("too many connections", retry=True))
             return
@@ -221,7 +247,7 @@ class _Connection(socketserver.BaseRequestHandler):
         buffer = bytearray()
         for _ in range(MAX_REQUESTS_PER_CONNECTION):
             try:
-                line = _read_line(conn, buffer)
+                line = _read_line(conn, buffer, deadline=time.monotonic() + READ_TIMEOUT_S)
             except ProtocolError as exc:
                 self._send(conn, Reply.failure(str(exc)))
                 return  # the rest of an oversized message cannot be framed: drop the connection
@@ -252,7 +278,7 @@ class _Connection(socketserver.BaseRequestHandler):
 class ControlServer:
     """The listening socket plus its accept thread; `close()` stops both and removes the socket."""
 
-    def __init__(self, path: Path, handler: RequestHandler) -> None:
+    def __init__(self, path: Path, handler: RequestHandler, *, required_uid: int = REQUIRED_PEER_UID) -> None:
         self.path = path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._remove_stale()
@@ -264,6 +290,7 @@ class ControlServer:
         os.chmod(path, 0o600)
         self._server.request_handler = handler
         self._server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._server.required_uid = required_uid
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="warden-control", daemon=True
         )
@@ -292,17 +319,33 @@ class ControlUnavailable(Exception):
 
 
 def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = READ_TIMEOUT_S) -> dict[str, Any]:
-    """Send one request, return the parsed reply object. ControlUnavailable if nobody listens."""
+    """Send one request, return the parsed reply object. ControlUnavailable if nobody listens.
+
+    `timeout` bounds the whole exchange (connect, send, every recv together), not each socket call:
+    a peer trickling one byte at a time cannot make it last longer (TimeoutError).
+    """
     line = message if isinstance(message, bytes) else json.dumps(dict(message)).encode()
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{path}: no complete reply within {timeout:g}s")
+        return left
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
-        conn.settimeout(timeout)
+        conn.settimeout(remaining())
         try:
             conn.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ControlUnavailable(f"{path}: nothing listening ({exc.strerror})") from None
+        except PermissionError as exc:  # not root: the socket is 0600 in a 0700 directory
+            raise ControlUnavailable(f"{path}: cannot connect ({exc.strerror}); only root may") from None
+        conn.settimeout(remaining())
         conn.sendall(line.rstrip(b"\n") + b"\n")
         buffer = bytearray()
         while b"\n" not in buffer:
+            conn.settimeout(remaining())
             chunk = conn.recv(65536)
             if not chunk:
                 break
@@ -313,9 +356,9 @@ def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = REA
     if not text:
         raise ControlUnavailable(f"{path}: the supervisor closed the connection without a reply")
     try:
-        reply = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ControlUnavailable(f"{path}: the reply is not JSON") from None
+        reply = strict_json.loads(text, origin=str(path), field="reply", error=GateError)
+    except GateError as exc:
+        raise ControlUnavailable(str(exc)) from None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise ControlUnavailable(f"{path}: the reply is not a warden reply object")
     return reply

@@ -41,7 +41,7 @@ from typing import Any
 
 from attest.aa import record_ruleset_digest
 from bpf.policy.model import Policy
-from initdata.errors import GateError
+from initdata.errors import GateError, MeasurementUnavailable
 from supervisor.agent_runner import AgentRunner, AgentSnapshot
 from supervisor.config import WardenConfig
 from supervisor.control import (
@@ -81,10 +81,15 @@ from supervisor.status import (
     status_document,
 )
 from trust.gate import VerifiedPolicy
+from trust.identity import policies_for_pod
 
 log = logging.getLogger("warden.daemon")
 
 IDLE_TICK_S = 5.0
+
+
+class AttestationDeadline(MeasurementUnavailable):
+    """The whole gate (every source, every retry) did not finish within attestation_deadline_s."""
 
 
 def enforced_by_gate(verified: VerifiedPolicy, summary: LoadSummary, recorded: bool | None) -> Enforced:
@@ -157,7 +162,8 @@ class Supervisor:
         assert engine is not None
         with self._lock:
             if isinstance(request, RegisterRequest):
-                return self._registry.register(engine, request)
+                verified = self.state.verified
+                return self._registry.register(engine, request, verified.pod if verified is not None else None)
             if isinstance(request, UnregisterRequest):
                 return self._registry.unregister(engine, request)
         return Reply.failure("unsupported request")  # pragma: no cover - parse_request is exhaustive
@@ -165,7 +171,10 @@ class Supervisor:
     # -- gate and enforcement ----------------------------------------------------------------
 
     def _run_gate_with_extensions(self) -> VerifiedPolicy:
-        """The gate in a worker thread; meanwhile keep systemd's start timeout extended."""
+        """The gate in a worker thread; meanwhile keep systemd's start timeout extended, up to the
+        total `attestation_deadline_s`: a trickling attestation-agent cannot keep us waiting longer.
+        At the deadline the gate is refused (AttestationDeadline); the worker is abandoned (a daemon
+        thread) and whatever it returns later is ignored."""
         result: dict[str, Any] = {}
 
         def work() -> None:
@@ -175,14 +184,22 @@ class Supervisor:
                 result["error"] = exc
 
         worker = threading.Thread(target=work, name="warden-gate", daemon=True)
+        started = time.monotonic()
+        deadline = started + self.config.attestation_deadline_s
         worker.start()
         step = self.config.extend_timeout_s
         while True:
-            self.notifier.extend_timeout(step * 2)
-            worker.join(timeout=step)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AttestationDeadline(
+                    "attestation", "deadline",
+                    f"the gate did not finish within attestation_deadline_s={self.config.attestation_deadline_s:g}s")
+            # Never ask systemd for more than the deadline leaves (+ time to enforce the baseline).
+            self.notifier.extend_timeout(min(step * 2, remaining + step))
+            worker.join(timeout=min(step, remaining))
             if not worker.is_alive():
                 break
-            log.info("attestation still running after %.0fs", time.monotonic() - self.started_at)
+            log.info("attestation still running after %.0fs", time.monotonic() - started)
         if "error" in result:
             raise result["error"]
         verified: VerifiedPolicy = result["verified"]
@@ -219,6 +236,9 @@ class Supervisor:
                 summary = self._load(baseline.policies)
             except (GateError, EnforcementError) as exc:
                 self._set_status(f"NOT READY: gate refused: {error}; baseline FAILED: {exc}; {deadline}")
+            except Exception as exc:  # report it; the exit below lets systemd restart us
+                self._set_status(f"NOT READY: gate refused: {error}; baseline FAILED: internal error "
+                                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}; {deadline}")
             else:
                 version, digest = baseline.payload.version, baseline.payload.digest
                 self.state.enforced = Enforced(EnforcedOrigin.BASELINE, version, digest, summary.ruleset_digest,
@@ -276,7 +296,7 @@ class Supervisor:
             self.state.phase = Phase.RELOADING
             self.notifier.reloading(f"reloading: bundle v{current.bundle_version} -> v{new.bundle_version}")
             try:
-                summary = self._load(new.parsed_policies)
+                summary = self._load(policies_for_pod(new.parsed_policies, new.pod))
             except EnforcementError as exc:
                 self.state.phase = Phase.READY
                 self.state.last_reload = {"result": "failed", "error": str(exc), "via": origin}
@@ -406,6 +426,10 @@ class Supervisor:
         except GateError as exc:
             log.error("gate refused: %s", exc)
             return self._on_gate_refused(str(exc))
+        except Exception as exc:  # whatever escapes the gate still ends in the baseline
+            reason = f"gate failed: internal error {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            log.error("%s", reason)
+            return self._on_gate_refused(reason)
         finally:
             self.state.timings["gate_s"] = round(time.monotonic() - started, 3)
         try:
@@ -419,7 +443,7 @@ class Supervisor:
         self._set_status(f"gate accepted bundle v{verified.bundle_version}; loading enforcement")
         started = time.monotonic()
         try:
-            summary = self._load(verified.parsed_policies)
+            summary = self._load(policies_for_pod(verified.parsed_policies, verified.pod))
         except EnforcementError as exc:
             log.error("%s", exc)
             self.state.gate_error = None

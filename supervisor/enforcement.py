@@ -154,9 +154,9 @@ class Enforcement:
             return False
 
     def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                           pid: int | None = None) -> str:
+                           pid: int | None = None, *, kind: str = "container") -> str:
         try:
-            return self.engine.register_container(name, labels, pid_ns, mnt_ns, pid)
+            return self.engine.register_container(name, labels, pid_ns, mnt_ns, pid, kind=kind)
         except FAILURES as exc:
             raise EnforcementError(str(exc)) from None
 

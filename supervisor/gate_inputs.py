@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,18 @@ from attest.base import MeasurementSource
 from attest.detect import build_sources, first_measurement
 from initdata.bounded import read_bounded, read_bounded_if_present
 from initdata.document import InitdataDocument
-from initdata.errors import MalformedBundle, RollbackStateError
-from initdata.keys import load_trust_dir
+from initdata.errors import GateError, MalformedBundle, RollbackStateError, TrustStoreError
+from initdata.keys import TrustStore, load_trust_dir
 from initdata.locate import locate_initdata
-from initdata.rollback import MAX_STATE_BYTES, STATE_FILE_NAME, AcceptedBundle, encode_state, parse_state
+from initdata.rollback import (
+    MAX_STATE_BYTES,
+    STATE_FILE_NAME,
+    AcceptedBundle,
+    encode_state,
+    parse_kbs_uri,
+    parse_minimum_version,
+    parse_state,
+)
 from supervisor.config import GateConfig, WardenConfig
 from trust.bundle import VerifiedBundle, verify_baseline
 from trust.gate import BootGate, UpdateGate, VerifiedPolicy
@@ -56,6 +65,7 @@ def gate_initdata(
     sources: list[MeasurementSource] | None = None,
     now: datetime | None = None,
     resume: AcceptedUpdate | None = None,
+    fetch_resource: ResourceFetch | None = None,
 ) -> VerifiedPolicy:
     """The boot gate on one initdata document; with `resume`, the update a reload accepted on top of it.
 
@@ -63,15 +73,54 @@ def gate_initdata(
     """
     gate = BootGate(document, config.rules, now=now)
     gate.check_measurement(first_measurement(sources if sources is not None else live_sources(config)))
-    image_keys = load_trust_dir(config.trust_dir) if gate.trust_mode() is TrustMode.IMAGE else None
+    minimum_version = fetch_minimum_version(config, fetch_resource)  # after attestation: KBS releases it then
+    image_keys = image_trust_keys(config) if TrustMode.IMAGE in config.trust_modes else None
+    if image_keys is None and gate.trust_mode() is TrustMode.IMAGE:
+        image_keys = load_trust_dir(config.trust_dir)  # raises with the reason there are none
     last = read_rollback_state(config.state_dir)
     if resume is None:
-        verified = gate.accept(image_keys=image_keys, last_accepted=last)
+        verified = gate.accept(image_keys=image_keys, last_accepted=last, minimum_version=minimum_version)
     else:
-        verified = gate.accept_resumed(resume.envelope, origin=resume.origin, image_keys=image_keys, last_accepted=last)
+        verified = gate.accept_resumed(resume.envelope, origin=resume.origin, image_keys=image_keys, last_accepted=last,
+                                       minimum_version=minimum_version)
         log.info("resumed bundle v%d accepted by a reload earlier in this boot", verified.bundle_version)
     record_rollback_state(config.state_dir, verified, now=gate.reference_time)
     return verified
+
+
+ResourceFetch = Callable[[str, str, str], bytes]  # (repository, type, tag) -> resource bytes; GateError on failure
+
+
+def fetch_minimum_version(config: GateConfig, fetch: ResourceFetch | None = None) -> int | None:
+    """The minimum bundle version the relying party releases as a KBS resource (None: not configured).
+
+    Asked only after the measurement step, since KBS releases resources only to an attested VM. A
+    configured resource that cannot be fetched or parsed refuses the gate: no floor is not "floor 0".
+    `fetch` defaults to the CDH resource call of the attestation-agent client (the merger may give the
+    CDH/KBS client of attest/ instead: any (repository, type, tag) -> bytes callable).
+    """
+    if config.minimum_version_resource is None:
+        return None
+    uri = config.minimum_version_resource
+    repository, kind, tag = parse_kbs_uri(uri, origin="configuration", field="gate.minimum_version_resource")
+    getter = fetch if fetch is not None else config.aa_client().resource
+    try:
+        raw = getter(repository, kind, tag)
+    except GateError as exc:
+        raise RollbackStateError(uri, "resource", f"the minimum version cannot be fetched ({exc})") from None
+    return parse_minimum_version(raw, origin=uri)
+
+
+def image_trust_keys(config: GateConfig) -> TrustStore | None:
+    """The image's trust keys; None when the image ships none (no directory, or no *.pem in it).
+    Every other problem (a symlink, a writable file, a bad key) raises: an image with broken keys
+    must not quietly fall back to initdata keys."""
+    try:
+        return load_trust_dir(config.trust_dir)
+    except TrustStoreError as exc:
+        if exc.field == "directory" and exc.problem in ("does not exist", "holds no *.pem public keys"):
+            return None
+        raise
 
 
 def gate_update(

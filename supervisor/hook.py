@@ -7,29 +7,25 @@ file. The runtime passes the container state on stdin (runtime-spec "State"):
     {"ociVersion": "1.0.2", "id": "...", "status": "created", "pid": 4422, "bundle": "/...",
      "annotations": {...}}
 
-Create stages: resolve the pid and mount namespace ids from /proc/<pid>/ns, the container name and
-labels from annotations, send `register` to the control socket and wait until the supervisor
-acknowledges that the container's rules are in the maps. If that does not happen within the
-timeout (supervisor stopped, restarting, or not READY because the gate refused), exit non-zero: the
-runtime then aborts the container (runtime-spec Lifecycle). KubeArmor's hook gives up silently and
-lets the container run unprotected; this one never does.
+Create stages: send `register` with the container's init pid and its CRI name to the control socket
+and wait until the supervisor acknowledges that the container's rules are in the maps. If that does
+not happen within the timeout (supervisor stopped, restarting, or not READY because the gate
+refused), exit non-zero: the runtime then aborts the container (runtime-spec Lifecycle). KubeArmor's
+hook gives up silently and lets the container run unprotected; this one never does. The timeout
+bounds the whole exchange: a peer that trickles bytes cannot extend it.
 
 Poststop: send `unregister`. A poststop failure only makes the runtime log a warning.
 
-Names and labels, from annotations (untrusted text, validated by the control protocol):
-- name: `io.kubernetes.cri.container-name` (containerd), else `io.kubernetes.container.name`
-  (CRI-O), else the container id;
-- labels: `io.katacontainers.warden.labels`, KubeArmor's "k=v,k=v" form (its alerts' `Labels`).
-  The `io.katacontainers.` prefix is chosen because Kata's containerd runtime handler passes pod
-  annotations matching `io.katacontainers.*` (its usual `pod_annotations`) down to the container
-  spec; pod labels themselves never reach the OCI config.
+What the hook sends is only a claim: the supervisor reads the namespaces of the pid itself, and
+decides the rules from the signed bundle's pod (trust.identity), using the name only to pick among
+the containers the bundle lists. Name: `io.kubernetes.cri.container-name` (containerd), else
+`io.kubernetes.container.name` (CRI-O), else the container id. Pod name and namespace
+(`io.kubernetes.cri.sandbox-name` / `-namespace`) are passed for alerts only. Labels are not read
+from annotations at all (the host writes them): the signed bundle carries the pod's labels.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import sys
 import time
 from collections.abc import Mapping
@@ -38,16 +34,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from initdata import strict_json
+from initdata.errors import GateError
 from supervisor.control import ControlUnavailable, call
 from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 
 MAX_STATE_BYTES = 1024 * 1024
 NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
-LABELS_ANNOTATION = "io.katacontainers.warden.labels"
+POD_NAME_ANNOTATION = "io.kubernetes.cri.sandbox-name"
+POD_NAMESPACE_ANNOTATION = "io.kubernetes.cri.sandbox-namespace"
 DEFAULT_SOCKET = Path("/run/warden/warden.sock")
 DEFAULT_TIMEOUT_S = 10.0
 RETRY_INTERVAL_S = 0.1
-NS_LINK = re.compile(r"(pid|mnt):\[(\d+)\]")
 
 
 class HookError(Exception):
@@ -83,22 +81,9 @@ class ContainerState:
                 return value
         return self.container_id
 
-    @property
-    def labels(self) -> dict[str, str]:
-        return parse_labels(self.annotations.get(LABELS_ANNOTATION, ""))
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise HookError(f"annotation {LABELS_ANNOTATION}: {item[:60]!r} is not key=value")
-        labels[key.strip()] = value.strip()
-    return labels
+    def annotation(self, key: str) -> str:
+        value = self.annotations.get(key, "")
+        return value if value.isprintable() and len(value) <= 253 else ""
 
 
 def read_state(stream: BinaryIO) -> bytes:
@@ -113,11 +98,10 @@ def parse_state(raw: bytes) -> ContainerState:
     if not raw.strip():
         raise HookError("stdin: empty; the runtime passes the container state as JSON on stdin")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) \
-            else type(exc).__name__
-        raise HookError(f"stdin: OCI state is not JSON ({detail})") from None
+        # The OCI state has annotations nested 2 deep; the config's hooks and mounts are not in it.
+        data = strict_json.loads(raw, origin="stdin", field="OCI state", error=GateError)
+    except GateError as exc:
+        raise HookError(str(exc)) from None
     if not isinstance(data, dict):
         raise HookError("stdin: OCI state must be a JSON object")
 
@@ -141,40 +125,19 @@ def parse_state(raw: bytes) -> ContainerState:
     return ContainerState(oci_version, container_id, status, pid, bundle, dict(annotations))
 
 
-def namespace_ids(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
-    """(pid namespace inode, mount namespace inode) of `pid`, from the /proc/<pid>/ns links."""
-    ids: dict[str, int] = {}
-    for kind in ("pid", "mnt"):
-        link = proc / str(pid) / "ns" / kind
-        try:
-            target = os.readlink(link)
-        except OSError as exc:
-            raise HookError(f"{link}: cannot read ({exc.strerror}); is pid {pid} the container's init?") from None
-        match = NS_LINK.fullmatch(target)
-        if match is None or match.group(1) != kind:
-            raise HookError(f"{link}: unexpected link target {target!r}")
-        ids[kind] = int(match.group(2))
-    return ids["pid"], ids["mnt"]
-
-
 def infer_stage(state: ContainerState) -> Stage:
     """Kata's guest hook directories run the binary without arguments: tell the stage by status."""
     return Stage.POSTSTOP if state.status == "stopped" else Stage.CREATE_RUNTIME
 
 
-def register_message(state: ContainerState, proc: Path = Path("/proc")) -> dict[str, Any]:
+def register_message(state: ContainerState) -> dict[str, Any]:
     if state.pid is None:
         raise HookError(f"stdin: OCI state of {state.container_id} (status {state.status}) has no pid")
-    pid_ns, mnt_ns = namespace_ids(state.pid, proc)
-    return {
-        "op": "register",
-        "id": state.container_id,
-        "name": state.name,
-        "labels": state.labels,
-        "pid_ns": pid_ns,
-        "mnt_ns": mnt_ns,
-        "pid": state.pid,
-    }
+    message: dict[str, Any] = {"op": "register", "id": state.container_id, "pid": state.pid, "name": state.name}
+    for field_name, key in (("pod_name", POD_NAME_ANNOTATION), ("pod_namespace", POD_NAMESPACE_ANNOTATION)):
+        if state.annotation(key):
+            message[field_name] = state.annotation(key)
+    return message
 
 
 def send_until_acknowledged(socket_path: Path, message: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -189,7 +152,7 @@ def send_until_acknowledged(socket_path: Path, message: Mapping[str, Any], timeo
                 f"({last}); failing closed"
             )
         try:
-            reply = call(socket_path, message, timeout=max(0.1, min(remaining, 5.0)))
+            reply = call(socket_path, message, timeout=min(remaining, 5.0))
         except ControlUnavailable as exc:
             last = str(exc)
         except (TimeoutError, OSError) as exc:
@@ -209,7 +172,6 @@ def run_hook(
     stage: Stage | None,
     socket_path: Path = DEFAULT_SOCKET,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-    proc: Path = Path("/proc"),
 ) -> str:
     """The whole hook; returns the line to log on success, raises HookError otherwise."""
     state = parse_state(raw_state)
@@ -217,7 +179,7 @@ def run_hook(
     if stage.creates:
         if state.status == "stopped":
             raise HookError(f"stage {stage}: container {state.container_id} is already stopped")
-        reply = send_until_acknowledged(socket_path, register_message(state, proc), timeout_s)
+        reply = send_until_acknowledged(socket_path, register_message(state), timeout_s)
         return (
             f"registered {state.container_id} as {state.name!r}: rules {reply.get('ruleset', '?')} in the maps"
         )

@@ -68,7 +68,7 @@ class SupervisorState:
 
 def ready_line(verified: VerifiedPolicy, enforced: Enforced, agent: AgentSnapshot | None) -> str:
     """The STATUS line while READY: bundle, RuleSet digest, measurement source, and the agent."""
-    insecure = " INSECURE(sample)" if verified.insecure else ""
+    insecure = f" INSECURE({verified.tee or 'sample'})" if verified.insecure else ""
     text = (
         f"enforcing bundle v{verified.bundle_version} ({verified.bundle_digest[:19]}), "
         f"ruleset {enforced.ruleset_digest[:19] or '?'}, measured by {verified.measurement_source}{insecure}"

@@ -46,6 +46,28 @@ class FakeAgent:
     requests: list[str] = field(default_factory=list)
     events: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
+    replay: bool = False  # serve the evidence as recorded, without our nonce (a replayed quote)
+
+
+def with_runtime_data(evidence: bytes, runtime_data: bytes) -> bytes:
+    """What a real AA does with runtime_data: zero-padded to 64 bytes into the report data
+    (guest-components attester/src/{tdx,snp}/mod.rs); recorded evidence is re-issued with it."""
+    document = json.loads(evidence)
+    padded = runtime_data.ljust(64, b"\0")
+    if "quote" in document:
+        quote = bytearray(base64.b64decode(document["quote"]))
+        offset = {4: 568, 5: 574}[int.from_bytes(quote[:2], "little")]
+        quote[offset:offset + 64] = padded
+        document["quote"] = base64.b64encode(bytes(quote)).decode()
+    elif isinstance(document.get("attestation_report"), str):
+        report = bytearray(base64.b64decode(document["attestation_report"]))
+        report[0x50:0x90] = padded
+        document["attestation_report"] = base64.b64encode(bytes(report)).decode()
+    elif isinstance(document.get("attestation_report"), dict):
+        document["attestation_report"]["report_data"] = list(padded)
+    else:
+        return evidence
+    return json.dumps(document).encode()
 
 
 def _handler(agent: FakeAgent) -> type[BaseHTTPRequestHandler]:
@@ -71,7 +93,12 @@ def _handler(agent: FakeAgent) -> type[BaseHTTPRequestHandler]:
                 elif agent.evidence_status != 200:
                     self._send(agent.evidence_status, b"Attestation Feature Not Enabled", "text/plain")
                 else:
-                    self._send(200, agent.evidence, "application/octet-stream")
+                    runtime_data = parse_qs(url.query)["runtime_data"][0].encode()
+                    try:
+                        body = agent.evidence if agent.replay else with_runtime_data(agent.evidence, runtime_data)
+                    except (ValueError, KeyError):
+                        body = agent.evidence  # malformed on purpose: served as is
+                    self._send(200, body, "application/octet-stream")
             elif url.path == "/redirect":
                 self.send_response(302)
                 self.send_header("Location", "http://192.0.2.1/elsewhere")
@@ -196,7 +223,7 @@ def test_sample_evidence_is_insecure(fake_agent: FakeAgent) -> None:
 @pytest.mark.parametrize(
     ("evidence", "problem"),
     [
-        (b"not json", "evidence: is not JSON"),
+        (b"not json", "evidence: not JSON"),
         (b"[]", "evidence: is not a JSON object"),
         (b'{"quote": 5}', "evidence.quote: missing or not a base64"),
         (b'{"quote": "***"}', "evidence.quote: is not valid base64"),
@@ -207,6 +234,7 @@ def test_sample_evidence_is_insecure(fake_agent: FakeAgent) -> None:
 )
 def test_malformed_evidence(fake_agent: FakeAgent, evidence: bytes, problem: str) -> None:
     fake_agent.evidence = evidence
+    fake_agent.replay = True  # served byte for byte as given
     with pytest.raises(MeasurementUnavailable) as caught:
         AttestationAgentSource(AttestationAgentClient(fake_agent.url)).measure()
     assert problem in str(caught.value)
@@ -221,7 +249,7 @@ def test_attestation_feature_disabled(fake_agent: FakeAgent) -> None:
 def test_unreachable_agent(closed_port_url: str) -> None:
     source = AttestationAgentSource(AttestationAgentClient(closed_port_url, timeout=0.5, attempts=2))
     assert source.available() is False
-    with pytest.raises(MeasurementUnavailable, match="unreachable"):
+    with pytest.raises(MeasurementUnavailable, match="no listening socket on loopback port"):
         source.measure()
     with pytest.raises(MeasurementUnavailable, match="no source is present"):
         gate_initdata(FIXTURE_INITDATA, aa_config(closed_port_url), now=FIXTURE_NOW)

@@ -145,7 +145,8 @@ def test_vtpm_pcr8_sysfs_format(tmp_path: Path) -> None:
     path.write_text(pcr8.hex().upper() + "\n")  # the kernel's %02X format
     source = VtpmSource(tmp_path)
     assert source.available()
-    assert source.measure() == Measurement("vtpm", Tee.VTPM, pcr8, str(path))
+    assert source.measure() == Measurement("vtpm", Tee.VTPM, pcr8, str(path), vouched_by_tee=False)
+    assert source.measure().insecure and not source.tee_detected()  # a TPM alone is not a TEE
     path.write_text("not hex\n")
     with pytest.raises(MeasurementUnavailable, match="pcr8: is not 64 hex digits"):
         source.measure()

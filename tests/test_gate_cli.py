@@ -87,8 +87,13 @@ def test_live_vtpm_source_on_a_fake_sysfs(tmp_path: Path, capsys: pytest.Capture
     pcr.parent.mkdir(parents=True)
     pcr.write_text(register(Tee.VTPM).upper() + "\n")
     argv = [str(INITDATA), "--trust-dir", str(KEYS), "--source", "vtpm", "--sysfs-root", str(tmp_path)]
+    # Issue 15 item 5: a TPM alone is not a TEE: refused unless opted in, then INSECURE.
+    assert verify(*argv) == 1
+    assert "insecure_sources lists vtpm" in one_error_line(capsys)
+    argv += ["--insecure-source", "vtpm"]
     assert verify(*argv) == 0
-    assert "vtpm PCR8 matches" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "vtpm PCR8 matches" in out and out.startswith("INSECURE (vtpm not vouched for by a TEE)")
     pcr.write_text("00" * 32 + "\n")
     assert verify(*argv) == 1
     assert ": PCR8: measured " in one_error_line(capsys)

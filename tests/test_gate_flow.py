@@ -256,7 +256,7 @@ def test_corrupt_state_fails_closed(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / STATE_FILE_NAME).write_text("{not json")
-    with pytest.raises(RollbackStateError, match="is not JSON"):
+    with pytest.raises(RollbackStateError, match="not JSON"):
         run(make_initdata(make_envelope([signing_key(ED)])), cfg)
     (tmp_path / "state" / STATE_FILE_NAME).write_text('{"version": 0, "digest": "x"}')
     with pytest.raises(RollbackStateError, match="version"):

@@ -1,4 +1,4 @@
-"""`warden hook`: OCI state parsing, namespace ids from /proc, ack waiting, failing closed."""
+"""`warden hook`: OCI state parsing, the register message, ack waiting, failing closed."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import pytest
 
 from supervisor.control import ControlServer, RegisterRequest, Reply, Request, UnregisterRequest
 from supervisor.hook import (
-    LABELS_ANNOTATION,
     HookError,
     Stage,
     infer_stage,
-    namespace_ids,
     parse_state,
+    register_message,
     run_hook,
 )
 
@@ -93,28 +92,23 @@ def test_malformed_state_is_refused_with_the_field(raw: bytes, message: str) -> 
     assert str(caught.value).startswith("stdin:")
 
 
-def test_name_and_labels_come_from_annotations() -> None:
+def test_the_name_comes_from_annotations_and_labels_are_never_sent() -> None:
+    """Issue 15 item 1: labels select rules, so they come from the signed bundle, not annotations."""
     parsed = parse_state(state(annotations={"io.kubernetes.cri.container-name": "mysql",
-                                            LABELS_ANNOTATION: "app=mysql, tier=db"}))
+                                            "io.katacontainers.warden.labels": "app=mysql-but-not-quite",
+                                            "io.kubernetes.cri.sandbox-name": "db-0",
+                                            "io.kubernetes.cri.sandbox-namespace": "prod"}))
     assert parsed.name == "mysql"
-    assert parsed.labels == {"app": "mysql", "tier": "db"}
+    message = register_message(parsed)
+    assert message == {"op": "register", "id": "abc123", "pid": os.getpid(), "name": "mysql",
+                       "pod_name": "db-0", "pod_namespace": "prod"}
     assert parse_state(state(annotations={"io.kubernetes.container.name": "crio-name"})).name == "crio-name"
     assert parse_state(state()).name == "abc123"
-    with pytest.raises(HookError, match="not key=value"):
-        _ = parse_state(state(annotations={LABELS_ANNOTATION: "app"})).labels
 
 
 def test_stage_is_inferred_from_status_for_kata_guest_hooks() -> None:
     assert infer_stage(parse_state(state(status="stopped", pid=None))) is Stage.POSTSTOP
     assert infer_stage(parse_state(state(status="creating"))) is Stage.CREATE_RUNTIME
-
-
-def test_namespace_ids_are_those_of_the_process() -> None:
-    pid_ns, mnt_ns = namespace_ids(os.getpid())
-    assert pid_ns == os.stat("/proc/self/ns/pid").st_ino
-    assert mnt_ns == os.stat("/proc/self/ns/mnt").st_ino
-    with pytest.raises(HookError, match="cannot read"):
-        namespace_ids(2**22 + 12345)
 
 
 def test_register_waits_for_the_ack(sock: Path, ready: Supervisor) -> None:
@@ -123,8 +117,7 @@ def test_register_waits_for_the_ack(sock: Path, ready: Supervisor) -> None:
     assert "registered abc123 as 'web'" in line and "sha256:feed" in line
     request = ready.requests[0]
     assert isinstance(request, RegisterRequest)
-    assert request.pid_ns == os.stat("/proc/self/ns/pid").st_ino
-    assert request.pid == os.getpid()  # the first process, whose task the engine records the scope on
+    assert request.pid == os.getpid() and request.name == "web"
 
 
 def test_not_ready_is_waited_out(sock: Path) -> None:
@@ -190,7 +183,7 @@ def test_cli_malformed_state_one_line_exit_1(sock: Path) -> None:
                             input=b"{\"ociVersion\": ", capture_output=True, timeout=60)
     assert result.returncode == 1
     err = result.stderr.decode()
-    assert err.count("\n") == 1 and err.startswith("warden hook: stdin: OCI state is not JSON")
+    assert err.count("\n") == 1 and err.startswith("warden hook: stdin: OCI state: not JSON")
 
 
 def test_cli_usage_error_exit_2() -> None:

@@ -14,7 +14,7 @@ reading the envelope, the keys and the rollback state, and recording an acceptan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bpf.policy.model import Policy, PolicyError
 from bpf.policy.yaml_loader import parse_policy_text
@@ -86,6 +86,27 @@ def validate_policies(payload: BundlePayload, *, origin: str) -> tuple[Policy, .
     return tuple(parsed)
 
 
+def check_freshness(
+    payload: BundlePayload, *, origin: str, now: datetime, max_validity: timedelta | None, minimum_version: int | None
+) -> None:
+    """Across launches (no trusted storage in the guest: threat-model.md, rollback):
+    - `minimum_version` (a KBS resource released only to a VM the relying party accepts): refuse below;
+    - `max_validity`: refuse a bundle valid for longer than this, counted from its `issued_at`, or from
+      now when it states none, so an old bundle stays replayable for a bounded time at most.
+    """
+    if minimum_version is not None and payload.version < minimum_version:
+        raise RollbackRefused(origin, "payload.version",
+                              f"version {payload.version} is below the minimum version {minimum_version} "
+                              "the relying party released for this VM")
+    if max_validity is not None:
+        start = payload.issued_at if payload.issued_at is not None else now
+        if payload.expires - start > max_validity:
+            since = "issued_at" if payload.issued_at is not None else "now"
+            raise BundleExpired(origin, "payload.expires",
+                                f"valid for {(payload.expires - start).days} days from {since}; "
+                                f"max_validity_days is {max_validity.days}")
+
+
 def verify_bundle(
     envelope_bytes: bytes,
     *,
@@ -94,15 +115,19 @@ def verify_bundle(
     threshold: int,
     last_accepted: AcceptedBundle | None,
     now: datetime,
+    max_validity: timedelta | None = None,
+    minimum_version: int | None = None,
 ) -> VerifiedBundle:
     """Steps 2-4 for an envelope, whether it came in initdata, as an update, or as the baseline.
 
-    `last_accepted` is this boot's rollback state (None: no rollback memory, e.g. an offline check).
+    `last_accepted` is this boot's rollback state (None: no rollback memory, e.g. an offline check);
+    `max_validity` and `minimum_version`: check_freshness.
     """
     envelope = parse_envelope(envelope_bytes, origin=origin)
     signers = verify_envelope(envelope, trust, threshold, origin=origin, payload_type=BUNDLE_PAYLOAD_TYPE)
     payload = parse_payload(envelope.payload, origin=origin)
     check_rollback(last_accepted, payload.version, payload.digest, origin=origin)
+    check_freshness(payload, origin=origin, now=now, max_validity=max_validity, minimum_version=minimum_version)
     if now >= payload.expires:
         raise BundleExpired(
             origin,

@@ -2,8 +2,7 @@
 
     gate = BootGate(document, rules, now=now)        # time fixed here, for every check
     gate.check_measurement(measurement)              # step 1
-    if gate.trust_mode() is TrustMode.IMAGE:         # the caller reads the image keys only if needed
-        image_keys = load_trust_dir(...)
+    image_keys = load_trust_dir(...)                 # when the image mode is allowed (None: no keys)
     verified = gate.accept(image_keys=image_keys, last_accepted=state)   # steps 2-4 (trust.bundle)
 
 Steps, in this order, each with its own error type:
@@ -22,8 +21,14 @@ state, and recording the acceptance are the caller's (supervisor.gate_inputs). I
 Trust modes (which keys verify the bundle):
 - `image`: the PEM keys under the trust directory of the (measured) guest image;
 - `initdata`: the PEM keys in the initdata's own `warden.trust` value, bound by step 1.
-If `warden.trust` is present and the `initdata` mode is allowed, those keys are used; otherwise the
-image keys, if that mode is allowed; otherwise the gate refuses (TrustModeRefused).
+The rule, in order (issue 15 item 9: initdata keys never replace image keys):
+1. the `image` mode is allowed and the image ships trust keys: the image keys, whatever initdata
+   carries (the measured image's owner decided who signs; initdata, written by whoever launches the
+   VM, cannot swap in other signers even though the TEE measured it);
+2. `warden.trust` is present and the `initdata` mode is allowed: the initdata keys (a generic image
+   that ships no keys, the usual CoCo pod-VM image);
+3. the `image` mode is allowed: the image keys (and reading them fails with the reason);
+4. otherwise the gate refuses (TrustModeRefused).
 
 A newer bundle later in the boot (a reload) goes through `UpdateGate`: signed by the keys the boot
 gate bound, strictly newer than the one in force.
@@ -35,12 +40,12 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from attest.base import Measurement
 from attest.tee import TEE_FIELD_NAMES, Tee, expected_measurement
 from bpf.policy.model import Policy
-from initdata.bundle import PolicyFile
+from initdata.bundle import PodIdentity, PolicyFile
 from initdata.document import BUNDLE_KEY, TRUST_KEY, InitdataDocument
 from initdata.dsse import parse_envelope, verify_envelope
 from initdata.errors import (
@@ -79,9 +84,15 @@ class VerifiedPolicy:
     trust_keys: tuple[PublicKey, ...]  # the keys an update must be signed with (same mode)
     signer_keyids: tuple[str, ...]
     threshold: int
+    pod: PodIdentity | None = None  # the signed pod (trust.identity); None: the bundle names none
+    max_validity: timedelta | None = None  # carried to updates (trust.bundle.check_freshness)
+    minimum_version: int | None = None  # the relying party's floor at boot; updates are held to it too
 
     def status_line(self) -> str:
-        prefix = "INSECURE (no TEE, sample source): " if self.insecure else ""
+        prefix = ""
+        if self.insecure:
+            prefix = ("INSECURE (no TEE, sample source): " if self.tee is None
+                      else f"INSECURE ({self.tee} not vouched for by a TEE): ")
         binding = (
             f"{self.tee} {TEE_FIELD_NAMES[Tee(self.tee)]} matches"
             if self.tee is not None
@@ -116,15 +127,17 @@ class BootGate:
     def check_measurement(self, measurement: Measurement) -> None:
         """Step 1. Raises unless the measured register holds what this initdata's digest says it should."""
         document = self.document
-        if measurement.insecure:
-            if not self.rules.insecure_allow_sample:
-                raise InsecureSourceRefused(
-                    measurement.detail,
-                    "measurement",
-                    "no TEE is present and insecure_allow_sample is not set; refusing to run unmeasured",
-                )
-        else:
-            assert measurement.tee is not None
+        kind = measurement.insecure_kind
+        if kind is not None and not self.rules.allows_insecure(kind):
+            raise InsecureSourceRefused(
+                measurement.detail,
+                "measurement",
+                "no TEE is present and insecure_allow_sample is not set; refusing to run unmeasured"
+                if kind == "sample"
+                else f"a {kind} measurement no TEE vouches for is not a TEE measurement; refusing unless "
+                f"insecure_sources lists {kind}",
+            )
+        if measurement.tee is not None:
             expected = expected_measurement(
                 document.digest, document.algorithm, measurement.tee, origin=document.origin
             )
@@ -146,14 +159,16 @@ class BootGate:
     def bundle_origin(self) -> str:
         return f"{self.document.origin} data.{BUNDLE_KEY}"
 
-    def trust_mode(self) -> TrustMode:
-        """Which keys verify the bundle (see the module docstring). The caller reads the image keys
-        only when this says IMAGE, so an image without a trust directory can use initdata keys."""
+    def trust_mode(self, *, image_has_keys: bool = False) -> TrustMode:
+        """Which keys verify the bundle (the rule is in the module docstring). `image_has_keys`: the
+        image ships trust keys (only asked when the image mode is allowed)."""
         self._measured()
         document = self.document
         if BUNDLE_KEY not in document.data:
             raise MalformedBundle(document.origin, f"data.{BUNDLE_KEY}", "missing: no policy bundle in initdata")
         carried = document.data.get(TRUST_KEY)
+        if image_has_keys and TrustMode.IMAGE in self.rules.trust_modes:
+            return TrustMode.IMAGE
         if carried is not None and TrustMode.INITDATA in self.rules.trust_modes:
             return TrustMode.INITDATA
         if TrustMode.IMAGE in self.rules.trust_modes:
@@ -175,11 +190,12 @@ class BootGate:
             raise RuntimeError("trust mode image needs the image keys (load_trust_dir)")
         return image_keys
 
-    def accept(self, *, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None) -> VerifiedPolicy:
+    def accept(self, *, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None,
+               minimum_version: int | None = None) -> VerifiedPolicy:
         """Steps 2-4 on the initdata's bundle, after step 1. `image_keys` is needed only when
         `trust_mode()` is IMAGE; `last_accepted` is this boot's rollback state (None: no memory)."""
         measurement = self._measured()
-        mode = self.trust_mode()
+        mode = self.trust_mode(image_has_keys=image_keys is not None and bool(image_keys.keys))
         trust = self._trust_store(mode, image_keys)
         bundle = verify_bundle(
             self.document.data[BUNDLE_KEY].encode("utf-8"),
@@ -188,6 +204,8 @@ class BootGate:
             threshold=self.rules.threshold,
             last_accepted=last_accepted,
             now=self.reference_time,
+            max_validity=self.rules.max_validity,
+            minimum_version=minimum_version,
         )
         payload = bundle.payload
         return VerifiedPolicy(
@@ -210,10 +228,14 @@ class BootGate:
             trust_keys=trust.keys,
             signer_keyids=tuple(k.keyid for k in bundle.signers),
             threshold=self.rules.threshold,
+            pod=payload.pod,
+            max_validity=self.rules.max_validity,
+            minimum_version=minimum_version,
         )
 
     def accept_resumed(
-        self, update: bytes, *, origin: str, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None
+        self, update: bytes, *, origin: str, image_keys: TrustStore | None, last_accepted: AcceptedBundle | None,
+        minimum_version: int | None = None,
     ) -> VerifiedPolicy:
         """After a reload earlier in this boot: the boot bundle, then the update that reload accepted.
 
@@ -223,7 +245,7 @@ class BootGate:
         state included, exactly as when it was first applied: a restart resumes the newer policy and
         never falls back to the older one.
         """
-        boot = self.accept(image_keys=image_keys, last_accepted=None)
+        boot = self.accept(image_keys=image_keys, last_accepted=None, minimum_version=minimum_version)
         return UpdateGate(boot, now=self.reference_time).accept(update, origin=origin, last_accepted=last_accepted)
 
 
@@ -255,6 +277,8 @@ class UpdateGate:
             threshold=current.threshold,
             last_accepted=last_accepted,
             now=self.reference_time,
+            max_validity=current.max_validity,
+            minimum_version=current.minimum_version,
         )
         return self._replace_bundle(bundle, origin=origin)
 
@@ -266,6 +290,9 @@ class UpdateGate:
                 "payload.version",
                 f"an update needs a version greater than {current.bundle_version}, not {payload.version}",
             )
+        if payload.pod != current.pod:
+            # Registered scopes were decided with the pod in force; a pod VM runs one pod for its life.
+            raise MalformedBundle(origin, "payload.pod", "an update must name the same pod as the bundle in force")
         # The measurement, initdata and trust facts carry over from the boot gate: the update changes
         # only the bundle.
         return replace(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 class TrustMode(enum.StrEnum):
@@ -23,8 +24,20 @@ class GateRules:
     - threshold: distinct trusted keys that must sign a bundle (k of n)
     - trust_modes: which of `image` / `initdata` keys may be used (see trust.gate)
     - insecure_allow_sample: accept a VM without a TEE (development only; reported INSECURE)
+    - insecure_sources: measurements no TEE vouches for that are accepted anyway, INSECURE-labelled:
+      "sample" (no TEE at all), "vtpm" (a TPM the TEE does not vouch for). Opt-in only.
+    - max_validity_days: refuse bundles valid longer than this (trust.bundle.check_freshness)
     """
 
     threshold: int = 1
     trust_modes: tuple[TrustMode, ...] = (TrustMode.IMAGE,)
     insecure_allow_sample: bool = False
+    insecure_sources: frozenset[str] = frozenset()
+    max_validity_days: int | None = None  # None: no bound on a bundle's validity window
+
+    @property
+    def max_validity(self) -> timedelta | None:
+        return None if self.max_validity_days is None else timedelta(days=self.max_validity_days)
+
+    def allows_insecure(self, kind: str) -> bool:
+        return kind in self.insecure_sources or (kind == "sample" and self.insecure_allow_sample)

@@ -35,12 +35,16 @@ from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
 from bpf.kernel.pins import DEFAULT_PIN_DIR, EnginePins, ensure_bpffs
 from bpf.kernel.status import EngineStatus, drops, health_problems, read_status
 from bpf.kernel.sync import prune_sources, sync_scopes, write_meta
-from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, Postures, compile
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, PodUnionScope, Postures, compile
 from bpf.policy.model import Policy, PolicyError
 from bpf.policy.ruleset import RuleSet
 
 OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard", "scope_guard")
 DEFAULT_POSTURES: Final = Postures()
+# Registered-container scope kinds (ScopeRecord.kind); trust.identity decides which one a container gets.
+CONTAINER_UNION: Final = "container-union"  # name not in the signed pod: every policy its labels could meet
+CONTAINER_UNION_ALL: Final = "container-union-all"  # no signed pod: every container policy
+CONTAINER_KINDS: Final = frozenset({"container", CONTAINER_UNION, CONTAINER_UNION_ALL})
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -148,11 +152,15 @@ class Engine:
         """Each scope's RuleSet and map tables; records their digests in the scope's record."""
         out = {}
         for sc in manifest.scopes.values():
-            scope: HostScope | ContainerScope | AnyContainerScope
+            scope: HostScope | ContainerScope | AnyContainerScope | PodUnionScope
             if sc.kind == "host":
                 scope = HostScope()
             elif sc.kind == "any-container":
                 scope = AnyContainerScope()
+            elif sc.kind == CONTAINER_UNION:
+                scope = PodUnionScope(sc.labels)
+            elif sc.kind == CONTAINER_UNION_ALL:
+                scope = PodUnionScope(None)
             else:
                 scope = ContainerScope(sc.name, sc.labels)
             try:
@@ -346,16 +354,20 @@ class Engine:
         return manifest
 
     def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                           pid: int | None = None) -> str:
+                           pid: int | None = None, *, kind: str = "container") -> str:
         """Compile and write the container's scope, then map its namespaces to it (never half-configured),
         then record the scope on the container's first process `pid` (if given), so that it and every
         child it forks keep the container's rules whatever namespaces they enter later.
-        Uses the policies of the last load_or_adopt in this process. Returns the scope's RuleSet digest."""
+        Uses the policies of the last load_or_adopt in this process. Returns the scope's RuleSet digest.
+        `kind`: CONTAINER_KINDS; "container" selects by name and labels, CONTAINER_UNION every policy that
+        could select some container with these labels, CONTAINER_UNION_ALL every container policy."""
+        if kind not in CONTAINER_KINDS:
+            raise ValueError(f"register_container: unknown scope kind {kind!r}")
         with self.manifest_file.locked():
-            return self._register_container(name, labels, pid_ns, mnt_ns, pid)
+            return self._register_container(name, labels, pid_ns, mnt_ns, pid, kind)
 
     def _register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                            pid: int | None) -> str:
+                            pid: int | None, kind: str = "container") -> str:
         manifest = self._require_manifest()
         if not self._have_policies:
             raise EngineStateError("register_container: call load_or_adopt(policies) on this Engine first "
@@ -364,7 +376,7 @@ class Engine:
         used = set(manifest.scopes)
         scope_id = existing.id if existing else next(i for i in range(maps.SCOPE_FIRST_CONTAINER, 1 << 31)
                                                      if i not in used)
-        sc = ScopeRecord(scope_id, name, "container", dict(labels), pid_ns, mnt_ns)
+        sc = ScopeRecord(scope_id, name, kind, dict(labels), pid_ns, mnt_ns)
         tables = self._compile(Manifest(scopes={scope_id: sc}))[scope_id].tables
         with self._open_maps() as handles:
             sync_scopes(handles, [tables], [scope_id])
@@ -396,7 +408,7 @@ class Engine:
 
     @staticmethod
     def _container_scope(manifest: Manifest, pid_ns: int, mnt_ns: int) -> ScopeRecord | None:
-        return next((s for s in manifest.scopes.values() if s.kind == "container"
+        return next((s for s in manifest.scopes.values() if s.kind in CONTAINER_KINDS
                      and (s.pid_ns, s.mnt_ns) == (pid_ns, mnt_ns)), None)
 
     # -- status / health (bpf.kernel.status) ----------------------------------------------------

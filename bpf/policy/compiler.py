@@ -70,6 +70,7 @@ __all__ = [
     "AnyContainerScope",
     "ContainerScope",
     "HostScope",
+    "PodUnionScope",
     "Postures",
     "RuleLimitError",
     "Scope",
@@ -120,7 +121,25 @@ class AnyContainerScope:
         return "any-container"
 
 
-Scope = HostScope | ContainerScope | AnyContainerScope
+@dataclass(frozen=True)
+class PodUnionScope:
+    """A registered container whose name the signed pod does not list (trust.identity.Union): every
+    KubeArmorPolicy that could select some container with these pod labels, whatever its name.
+    `labels` None: the bundle named no pod, so every KubeArmorPolicy."""
+
+    labels: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+
+    def __hash__(self) -> int:
+        return hash(("pod-union", None if self.labels is None else tuple(sorted(self.labels.items()))))
+
+    def __str__(self) -> str:
+        return "container-union"
+
+
+Scope = HostScope | ContainerScope | AnyContainerScope | PodUnionScope
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,8 @@ def selects(policy: Policy, scope: Scope) -> bool:
         return False
     if isinstance(scope, ContainerScope):
         return policy.selector.matches_container(scope.name, scope.labels)
+    if isinstance(scope, PodUnionScope):
+        return policy.selector.could_match_any_name(scope.labels)
     # An unregistered container could be any container: every container policy applies (fail closed).
     return True
 

@@ -168,6 +168,28 @@ class Selector:
                 return False
         return True
 
+    def could_match_any_name(self, labels: Mapping[str, str] | None) -> bool:
+        """Whether a container with these labels, *whatever its name*, could be selected (the fail-closed
+        union for a container whose name is not known; trust.identity). `labels` None: unknown, so yes.
+
+        matchLabels other than the container name must hold; an `In` expression could hold if a label
+        identity or any container-name identity is listed; a `NotIn` one unless a label identity is listed.
+        """
+        if labels is None:
+            return True
+        for key, value in self.match_labels:
+            if key != CONTAINER_NAME_LABEL and labels.get(key) != value:
+                return False
+        identities = {f"{k}={v}" for k, v in labels.items()}
+        for expression in self.match_expressions:
+            label_hit = any(v in identities for v in expression.values)
+            name_listed = any(v.startswith(f"{CONTAINER_NAME_LABEL}=") for v in expression.values)
+            if expression.operator is LabelOperator.IN and not (label_hit or name_listed):
+                return False
+            if expression.operator is LabelOperator.NOT_IN and label_hit:
+                return False
+        return True
+
     def selects_every_container(self) -> bool:
         """True only for `matchLabels: {kubearmor.io/container.name: R}` alone, with R one of
         MATCH_ALL_CONTAINER_REGEXES.

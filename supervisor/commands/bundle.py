@@ -20,10 +20,12 @@ import yaml
 
 from initdata.bounded import read_bounded
 from initdata.bundle import (
+    PodIdentity,
     build_payload,
     format_rfc3339,
     parse_expiry_argument,
     parse_payload,
+    parse_pod,
     parse_rfc3339,
     read_policy_dir,
     sha256_file_ref,
@@ -82,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a BPF object the engine must load; its sha256 is signed (repeatable)",
     )
     sign.add_argument("--agent-settings", type=Path, metavar="FILE", help="agent settings as a JSON or YAML mapping")
+    sign.add_argument("--pod", type=Path, metavar="POD.yaml",
+                      help="the pod this bundle governs: a Pod manifest, or {namespace, labels, containers}; "
+                           "its labels and container names decide which policies apply to which container")
     sign.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here instead of stdout")
     sign.set_defaults(handler=run_sign)
 
@@ -126,6 +131,30 @@ def _load_agent_settings(path: Path) -> dict[str, Any]:
     return document
 
 
+def pod_document(document: Any) -> dict[str, Any]:
+    """A Kubernetes Pod manifest -> the bundle's `pod` object; any other mapping is taken as that object.
+
+    From a Pod: metadata.namespace (default "default"), metadata.labels, and the names of
+    spec.initContainers and spec.containers (every container the runtime will create)."""
+    if not isinstance(document, dict) or document.get("kind") != "Pod":
+        return document if isinstance(document, dict) else {}
+    metadata = document.get("metadata") or {}
+    spec = document.get("spec") or {}
+    names = [c.get("name") for key in ("initContainers", "containers") for c in (spec.get(key) or [])
+             if isinstance(c, dict)]
+    return {"namespace": metadata.get("namespace", "default"), "labels": metadata.get("labels") or {},
+            "containers": names}
+
+
+def load_pod(path: Path) -> PodIdentity:
+    raw = read_bounded(path, MAX_AGENT_SETTINGS_BYTES, field="pod", error=MalformedBundle)
+    try:
+        document = yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise MalformedBundle(str(path), "pod", f"not YAML ({type(exc).__name__})") from None
+    return parse_pod(pod_document(document), origin=str(path), field="pod")
+
+
 @guarded
 def run_sign(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
@@ -141,12 +170,15 @@ def run_sign(args: argparse.Namespace) -> int:
     policies = read_policy_dir(args.policy_dir, limit=MAX_POLICY_FILE_BYTES)
     bpf_objects = {p.name: sha256_file_ref(p, limit=MAX_BPF_OBJECT_BYTES) for p in args.bpf_object}
     agent = _load_agent_settings(args.agent_settings) if args.agent_settings else None
+    pod = load_pod(args.pod) if args.pod else None
     payload = build_payload(
         version=args.version,
         expires=expires,
         policies=policies,
         bpf_objects=bpf_objects,
         agent=agent,
+        pod=pod,
+        issued_at=now.replace(microsecond=0),  # bounds the validity window (gate.max_validity_days)
         origin=str(args.policy_dir),
     )
     validate_policies(parse_payload(payload, origin=str(args.policy_dir)), origin=str(args.policy_dir))
@@ -172,7 +204,7 @@ def run_verify(args: argparse.Namespace) -> int:
             keys.extend(load_public_keys_pem(read_bounded(path, MAX_PEM_BYTES, field="key"), origin=str(path)))
         trust = TrustStore.from_keys(keys, origin=", ".join(str(p) for p in args.trust_key))
     else:
-        trust = load_trust_dir(args.trust_dir)
+        trust = load_trust_dir(args.trust_dir, owner_uid=None)  # a workstation's files, not the guest's
     now = parse_rfc3339(args.now, origin="--now", field="now") if args.now else datetime.now(UTC)
     envelope = read_bounded(args.envelope, MAX_ENVELOPE_BYTES, field="envelope", error=MalformedBundle)
     bundle = verify_bundle(

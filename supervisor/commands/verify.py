@@ -76,6 +76,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="accept running without a TEE (development only; reported INSECURE)",
     )
+    parser.add_argument(
+        "--insecure-source",
+        action="append",
+        default=[],
+        choices=["vtpm", "sample"],
+        help="accept this measurement no TEE vouches for (repeatable; reported INSECURE)",
+    )
     parser.add_argument("--now", metavar="T", help="check expiry at this RFC 3339 time")
     parser.add_argument("--json", action="store_true", help="print the accepted bundle as JSON")
     parser.set_defaults(handler=run_verify)
@@ -99,6 +106,8 @@ def _load_config(args: argparse.Namespace) -> GateConfig:
         mapping["state_dir"] = str(args.state_dir.absolute())
     if args.insecure_allow_sample:
         mapping["insecure_allow_sample"] = True
+    if args.insecure_source:
+        mapping["insecure_sources"] = list(args.insecure_source)
     if args.source:
         mapping["measurement_sources"] = list(args.source)
     return parse_gate_config(mapping, origin=str(args.config or "command line"))

@@ -3,17 +3,23 @@
 The test does what the pod-VM image does (`tpm2_pcrextend 8:sha256=<initdata digest>`), then runs
 `warden verify` with the vTPM source reading the kernel's /sys/class/tpm/tpm0/pcr-sha256/8: the
 measured initdata passes; any other initdata fails with a PCR8 mismatch.
+
+swtpm is a TPM no TEE vouches for (issue 15 item 5): refused unless `--insecure-source vtpm` opts in,
+and then reported INSECURE. A forged attestation-agent on 127.0.0.1:8006 (issue 15 item 4) is refused:
+one run by another uid, and one run by root that replays a recorded quote without our nonce.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import textwrap
 
 import pytest
 
 from initdata.document import HashAlgorithm, parse_initdata
-from tests.data.initdata.factory import HERE, KEYS, make_envelope, make_initdata, signing_key
+from tests.data.initdata.factory import EVIDENCE, HERE, KEYS, make_envelope, make_initdata, signing_key
 from tests.guest.vm import VENV_BIN, GuestOptions, GuestVM
 
 PCR8 = "/sys/class/tpm/tpm0/pcr-sha256/8"
@@ -40,20 +46,30 @@ def verify(guest: GuestVM, initdata: str, *extra: str) -> tuple[int, str, str]:
     return result.returncode, result.stdout, result.stderr
 
 
+OPT_IN = ("--insecure-source", "vtpm")
+
+
+def test_a_bare_vtpm_is_refused_without_opt_in(guest: GuestVM, extended: str) -> None:
+    code, out, err = verify(guest, str(MEASURED))
+    assert code == 1 and out == ""
+    assert "is not a TEE measurement; refusing unless insecure_sources lists vtpm" in err, err
+
+
 def test_measured_initdata_passes_with_auto_detection(guest: GuestVM, extended: str) -> None:
     expected_pcr8 = hashlib.sha256(bytes(32) + bytes.fromhex(extended)).hexdigest().upper()
     assert guest.run(f"cat {PCR8}", check=True).stdout.strip() == expected_pcr8
-    # No --source: the default order (tdx, snp, vtpm, attestation-agent, sample) finds the vTPM.
-    code, out, err = verify(guest, str(MEASURED), "--json")
+    # No --source: the default order (tdx, snp, attestation-agent, then vtpm, sample) finds the vTPM.
+    code, out, err = verify(guest, str(MEASURED), "--json", *OPT_IN)
     assert code == 0, err
     assert '"measurement_source": "vtpm"' in out
-    assert '"insecure": false' in out
+    assert '"insecure": true' in out
     assert f'"initdata_digest": "sha256:{extended}"' in out
 
 
 def test_measured_initdata_passes_with_the_vtpm_source(guest: GuestVM, extended: str) -> None:
-    code, out, err = verify(guest, str(MEASURED), "--source", "vtpm", "--state-dir", "/run/warden")
+    code, out, err = verify(guest, str(MEASURED), "--source", "vtpm", "--state-dir", "/run/warden", *OPT_IN)
     assert code == 0, err
+    assert out.startswith("INSECURE (vtpm not vouched for by a TEE): ")
     assert "vtpm PCR8 matches initdata sha256:" in out
     state = guest.run("stat -c %a /run/warden/bundle-state.json", check=True).stdout.strip()
     assert state == "600"
@@ -64,7 +80,7 @@ def test_other_initdata_fails(guest: GuestVM, extended: str) -> None:
     other = make_initdata(make_envelope([signing_key("owner-ed25519"), signing_key("owner-p256")], version=2))
     encoded = base64.b64encode(other).decode()
     guest.run(f"mkdir -p /run/warden-test && echo {encoded} | base64 -d > /run/warden-test/other.toml", check=True)
-    code, out, err = verify(guest, "/run/warden-test/other.toml", "--source", "vtpm")
+    code, out, err = verify(guest, "/run/warden-test/other.toml", "--source", "vtpm", *OPT_IN)
     assert code == 1
     assert out == ""
     lines = err.splitlines()
@@ -77,6 +93,84 @@ def test_sha384_initdata_is_refused_on_vtpm(guest: GuestVM, extended: str) -> No
     sha384 = make_initdata(make_envelope([signing_key("owner-ed25519")]), algorithm=HashAlgorithm.SHA384)
     encoded = base64.b64encode(sha384).decode()
     guest.run(f"mkdir -p /run/warden-test && echo {encoded} | base64 -d > /run/warden-test/sha384.toml", check=True)
-    code, _out, err = verify(guest, "/run/warden-test/sha384.toml", "--source", "vtpm")
+    code, _out, err = verify(guest, "/run/warden-test/sha384.toml", "--source", "vtpm", *OPT_IN)
     assert code == 1
     assert "algorithm: vTPM binding needs a sha256 initdata digest" in err
+
+
+# -- issue 15 item 4: a forged local attestation-agent ---------------------------------------------
+
+# A fake AA serving recorded TDX evidence for the measured initdata. With EMBED=1 it behaves like a
+# real AA (our nonce, zero-padded, in the quote's REPORTDATA): only the listener's owner betrays it.
+FAKE_AA = textwrap.dedent("""
+    import base64, json, os, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import parse_qs, urlsplit
+    evidence = json.load(open(sys.argv[1]))
+    uid, embed = int(sys.argv[2]), sys.argv[3] == "1"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            document = dict(evidence)
+            if url.path == "/aa/evidence" and embed:
+                quote = bytearray(base64.b64decode(document["quote"]))
+                quote[568:632] = parse_qs(url.query)["runtime_data"][0].encode().ljust(64, b"\\0")
+                document["quote"] = base64.b64encode(bytes(quote)).decode()
+            body = json.dumps({"tee": "tdx"} if url.path == "/info" else document).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    os.setgid(uid); os.setuid(uid)  # first: the socket's owner (/proc/net/tcp) is whoever creates it
+    server = HTTPServer(("127.0.0.1", 8006), Handler)
+    print("listening", flush=True)
+    server.serve_forever()
+""")
+
+
+def run_fake_aa(guest: GuestVM, uid: int, embed: bool) -> None:
+    script = guest.write_shared("fake_aa.py", FAKE_AA)
+    evidence = guest.write_shared("tdx.json", (EVIDENCE / "tdx.json").read_text())
+    guest.run(f"setsid nohup {VENV_BIN}/python {script} {evidence} {uid} {int(embed)} > /run/fake-aa.log 2>&1 "
+              "< /dev/null & echo $! > /run/fake-aa.pid", check=True)
+    for _ in range(100):
+        if "listening" in guest.run("cat /run/fake-aa.log").stdout:
+            return
+        guest.run("sleep 0.1")
+    raise AssertionError(guest.run("cat /run/fake-aa.log").stdout)
+
+
+def stop_fake_aa(guest: GuestVM) -> None:
+    guest.run("kill $(cat /run/fake-aa.pid); sleep 0.5")
+
+
+@pytest.mark.parametrize(("uid", "embed", "refusal"), [
+    (65534, True, "port 8006 is held by uid 65534, not 0: not the attestation-agent"),
+    (0, False, "evidence.quote.report_data: does not carry the nonce we sent"),
+])
+def test_a_forged_local_attestation_agent_is_refused(guest: GuestVM, uid: int, embed: bool, refusal: str) -> None:
+    run_fake_aa(guest, uid, embed)
+    try:
+        code, out, err = verify(guest, str(MEASURED), "--source", "attestation-agent", "--json")
+    finally:
+        stop_fake_aa(guest)
+    assert code == 1 and out == "", out
+    assert refusal in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_the_same_evidence_from_a_root_agent_with_our_nonce_is_a_tdx_measurement(guest: GuestVM) -> None:
+    """The control case: what the two refusals above differ in is exactly the owner and the nonce."""
+    run_fake_aa(guest, 0, True)
+    try:
+        code, out, err = verify(guest, str(MEASURED), "--source", "attestation-agent", "--json")
+    finally:
+        stop_fake_aa(guest)
+    assert code == 0, err
+    assert json.loads(out)["measurement_source"] == "attestation-agent"
+    assert json.loads(out)["insecure"] is False

@@ -6,6 +6,9 @@ build on each other, like the life of a pod VM:
  1. a bad configuration key: one clear line, no start;
  2. PCR8 not extended yet, so the gate refuses: the baseline bundle is enforced, READY never comes,
     STATUS says why, the process exits 1 after gate_failure_exit_s and systemd restarts it;
+ 2b. inputs that used to crash the gate (issue 15 item 2: a 5000-digit integer, a far expiry with an
+    offset, a deeply nested rollback state) under the real unit: a one-line refusal, no traceback,
+    the baseline stays enforced;
  3. PCR8 extended with the initdata digest: READY only after enforcement, StatusText = status line;
  4. kill -9 five times under a probe loop: zero probe successes, restarts adopt the same links;
  5. SIGSTOP: the watchdog fires, systemd restarts the supervisor, enforcement holds;
@@ -14,6 +17,9 @@ build on each other, like the life of a pod VM:
  8. reload: an untrusted bundle is refused (nothing changes), a newer signed one is applied;
  9. crun + the hook: the container policy holds inside a busybox container, also after chroot (issue 14);
     a malformed state is refused;
+9b. issue 15 items 1 and 10: a container the host renames and relabels still gets the signed pod's
+    mysql rules; a second register cannot relabel it; a host process cannot be registered; only uid 0
+    reaches the control socket; /run/warden is not writable by VM root;
 10. supervisor stopped: enforcement stays, and crun cannot create a container (the hook fails closed).
 """
 
@@ -23,13 +29,15 @@ import json
 import re
 import textwrap
 import time
+from types import MappingProxyType
 
 import pytest
 
-from initdata.bundle import PolicyFile
+from initdata.bundle import PodIdentity, PolicyFile, build_payload
 from initdata.document import parse_initdata
+from initdata.dsse import BUNDLE_PAYLOAD_TYPE, sign_envelope
 from supervisor.enforcement import shipped_objects
-from tests.data.initdata.factory import make_envelope, make_initdata, public_pem, signing_key
+from tests.data.initdata.factory import FIXTURE_EXPIRES, make_initdata, public_pem, signing_key
 from tests.guest.service import (
     WARDEN,
     is_ready,
@@ -97,13 +105,20 @@ CONTAINER_SECRET = PolicyFile("container-secret.yaml", textwrap.dedent("""\
     """))
 
 
-def bundle(version: int, policies: list[PolicyFile], key: str = "owner-ed25519") -> str:
-    return make_envelope([signing_key(key)], version=version, policies=policies,
-                         bpf_objects=shipped_objects()).to_json().decode()
+MYSQL_BLOCK = PolicyFile("block-mysql-data-access.yaml",
+                         (REPO_ROOT / "tests/data/policies/seed/block-mysql-data-access.yaml").read_text())
+# The pod this VM runs, as its owner signed it (issue 15 item 1): labels come from here, never annotations.
+POD = PodIdentity(namespace="default", labels=MappingProxyType({"app": "mysql"}), containers=("mysql",))
 
 
-V1 = [host_block("probe-block", PROBE_DIR), CONTAINER_SECRET]
-INITDATA = make_initdata(bundle(1, V1).encode()).decode()
+def bundle(version: int, policies: list[PolicyFile], key: str = "owner-ed25519", pod: PodIdentity | None = None) -> str:
+    payload = build_payload(version=version, expires=FIXTURE_EXPIRES, policies=policies,
+                            bpf_objects=shipped_objects(), pod=pod)
+    return sign_envelope(payload, BUNDLE_PAYLOAD_TYPE, [signing_key(key)]).to_json().decode()
+
+
+V1 = [host_block("probe-block", PROBE_DIR), CONTAINER_SECRET, MYSQL_BLOCK]
+INITDATA = make_initdata(bundle(1, V1, pod=POD).encode()).decode()
 INITDATA_DIGEST = parse_initdata(INITDATA.encode(), origin="test").digest_hex
 
 
@@ -111,7 +126,8 @@ def config_yaml(**agent: object) -> str:
     agent_settings = {"backoff_initial_s": 0.5, "backoff_max_s": 4, "backoff_jitter_s": 0.1, "crash_budget": 3,
                       "crash_window_s": 120, "stable_after_s": 600, "logPath": ALERTS, "maxAlertPerSec": 1000, **agent}
     return json.dumps({  # JSON is YAML
-        "gate": {"trust_dir": "/etc/warden/trust", "measurement_sources": ["vtpm"]},
+        # swtpm is a TPM no TEE vouches for: INSECURE, and only because the test bed opts in.
+        "gate": {"trust_dir": "/etc/warden/trust", "measurement_sources": ["vtpm"], "insecure_sources": ["vtpm"]},
         "initdata": "/etc/warden/initdata.toml",
         "baseline_bundle": "/usr/share/warden/baseline.bundle.json",
         "update_bundle": UPDATE,
@@ -194,6 +210,71 @@ def test_refused_gate_enforces_the_baseline_and_never_sends_ready(guest: GuestVM
     assert not readable(guest, f"{BASELINE_DIR}/secret")
     guest.run("systemctl stop warden.service; systemctl reset-failed warden.service || true", check=True)
     assert not readable(guest, f"{BASELINE_DIR}/secret"), "stopping must not remove enforcement"
+
+
+# -- 2b. inputs that used to crash the gate -------------------------------------------------------
+
+CRASH_DIR = "/var/tmp/warden-crash"
+# A runtime drop-in (/run/systemd, not protected) points the real unit at a configuration whose
+# measurement source is `sample` (so the gate reaches the bundle and state parsers) and whose
+# initdata and rollback state are the hostile inputs.
+CRASH_DROPIN = "/run/systemd/system/warden.service.d/crash.conf"
+
+
+def crash_envelope_big_int() -> str:
+    return '{"payload": "e30=", "payloadType": "x", "signatures": [{"keyid": "", "sig": "AA=="}], "n": ' \
+        + "9" * 5000 + "}"
+
+
+def crash_envelope_far_expiry() -> str:
+    document = json.loads(build_payload(version=1, expires=FIXTURE_EXPIRES, policies=V1).decode())
+    document["expires"] = "9999-12-31T23:59:59-01:00"  # past datetime.max once in UTC: was OverflowError
+    payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return sign_envelope(payload, BUNDLE_PAYLOAD_TYPE, [signing_key("owner-ed25519")]).to_json().decode()
+
+
+CRASH_CASES = {
+    # name: (initdata bundle value, rollback state file or None, what the one-line refusal names)
+    "int-5000-digits": (crash_envelope_big_int(), None, "envelope: not accepted: an integer of 5000 characters"),
+    "far-expiry": (crash_envelope_far_expiry(), None, "payload.expires: '9999-12-31T23:59:59-01:00'"),
+    "deep-state": (bundle(1, V1), "[" * 2000 + "]" * 2000, "file: not accepted: nested deeper than 32 levels"),
+}
+
+
+def test_crashing_inputs_end_in_a_one_line_refusal_with_the_baseline_kept(guest: GuestVM) -> None:
+    """Issue 15 item 2 under the real unit: each used to kill the gate thread with ValueError,
+    OverflowError or RecursionError (no baseline, a traceback); now each is a GateError."""
+    assert not readable(guest, f"{BASELINE_DIR}/secret")  # test 2 left the baseline pinned
+    for name, (envelope, state, expected) in CRASH_CASES.items():
+        directory = f"{CRASH_DIR}/{name}"
+        config = json.loads(config_yaml())
+        config["gate"] = {"trust_dir": "/etc/warden/trust", "measurement_sources": ["sample"],
+                          "insecure_allow_sample": True, "state_dir": f"{directory}/state"}
+        config["initdata"] = f"{directory}/initdata.toml"  # read-only for the unit: only read
+        config["agent"] = {"enabled": False}
+        guest.run(f"mkdir -p {directory}/state", check=True)
+        files = {"warden.yaml": json.dumps(config), "initdata.toml": make_initdata(envelope.encode()).decode()}
+        if state is not None:
+            files["state/bundle-state.json"] = state
+        for file_name, content in files.items():
+            shared = guest.write_shared(f"crash-{name}-{file_name.replace('/', '-')}", content)
+            guest.run(f"cat > {directory}/{file_name} < {shared}", check=True)
+        guest.run(f"mkdir -p $(dirname {CRASH_DROPIN}) && printf '[Service]\\nExecStart=\\nExecStart={WARDEN} run "
+                  f"--config {directory}/warden.yaml\\n' > {CRASH_DROPIN} && systemctl daemon-reload", check=True)
+        since = guest.run("date +%s.%N", check=True).stdout.strip()
+        guest.run("systemctl start --no-block warden.service", check=True)
+        # Each case's refusal names its own input, so a STATUS left from the previous case cannot pass.
+        wait_until(f"the refusal of {name}",
+                   lambda expected=expected: expected in show(guest, "StatusText")["StatusText"], 180, guest)
+        text = show(guest, "StatusText")["StatusText"]
+        assert expected in text, text
+        assert "keeping the enforcement already pinned" in text, text
+        assert not readable(guest, f"{BASELINE_DIR}/secret")  # the baseline holds throughout
+        journal = guest.run(f"journalctl -u warden.service --since @{since} --no-pager -o cat", check=True).stdout
+        assert "Traceback" not in journal and "internal error" not in journal, journal
+        guest.run("systemctl stop warden.service; systemctl reset-failed warden.service || true", check=True)
+    guest.run(f"rm -f {CRASH_DROPIN} && systemctl daemon-reload", check=True)
+    assert not readable(guest, f"{BASELINE_DIR}/secret")
 
 
 # -- 3. READY after enforcement ------------------------------------------------------------------
@@ -341,7 +422,7 @@ def test_garbage_on_the_control_socket_gets_an_error_and_the_supervisor_lives(
         print(s.recv(4096).decode().strip())
     """)
     reply = json.loads(guest.python(code, check=True).stdout)
-    assert reply == {"ok": False, "error": "request is not JSON (UnicodeDecodeError)", "retry": False}
+    assert reply == {"ok": False, "error": "request is not JSON (not UTF-8 at byte 1)", "retry": False}
     assert guest.run("stat -c %a /run/warden/warden.sock", check=True).stdout.strip() == "600"
     assert is_ready(guest)
     text = guest.run(f"{WARDEN} status", check=True).stdout
@@ -352,7 +433,7 @@ def test_garbage_on_the_control_socket_gets_an_error_and_the_supervisor_lives(
 
 
 def test_reload_refuses_an_untrusted_bundle_and_applies_a_newer_one(guest: GuestVM, ready: dict[str, float]) -> None:
-    untrusted = bundle(2, [*V1, host_block("v2-block", V2_DIR)], key="owner-p256")
+    untrusted = bundle(2, [*V1, host_block("v2-block", V2_DIR)], key="owner-p256", pod=POD)
     guest.run(f"cat > {UPDATE} < {guest.write_shared('untrusted.json', untrusted)}", check=True)
     guest.run("systemctl reload warden.service", check=True)
     wait_until("the refused reload", lambda: (warden_status(guest)["last_reload"] or {}).get("result") == "refused",
@@ -360,7 +441,7 @@ def test_reload_refuses_an_untrusted_bundle_and_applies_a_newer_one(guest: Guest
     assert readable(guest, f"{V2_DIR}/secret")
     assert "bundle v1" in show(guest, "StatusText")["StatusText"]
 
-    good = bundle(2, [*V1, host_block("v2-block", V2_DIR)])
+    good = bundle(2, [*V1, host_block("v2-block", V2_DIR)], pod=POD)
     guest.run(f"cat > {UPDATE} < {guest.write_shared('v2.json', good)}", check=True)
     guest.run("systemctl reload warden.service", check=True)
     wait_until("bundle v2", lambda: "bundle v2" in show(guest, "StatusText")["StatusText"], 60, guest)
@@ -421,7 +502,64 @@ def test_chroot_inside_a_crun_container_changes_no_path(guest: GuestVM, ready: d
 def test_hook_with_malformed_state_fails_with_a_clear_error(guest: GuestVM, ready: dict[str, float]) -> None:
     result = guest.run(f"echo '{{\"ociVersion\": \"1.0\", \"id\": ' | {WARDEN} hook --stage createRuntime")
     assert result.returncode == 1
-    assert result.stderr.startswith("warden hook: stdin: OCI state is not JSON (Expecting value at line 2")
+    assert result.stderr.startswith("warden hook: stdin: OCI state: not JSON (Expecting value)")
+
+
+# -- 9b. pod identity, registration and the control socket (issue 15 items 1 and 10) -------------
+
+MYSQL_CHECK = "cat /var/lib/mysql/any-file; echo mysql-rc=$?; busybox sleep 30"
+
+
+def test_a_renamed_relabelled_container_is_still_blocked_from_mysql_data(
+    guest: GuestVM, ready: dict[str, float]
+) -> None:
+    """The issue's attack: the host names the mysql container `mysql-but-not-quite` and labels it
+    app=other. Neither is signed, so the container gets the union of the signed pod's rules."""
+    directory = make_container(guest, "mysql-but-not-quite", ["sh", "-c", MYSQL_CHECK],
+                               labels={"app": "mysql-but-not-quite"}, files={"/var/lib/mysql/any-file": "row 1\n"})
+    guest.run(f"setsid nohup crun run -b {directory} relabel-1 > /var/tmp/relabel.log 2>&1 < /dev/null &", check=True)
+    wait_until("the container's check", lambda: "mysql-rc=" in guest.run("cat /var/tmp/relabel.log").stdout,
+               120, guest)
+    log = guest.run("cat /var/tmp/relabel.log", check=True).stdout
+    assert "mysql-rc=1" in log and "row 1" not in log, log
+    journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
+    assert "registered container relabel-1 (mysql-but-not-quite) as union of every policy for the pod" in journal
+
+    # A second register for the running container (a host trying to relabel it afterwards): refused.
+    pid = guest.run("crun state relabel-1", check=True).stdout
+    init_pid = json.loads(pid)["pid"]
+    code = textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        from supervisor.control import call
+        sock = Path("/run/warden/warden.sock")
+        print(json.dumps([
+            call(sock, {{"op": "register", "id": "relabel-1", "pid": {init_pid}, "name": "web"}}),
+            call(sock, {{"op": "register", "id": "other-id", "pid": {init_pid}, "name": "mysql"}}),
+            call(sock, {{"op": "register", "id": "host-shell", "pid": __import__("os").getpid(), "name": "mysql"}}),
+        ]))
+    """)
+    replies = json.loads(guest.python(code, check=True).stdout)
+    assert [r["ok"] for r in replies] == [False, False, False], replies
+    assert "not relabelled" in replies[0]["error"] and "not relabelled" in replies[1]["error"]
+    assert "host's pid namespace" in replies[2]["error"]
+    guest.run("crun kill relabel-1 KILL; sleep 1; crun delete -f relabel-1 || true")
+
+
+def test_only_root_reaches_the_control_socket_and_run_warden_is_closed(
+    guest: GuestVM, ready: dict[str, float]
+) -> None:
+    """Issue 15 item 10: uid 0 only (0600 socket in a 0700 directory, SO_PEERCRED checked as well);
+    /run/warden (socket, rollback state, accepted update, registry) cannot be written by VM root."""
+    as_nobody = guest.run(f"setpriv --reuid=65534 --regid=65534 --clear-groups {WARDEN} status")
+    assert as_nobody.returncode != 0
+    assert "Permission denied" in as_nobody.stderr or "nothing listening" in as_nobody.stderr, as_nobody
+    assert guest.run("stat -c '%a %U' /run/warden", check=True).stdout.strip() == "700 root"
+    for attempt in ("echo '{}' > /run/warden/bundle-state.json", "touch /run/warden/accepted-update.bundle.json",
+                    "rm -f /run/warden/containers.json"):
+        result = guest.run(attempt)
+        assert result.returncode != 0, (attempt, result)
+        assert "Operation not permitted" in result.stderr or "Permission denied" in result.stderr, result
 
 
 # -- 10. supervisor stopped -----------------------------------------------------------------------
