@@ -122,14 +122,6 @@ def _text(value: Any, key: str, *, optional: bool) -> str:
     return value
 
 
-def _pid(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**22:
-        raise ProtocolError(f"pid: {value!r} is not a process id")
-    return value
-
-
 def _container_id(value: Any) -> str:
     if not isinstance(value, str) or not CONTAINER_ID.fullmatch(value):
         raise ProtocolError(f"id: {str(value)[:80]!r} is not a container id")

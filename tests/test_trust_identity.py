@@ -185,10 +185,12 @@ class RecordingEngine:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Mapping[str, str], int, int, str]] = []
+        self.first_pids: list[int | None] = []  # the process the engine records the scope on (task storage)
 
     def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                           *, kind: str = "container") -> str:
+                           pid: int | None = None, *, kind: str = "container") -> str:
         self.calls.append((name, dict(labels), pid_ns, mnt_ns, kind))
+        self.first_pids.append(pid)
         return f"sha256:{len(self.calls):064x}"
 
 
@@ -221,6 +223,7 @@ def test_a_container_is_registered_with_the_signed_labels(tmp_path: Path, contai
     assert reply.ok, reply.error
     pid_ns, mnt_ns = container_namespaces(container_pid, host_pid=HOST)
     assert engine.calls == [("mysql", {"app": "mysql"}, pid_ns, mnt_ns, "container")]
+    assert engine.first_pids == [container_pid]
 
 
 def test_an_unlisted_name_is_registered_as_the_union(tmp_path: Path, container_pid: int) -> None:
