@@ -24,7 +24,9 @@ Top-level keys (snake_case, like the gate's):
     control_socket:        the control socket (newline-delimited JSON, mode 0600)
     gate_failure_exit_s:   after a refused gate: enforce the baseline, then exit 1 after this long
     extend_timeout_s:      while the gate runs, ask systemd for this much more start time, repeatedly
-    record_ruleset:        after enforcement, record the RuleSet digest in the AA event log (AAEL)
+    record_ruleset:        after READY, record the RuleSet digest in the AA event log (AAEL), in the
+                           background until the attestation-agent answers (supervisor.aael)
+    kbs_update:            poll a CDH resource for a newer bundle (KBS_UPDATE_KEYS), or null for none
     postures:              default postures for containers {file, network, capabilities}: allow|audit|block
     host_postures:         the same for the host scope
     agent:                 the supervised agent (see AGENT_KEYS)
@@ -42,7 +44,8 @@ from typing import Any
 
 import yaml
 
-from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
+from attest.aa import DEFAULT_AA_URL, AttestationAgentApi, attestation_agent
+from attest.cdh import DEFAULT_CDH_SOCKET, ResourceSource, ResourceUri, parse_resource_uri, resource_source
 from attest.detect import DEFAULT_SOURCE_ORDER, SOURCE_NAMES
 from initdata.errors import ConfigError, GateError
 from initdata.keys import DEFAULT_TRUST_DIR
@@ -67,6 +70,14 @@ KEYS: dict[str, str] = {
     "postures": "container default postures: file, network, capabilities",
     "host_postures": "host default postures: file, network, capabilities",
     "agent": "the supervised agent",
+    "kbs_update": "poll a Confidential Data Hub resource for a newer bundle (KBS_UPDATE_KEYS), or null",
+}
+
+KBS_UPDATE_KEYS: dict[str, str] = {
+    "resource": "kbs:///<repository>/<type>/<tag> of the signed bundle in the KBS",
+    "cdh_url": "the CDH: its ttrpc socket (unix://...) or api-server-rest (http(s)://...)",
+    "interval_s": "seconds between polls",
+    "timeout_s": "seconds per fetch",
 }
 
 # The agent's throttling keys keep KubeArmor's names (kubearmor.yaml: alertThrottling,
@@ -94,7 +105,7 @@ GATE_KEYS: dict[str, str] = {
     "measurement_sources": "measurement sources, tried in this order",
     "insecure_allow_sample": "accept a VM without a TEE (development only; reported INSECURE)",
     "state_dir": "rollback state directory (per boot), or null for no rollback memory",
-    "attestation_agent_url": "api-server-rest of guest-components (http or https)",
+    "attestation_agent_url": "the attestation-agent: its ttrpc socket (unix://...) or api-server-rest (http(s)://...)",
     "attestation_agent_timeout": "seconds per attestation-agent request",
 }
 
@@ -111,7 +122,9 @@ class GateConfig:
     - measurement_sources: the order sources are tried in (attest.detect explains the rule)
     - state_dir: where the rollback state lives (a tmpfs: the state is per boot); None only for
       offline checks (`warden verify` without --state-dir): no rollback memory
-    - attestation_agent_url / _timeout: api-server-rest of guest-components (loopback)
+    - attestation_agent_url / _timeout: the attestation-agent's ttrpc socket (default,
+      unix:///run/confidential-containers/attestation-agent/attestation-agent.sock) or
+      api-server-rest of guest-components (http://127.0.0.1:8006)
     """
 
     trust_dir: Path = DEFAULT_TRUST_DIR
@@ -129,8 +142,8 @@ class GateConfig:
             threshold=self.threshold, trust_modes=self.trust_modes, insecure_allow_sample=self.insecure_allow_sample
         )
 
-    def aa_client(self) -> AttestationAgentClient:
-        return AttestationAgentClient(self.attestation_agent_url, timeout=self.attestation_agent_timeout)
+    def aa_client(self) -> AttestationAgentApi:
+        return attestation_agent(self.attestation_agent_url, timeout=self.attestation_agent_timeout)
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,17 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class KbsUpdateConfig:
+    resource: ResourceUri
+    cdh_url: str = DEFAULT_CDH_SOCKET
+    interval_s: float = 60.0
+    timeout_s: float = 5.0
+
+    def source(self) -> ResourceSource:
+        return resource_source(self.cdh_url, timeout=self.timeout_s)
+
+
+@dataclass(frozen=True)
 class WardenConfig:
     origin: str = "built-in defaults"
     gate: GateConfig = field(default_factory=GateConfig)
@@ -187,6 +211,7 @@ class WardenConfig:
     postures: PostureConfig = field(default_factory=PostureConfig)
     host_postures: PostureConfig = field(default_factory=PostureConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    kbs_update: KbsUpdateConfig | None = None
 
 
 class _Reader:
@@ -241,8 +266,8 @@ class _Reader:
         return tuple(value)
 
     def url(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-            raise self.fail(key, f"{value!r} is not an http(s) URL")
+        if not isinstance(value, str) or not value.startswith(("http://", "https://", "unix:///")) or "\0" in value:
+            raise self.fail(key, f"{value!r} is not an http(s) URL or a unix:/// socket address")
         return value
 
     def boolean(self, value: Any, key: str) -> bool:
@@ -334,6 +359,31 @@ def _agent(value: Any, reader: _Reader) -> AgentConfig:
     return config
 
 
+def _kbs_update(value: Any, reader: _Reader) -> KbsUpdateConfig | None:
+    if value is None:
+        return None
+    data = reader.mapping(value, "kbs_update", KBS_UPDATE_KEYS)
+    if "resource" not in data:
+        raise reader.fail("kbs_update.resource", "is required (kbs:///<repository>/<type>/<tag>)")
+    out: dict[str, Any] = {}
+    for name, item in data.items():
+        key = f"kbs_update.{name}"
+        if name == "resource":
+            if not isinstance(item, str):
+                raise reader.fail(key, f"{item!r} is not kbs:///<repository>/<type>/<tag>")
+            try:
+                out[name] = parse_resource_uri(item)
+            except GateError as exc:
+                raise reader.fail(key, exc.problem) from None
+        elif name == "cdh_url":
+            out[name] = reader.url(item, key)
+        elif name == "interval_s":
+            out[name] = reader.seconds(item, key, 1, 86400)
+        elif name == "timeout_s":
+            out[name] = reader.seconds(item, key, 0.1, 300)
+    return KbsUpdateConfig(**out)
+
+
 def parse_config(document: Any, *, origin: str) -> WardenConfig:
     """A parsed YAML document -> WardenConfig, or ConfigError naming the key."""
     reader = _Reader(origin)
@@ -358,6 +408,8 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
             out[name] = reader.postures(value, name)
         elif name == "agent":
             out["agent"] = _agent(value if value is not None else {}, reader)
+        elif name == "kbs_update":
+            out["kbs_update"] = _kbs_update(value, reader)
     return WardenConfig(**out)
 
 
@@ -392,11 +444,13 @@ __all__ = [
     "AGENT_KEYS",
     "DEFAULT_CONFIG_PATH",
     "GATE_KEYS",
+    "KBS_UPDATE_KEYS",
     "KEYS",
     "AgentConfig",
     "ConfigError",
     "GateConfig",
     "GateError",
+    "KbsUpdateConfig",
     "PostureConfig",
     "WardenConfig",
     "load_config",
