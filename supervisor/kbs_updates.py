@@ -82,7 +82,7 @@ class KbsPoller:
         if reply.retry:  # not READY at the moment (a reload in progress): gate these bytes next time
             with self._lock:
                 self._last_digest = None
-        result = {"ok": reply.ok, **(reply.body or {})}
+        result = {"ok": reply.ok, "digest": digest, **(reply.body or {})}
         if reply.error:
             result["error"] = reply.error
         with self._lock:
