@@ -4,7 +4,8 @@ Requests (one JSON object per line):
 
     {"op": "status"}
     {"op": "reload"}                                       re-read the configured update bundle
-    {"op": "register", "id": ID, "name": NAME, "labels": {K: V}, "pid_ns": N, "mnt_ns": N}
+    {"op": "register", "id": ID, "name": NAME, "labels": {K: V}, "pod": POD, "namespace": NS,
+     "pid_ns": N, "mnt_ns": N}          (pod, namespace: optional, for alerts only)
     {"op": "unregister", "id": ID}
 
 Replies (one line each): {"ok": true, ...} or {"ok": false, "error": "<one line>", "retry": bool};
@@ -66,6 +67,8 @@ class RegisterRequest:
     labels: Mapping[str, str] = field(hash=False)
     pid_ns: int
     mnt_ns: int
+    pod: str = ""  # informational (alerts): never selects rules
+    namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def parse_request(line: bytes) -> Request:
     allowed: dict[str, set[str]] = {
         "status": {"op"},
         "reload": {"op"},
-        "register": {"op", "id", "name", "labels", "pid_ns", "mnt_ns"},
+        "register": {"op", "id", "name", "labels", "pod", "namespace", "pid_ns", "mnt_ns"},
         "unregister": {"op", "id"},
     }
     if op not in allowed:
@@ -144,10 +147,16 @@ def parse_request(line: bytes) -> Request:
     for key, value in labels.items():
         if not isinstance(value, str) or not LABEL_TEXT.fullmatch(key) or not LABEL_TEXT.fullmatch(value):
             raise ProtocolError(f"labels: {str(key)[:60]!r} is not a key=value pair of printable text without ,=")
+    for key in ("pod", "namespace"):
+        value = data.get(key, "")
+        if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not value.isprintable():
+            raise ProtocolError(f"{key}: must be a printable string of at most {MAX_NAME_CHARS} characters")
     return RegisterRequest(
         container_id=container_id,
         name=name,
         labels=dict(labels),
+        pod=data.get("pod", ""),
+        namespace=data.get("namespace", ""),
         pid_ns=_namespace_id(data.get("pid_ns"), "pid_ns"),
         mnt_ns=_namespace_id(data.get("mnt_ns"), "mnt_ns"),
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import trust
-from bpf.kernel.engine import OBJECTS, Engine, EngineReport
+from bpf.kernel.engine import OBJECTS, ContainerIdentity, Engine, EngineReport
 from bpf.kernel.errors import EngineError
 from bpf.kernel.libbpf import BpfError
 from bpf.kernel.objects import ObjectNotFound, object_digest, object_dir, object_path
@@ -153,9 +153,10 @@ class Enforcement:
         except FAILURES:
             return False
 
-    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int) -> str:
+    def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
+                           identity: ContainerIdentity | None = None) -> str:
         try:
-            return self.engine.register_container(name, labels, pid_ns, mnt_ns)
+            return self.engine.register_container(name, labels, pid_ns, mnt_ns, identity)
         except FAILURES as exc:
             raise EnforcementError(str(exc)) from None
 

@@ -22,7 +22,10 @@ Names and labels, from annotations (untrusted text, validated by the control pro
 - labels: `io.katacontainers.warden.labels`, KubeArmor's "k=v,k=v" form (its alerts' `Labels`).
   The `io.katacontainers.` prefix is chosen because Kata's containerd runtime handler passes pod
   annotations matching `io.katacontainers.*` (its usual `pod_annotations`) down to the container
-  spec; pod labels themselves never reach the OCI config.
+  spec; pod labels themselves never reach the OCI config;
+- pod and namespace, for alerts only (KubeArmor's PodName, NamespaceName): containerd's CRI plugin
+  annotations `io.kubernetes.cri.sandbox-name` and `io.kubernetes.cri.sandbox-namespace` (CRI-O:
+  `io.kubernetes.pod.name`, `io.kubernetes.pod.namespace`). They select no rules.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 
 MAX_STATE_BYTES = 1024 * 1024
 NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
+POD_ANNOTATIONS = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name")
+NAMESPACE_ANNOTATIONS = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace")
 LABELS_ANNOTATION = "io.katacontainers.warden.labels"
 DEFAULT_SOCKET = Path("/run/warden/warden.sock")
 DEFAULT_TIMEOUT_S = 10.0
@@ -75,13 +80,20 @@ class ContainerState:
     bundle: str
     annotations: Mapping[str, str] = field(hash=False)
 
+    def _first(self, keys: tuple[str, ...]) -> str:
+        return next((self.annotations[k] for k in keys if self.annotations.get(k)), "")
+
     @property
     def name(self) -> str:
-        for key in NAME_ANNOTATIONS:
-            value = self.annotations.get(key)
-            if value:
-                return value
-        return self.container_id
+        return self._first(NAME_ANNOTATIONS) or self.container_id
+
+    @property
+    def pod(self) -> str:
+        return self._first(POD_ANNOTATIONS)
+
+    @property
+    def namespace(self) -> str:
+        return self._first(NAMESPACE_ANNOTATIONS)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -171,6 +183,8 @@ def register_message(state: ContainerState, proc: Path = Path("/proc")) -> dict[
         "id": state.container_id,
         "name": state.name,
         "labels": state.labels,
+        "pod": state.pod,
+        "namespace": state.namespace,
         "pid_ns": pid_ns,
         "mnt_ns": mnt_ns,
     }

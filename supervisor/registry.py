@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bpf.kernel.engine import ContainerIdentity
 from supervisor.control import RegisterRequest, Reply, UnregisterRequest
 from supervisor.enforcement import Enforcement, EnforcementError
 
@@ -55,7 +56,9 @@ class ContainerRegistry:
 
     def register(self, engine: Enforcement, request: RegisterRequest) -> Reply:
         try:
-            digest = engine.register_container(request.name, dict(request.labels), request.pid_ns, request.mnt_ns)
+            identity = ContainerIdentity(request.container_id, request.pod, request.namespace)
+            digest = engine.register_container(request.name, dict(request.labels), request.pid_ns, request.mnt_ns,
+                                               identity)
         except EnforcementError as exc:
             log.error("register %s failed: %s", request.container_id, exc)
             return Reply.failure(f"engine refused {request.container_id}: {exc}")
