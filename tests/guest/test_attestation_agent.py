@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import textwrap
 import time
 
@@ -169,3 +170,22 @@ def test_kbs_update_newer_enforced_lower_and_foreign_refused(guest: GuestVM, rea
         assert status["gate"]["bundle_version"] == 2  # type: ignore[index]
         assert not readable(guest, f"{V2_DIR}/secret") and readable(guest, f"{V1_DIR}/secret")
     print(guest.run(f"{WARDEN} status", check=False).stdout[-600:])
+
+
+def test_configfs_report_directory_is_writable_under_the_units_sandbox(guest: GuestVM) -> None:
+    """The unit's sandbox lines, with the tsm report directory swapped for another configfs directory
+    (this 6.1 kernel has no configfs-tsm; usb_gadget entries are made by mkdir just like tsm reports)."""
+    lines = [line for line in unit_text().splitlines()
+             if line.startswith(("ProtectSystem=", "ReadOnlyPaths=", "ReadWritePaths="))]
+    assert "ReadWritePaths=-/sys/kernel/config/tsm/report" in lines
+    gadget = "/sys/kernel/config/usb_gadget"
+    guest.run("modprobe libcomposite && (mountpoint -q /sys/kernel/config || "
+              "mount -t configfs none /sys/kernel/config)", check=True)
+    properties = " ".join(f"-p {shlex.quote(line.replace('/sys/kernel/config/tsm/report', gadget))}" for line in lines)
+    sandboxed = guest.run(f"systemd-run -q --wait --pipe {properties} mkdir {gadget}/warden-g1")
+    assert sandboxed.returncode == 0, sandboxed
+    assert guest.run(f"test -d {gadget}/warden-g1/strings").returncode == 0  # configfs made the entry
+    without = " ".join(f"-p {shlex.quote(line)}" for line in lines if "/sys/kernel/config" not in line)
+    refused = guest.run(f"systemd-run -q --wait --pipe {without} mkdir {gadget}/warden-g2")
+    assert refused.returncode != 0 and "Read-only file system" in refused.stdout + refused.stderr, refused
+    guest.run(f"rmdir {gadget}/warden-g1", check=True)
