@@ -60,3 +60,15 @@ def test_status_document_after_acceptance() -> None:
     other = dict(aael, ruleset="sha256:" + "d" * 64, recorded=True)  # an older RuleSet's record says nothing
     assert status_document(state, engine=None, agent=None, containers=[],
                            aael=other)["enforcement"]["recorded_in_aael"] is None
+
+
+def test_warden_status_text_says_whether_the_aael_record_exists() -> None:
+    from supervisor.commands.status import aael_line
+
+    pending = {"ruleset": "sha256:" + "c" * 64, "recorded": False, "attempts": 3,
+               "last_error": "unix:///run/x.sock: connect: nothing listens (No such file or directory)"}
+    assert aael_line(pending) == ("NOT recorded yet (3 attempts; last error: unix:///run/x.sock: connect: nothing "
+                                  "listens (No such file or directory))")
+    done = dict(pending, recorded=True, recorded_after_s=4.2, attempts=4)
+    assert aael_line(done) == f"recorded sha256:{'c' * 64} (after 4.2s, 4 attempts)"
+    assert aael_line({"ruleset": None, "recorded": None}) == "nothing to record"
