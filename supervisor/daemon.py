@@ -258,23 +258,32 @@ class Supervisor:
         """Gate the update bundle file against the one in force; apply it only if accepted (a refused one
         changes nothing). Called for SIGHUP by the main loop and for `reload` by the control server."""
         with self._lock:
+            not_ready = self._not_ready_for_updates()
+            if not_ready is not None:
+                return not_ready
             try:
                 envelope = read_update_bundle(self.config)
             except GateError as exc:
-                if self.state.phase is Phase.READY:
-                    self.state.last_reload = {"result": "refused", "error": str(exc), "via": origin}
-                    log.warning("reload (%s) refused, running policy unchanged: %s", origin, exc)
+                self.state.last_reload = {"result": "refused", "error": str(exc), "via": origin}
+                log.warning("reload (%s) refused, running policy unchanged: %s", origin, exc)
                 return Reply.failure(f"reload refused: {exc}")
             return self.apply_update(envelope, source=str(self.config.update_bundle), origin=origin)
+
+    def _not_ready_for_updates(self) -> Reply | None:
+        state = self.state
+        if state.phase is not Phase.READY or state.verified is None:
+            return Reply.failure(f"cannot reload in phase {state.phase}",
+                                 retry=state.phase in (Phase.ATTESTING, Phase.ENFORCING, Phase.RELOADING))
+        return None
 
     def apply_update(self, envelope: bytes, *, source: str, origin: str) -> Reply:
         """The one update gate (SIGHUP, control `reload`, KBS polling): `envelope` against the bundle in
         force (signatures, version > current, expiry, object digests); applied only if accepted."""
         state = self.state
         with self._lock:
-            if state.phase is not Phase.READY or state.verified is None:
-                return Reply.failure(f"cannot reload in phase {state.phase}",
-                                     retry=state.phase in (Phase.ATTESTING, Phase.ENFORCING, Phase.RELOADING))
+            not_ready = self._not_ready_for_updates()
+            if not_ready is not None or state.verified is None:
+                return not_ready or Reply.failure("nothing verified to update")
             current = state.verified
             try:
                 new = gate_update(envelope, current, self.config.gate, origin=source)
