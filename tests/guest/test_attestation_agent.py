@@ -169,7 +169,9 @@ def test_kbs_update_newer_enforced_lower_and_foreign_refused(guest: GuestVM, rea
         assert result["ok"] is False and problem in result["error"].lower(), result  # type: ignore[index]
         assert status["gate"]["bundle_version"] == 2  # type: ignore[index]
         assert not readable(guest, f"{V2_DIR}/secret") and readable(guest, f"{V1_DIR}/secret")
-    print(guest.run(f"{WARDEN} status", check=False).stdout[-600:])
+    text = guest.run(f"{WARDEN} status").stdout
+    assert "aael:         recorded sha256:" in text, text
+    print("\n".join(line for line in text.splitlines() if line.startswith(("aael:", "kbs update:"))))
 
 
 def test_configfs_report_directory_is_writable_under_the_units_sandbox(guest: GuestVM) -> None:
