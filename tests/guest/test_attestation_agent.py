@@ -1,4 +1,5 @@
-"""warden.service and guest-components' agents over their own sockets: the AAEL record, KBS updates.
+"""warden.service and guest-components' agents over their own sockets: the AAEL record, KBS updates;
+and the alert fields KubeArmor users read, end to end through crun and the hook.
 
 One guest, the shipped unit, tests in file order:
  1. warden becomes READY while no attestation-agent runs (READY never waits for it); `warden status`
@@ -8,7 +9,10 @@ One guest, the shipped unit, tests in file order:
     `github.com/coco-warden EnforcePolicy` event for the enforced RuleSet into its event log;
  3. the CDH stand-in serves a newer signed bundle at kbs:///default/warden/bundle: it is gated and
     enforced (and recorded in the AAEL); then a lower version and a bundle signed by a key the image
-    does not trust are fetched and refused, the newer one stays enforced.
+    does not trust are fetched and refused, the newer one stays enforced;
+ 4. a crun container registered by the hook with the CRI annotations: its denied read gives an alert
+    with ContainerID, ContainerName, PodName, NamespaceName and PID/PPID in its pid namespace;
+ 5. the unit's configfs-tsm line makes a configfs directory writable under its read-only /sys.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pytest
 from initdata.bundle import PolicyFile
 from supervisor.enforcement import shipped_objects
 from tests.data.initdata.factory import make_envelope, make_initdata, public_pem, signing_key
-from tests.guest.service import WARDEN, unit_text, wait_until, warden_status
+from tests.guest.service import WARDEN, make_container, unit_text, wait_until, warden_status
 from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
 
 V1_DIR, V2_DIR = "/var/tmp/kbs-v1", "/var/tmp/kbs-v2"
@@ -32,6 +36,22 @@ KBS_REPO = "/var/tmp/kbs-repo"  # the KBS's resource store, <repo>/<type>/<tag> 
 RESOURCE_FILE = f"{KBS_REPO}/default/warden/bundle"
 EVENTLOG = "/run/attestation-agent/eventlog"
 AA_TOML = "/etc/confidential-containers/aa.toml"
+ALERTS = "/var/log/warden/alerts.json"
+CONTAINER_SECRET = PolicyFile("container-secret.yaml", textwrap.dedent("""\
+    apiVersion: security.kubearmor.com/v1
+    kind: KubeArmorPolicy
+    metadata:
+      name: container-secret
+    spec:
+      selector:
+        matchLabels:
+          kubearmor.io/container.name: ".*"
+      action: Block
+      file:
+        matchDirectories:
+          - dir: /secret/
+            recursive: true
+    """))
 
 
 def host_block(name: str, directory: str) -> PolicyFile:
@@ -52,7 +72,8 @@ def host_block(name: str, directory: str) -> PolicyFile:
 
 
 def bundle(version: int, directory: str, key: str = "owner-ed25519") -> str:
-    return make_envelope([signing_key(key)], version=version, policies=[host_block(f"block-v{version}", directory)],
+    return make_envelope([signing_key(key)], version=version,
+                         policies=[host_block(f"block-v{version}", directory), CONTAINER_SECRET],
                          bpf_objects=shipped_objects()).to_json().decode()
 
 
@@ -67,7 +88,7 @@ CONFIG = json.dumps({  # JSON is YAML; the AA and CDH at their default sockets
     "baseline_bundle": "/usr/share/warden/baseline.bundle.json",
     "record_ruleset": True,
     "kbs_update": {"resource": "kbs:///default/warden/bundle", "interval_s": 2},
-    "agent": {"enabled": False},
+    "agent": {"logPath": ALERTS, "maxAlertPerSec": 1000},
 })
 
 
@@ -172,6 +193,38 @@ def test_kbs_update_newer_enforced_lower_and_foreign_refused(guest: GuestVM, rea
     text = guest.run(f"{WARDEN} status").stdout
     assert "aael:         recorded sha256:" in text, text
     print("\n".join(line for line in text.splitlines() if line.startswith(("aael:", "kbs update:"))))
+
+
+def test_alerts_carry_the_containers_identity_and_namespace_pids(guest: GuestVM, ready: None) -> None:
+    directory = make_container(guest, "mysql", ["sh", "-c", "cat /secret/data; echo rc=$?"],
+                               files={"/secret/data": "container-secret\n"})
+    guest.python(textwrap.dedent(f"""
+        import json
+        path = "{directory}/config.json"
+        config = json.load(open(path))
+        config["annotations"].update({{"io.kubernetes.cri.sandbox-name": "mysql-7d9f",
+                                      "io.kubernetes.cri.sandbox-namespace": "payments"}})
+        json.dump(config, open(path, "w"))
+    """), check=True)
+    result = guest.run(f"crun run -b {directory} ctr-0123abcd", timeout=120)
+    assert result.returncode == 0 and "rc=1" in result.stdout and "container-secret" not in result.stdout, result
+    alerts: list[dict[str, object]] = []
+
+    def found() -> bool:
+        lines = guest.run(f"cat {ALERTS}").stdout.splitlines()
+        alerts[:] = [a for a in map(json.loads, lines) if a.get("PolicyName") == "container-secret"]
+        return bool(alerts)
+
+    wait_until("the container's alert", found, 60, guest)
+    a = alerts[-1]
+    assert (a["ContainerID"], a["ContainerName"], a["PodName"], a["NamespaceName"]) == (
+        "ctr-0123abcd", "mysql", "mysql-7d9f", "payments"), a
+    assert (a["Resource"], a["Action"], a["Type"]) == ("/secret/data", "Block", "MatchedPolicy"), a
+    # sh is PID 1 of the container's pid namespace and cat its child (or sh itself, exec'd); crun, the
+    # parent of PID 1, lives outside the namespace and reads as 0 there. HostPID/HostPPID: the VM's.
+    assert a["PID"] in (1, 2) and a["PPID"] in (0, 1) and a["HostPID"] > 2 and a["HostPPID"] > 0, a  # type: ignore[operator]
+    print({k: a[k] for k in ("ContainerID", "ContainerName", "PodName", "NamespaceName", "PID", "PPID", "HostPID",
+                             "HostPPID")})
 
 
 def test_configfs_report_directory_is_writable_under_the_units_sandbox(guest: GuestVM) -> None:
