@@ -1,6 +1,18 @@
-"""The attestation-agent / Confidential Data Hub REST API (guest-components api-server-rest).
+"""The attestation-agent: over its own ttrpc socket (default) or guest-components' api-server-rest.
 
-Endpoints used (default base http://127.0.0.1:8006, loopback only):
+Two transports, one interface (`AttestationAgentApi`):
+- ttrpc (`TtrpcAttestationAgent`, address unix:///run/confidential-containers/attestation-agent/
+  attestation-agent.sock, the default of guest-components `attestation-agent/src/bin/ttrpc-aa/main.rs`):
+  `attestation_agent.AttestationAgentService` GetEvidence, ExtendRuntimeMeasurement, GetTeeType
+  (`attestation-agent/protos/attestation-agent.proto`; attest.protos, attest.ttrpc). This is the one
+  that is there in both pod VMs: api-server-rest runs in the pod network namespace in peer pods and
+  its /aa/* feature is off by default.
+- REST (`AttestationAgentClient`, an http(s) URL), the api-server-rest endpoints below.
+
+ExtendRuntimeMeasurement needs `[eventlog_config] enable_eventlog = true` in the AA's aa.toml;
+without it the AA answers "Extend eventlog not enabled when launching!" (attestation-agent/src/lib.rs).
+
+REST endpoints used (base http://127.0.0.1:8006, loopback only):
 - GET  /info                                  -> {"tee": ..., ...}   (cheap reachability probe)
 - GET  /aa/evidence?runtime_data=<str>        -> evidence JSON of the primary attester
 - POST /aa/aael {domain, operation, content}  -> {"success": "true"} when the event was recorded
@@ -33,18 +45,30 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from attest.base import Measurement
+from attest.protos import (
+    AA_EXTEND_RUNTIME_MEASUREMENT,
+    AA_GET_EVIDENCE,
+    AA_GET_TEE_TYPE,
+    AA_SERVICE,
+    ProtoDecodeError,
+    encode,
+    field_value,
+)
 from attest.snp import hostdata_from_report
 from attest.tdx import mrconfigid_from_quote
 from attest.tee import Tee
+from attest.ttrpc import TtrpcClient
 from initdata import strict_json
 from initdata.errors import AttestationAgentError, GateError, MeasurementUnavailable
 
-DEFAULT_AA_URL = "http://127.0.0.1:8006"
+DEFAULT_AA_SOCKET = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+DEFAULT_AA_REST_URL = "http://127.0.0.1:8006"
+DEFAULT_AA_URL = DEFAULT_AA_SOCKET
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # TDX evidence carries the CC event log
 AAEL_DOMAIN = "github.com/coco-warden"  # AAEL: domain and operation must not contain whitespace
 AAEL_OPERATION = "EnforcePolicy"
@@ -61,9 +85,79 @@ class _Transient(Exception):
     """Connection refused / timeout: worth one more try. Never escapes this module."""
 
 
+class AttestationAgentApi(Protocol):
+    """What warden asks the attestation-agent, whichever transport carries it."""
+
+    @property
+    def origin(self) -> str: ...
+
+    def tee_type(self, *, timeout: float | None = None) -> str:
+        """The AA's primary attester ("tdx", "snp", ..., "sample" for none); a cheap reachability probe."""
+        ...
+
+    def get_evidence(self, runtime_data: bytes) -> bytes: ...
+
+    def extend_runtime_measurement(
+        self, domain: str, operation: str, content: str, register_index: int | None = None
+    ) -> None:
+        """Record one AAEL event; AttestationAgentError unless the AA says it was recorded."""
+        ...
+
+
+@dataclass(frozen=True)
+class TtrpcAttestationAgent:
+    """The AA's own ttrpc API on its unix socket."""
+
+    address: str = DEFAULT_AA_SOCKET
+    timeout: float = 2.0
+    peer_uid: int | None = 0
+
+    @property
+    def origin(self) -> str:
+        return self.address
+
+    def _client(self, timeout: float | None = None) -> TtrpcClient:
+        return TtrpcClient(self.address, timeout=self.timeout if timeout is None else timeout,
+                           peer_uid=self.peer_uid, max_response_bytes=MAX_RESPONSE_BYTES)
+
+    def _field(self, message: str, data: bytes, name: str) -> Any:
+        try:
+            return field_value(message, data, name)
+        except ProtoDecodeError as exc:
+            raise AttestationAgentError(self.address, "response", str(exc)) from None
+
+    def tee_type(self, *, timeout: float | None = None) -> str:
+        data = self._client(timeout).call(AA_SERVICE, AA_GET_TEE_TYPE, encode("attestation_agent.GetTeeTypeRequest"))
+        return str(self._field("attestation_agent.GetTeeTypeResponse", data, "tee"))
+
+    def get_evidence(self, runtime_data: bytes) -> bytes:
+        request = encode("attestation_agent.GetEvidenceRequest", RuntimeData=runtime_data)
+        data = self._client().call(AA_SERVICE, AA_GET_EVIDENCE, request)
+        evidence: bytes = self._field("attestation_agent.GetEvidenceResponse", data, "Evidence")
+        return evidence
+
+    def extend_runtime_measurement(
+        self, domain: str, operation: str, content: str, register_index: int | None = None
+    ) -> None:
+        fields: dict[str, Any] = {"Domain": domain, "Operation": operation, "Content": content}
+        if register_index is not None:
+            fields["RegisterIndex"] = register_index
+        request = encode("attestation_agent.ExtendRuntimeMeasurementRequest", **fields)
+        self._client().call(AA_SERVICE, AA_EXTEND_RUNTIME_MEASUREMENT, request)
+
+
+def attestation_agent(address: str, *, timeout: float = 2.0) -> AttestationAgentApi:
+    """The client for a configured address: unix://... -> ttrpc, http(s)://... -> api-server-rest."""
+    if address.startswith("unix://"):
+        return TtrpcAttestationAgent(address, timeout=timeout)
+    return AttestationAgentClient(address, timeout=timeout)
+
+
 @dataclass(frozen=True)
 class AttestationAgentClient:
-    base_url: str = DEFAULT_AA_URL
+    """guest-components api-server-rest (the AA and CDH behind one loopback HTTP server)."""
+
+    base_url: str = DEFAULT_AA_REST_URL
     timeout: float = 2.0
     attempts: int = 2
 
@@ -110,8 +204,23 @@ class AttestationAgentClient:
         data = self.request("GET", "/info")
         return _json_object(data, origin=self._url("/info"), field="info")
 
+    @property
+    def origin(self) -> str:
+        return self.base_url
+
+    def tee_type(self, *, timeout: float | None = None) -> str:
+        probe = self if timeout is None else AttestationAgentClient(self.base_url, timeout=timeout, attempts=1)
+        tee = probe.info().get("tee")
+        if not isinstance(tee, str):
+            raise AttestationAgentError(self._url("/info"), "tee", "missing or not a string")
+        return tee
+
     def evidence(self, runtime_data: str) -> bytes:
         return self.request("GET", "/aa/evidence", query={"runtime_data": runtime_data})
+
+    def get_evidence(self, runtime_data: bytes) -> bytes:
+        # api-server-rest passes the query string's UTF-8 bytes on as RuntimeData.
+        return self.evidence(runtime_data.decode("ascii"))
 
     def record_event(self, domain: str, operation: str, content: str) -> bool:
         """POST /aa/aael; True only if the AA says the event was recorded."""
@@ -119,6 +228,13 @@ class AttestationAgentClient:
         data = self.request("POST", "/aa/aael", body=body)
         answer = _json_object(data, origin=self._url("/aa/aael"), field="response")
         return answer.get("success") in ("true", True)
+
+    def extend_runtime_measurement(
+        self, domain: str, operation: str, content: str, register_index: int | None = None
+    ) -> None:
+        # The REST body has no register index: the AA's default PCR (eventlog_config.init_pcr) is used.
+        if not self.record_event(domain, operation, content):
+            raise AttestationAgentError(self._url("/aa/aael"), "success", "the attestation-agent did not record it")
 
     def resource(self, repository: str, kind: str, tag: str) -> bytes:
         for part, name in ((repository, "repository"), (kind, "type"), (tag, "tag")):
@@ -274,19 +390,16 @@ def check_loopback_listener(base_url: str, *, required_uid: int = 0, proc_net: P
 class AttestationAgentSource:
     name = "attestation-agent"
 
-    def __init__(self, client: AttestationAgentClient | None = None, *, required_uid: int = 0,
+    def __init__(self, client: AttestationAgentApi | None = None, *, required_uid: int = 0,
                  proc_net: Path = Path("/proc/net")) -> None:
-        self.client = client if client is not None else AttestationAgentClient()
-        self.required_uid = required_uid
+        self.client: AttestationAgentApi = client if client is not None else TtrpcAttestationAgent()
+        self.required_uid = required_uid  # REST only: who must own the loopback listener
         self.proc_net = proc_net
         self._reported_tee: object = None
 
     def available(self) -> bool:
-        probe = AttestationAgentClient(
-            self.client.base_url, timeout=min(self.client.timeout, 1.0), attempts=1
-        )
         try:
-            self._reported_tee = probe.info().get("tee")
+            self._reported_tee = self.client.tee_type(timeout=1.0)
         except GateError:
             return False
         return True
@@ -295,33 +408,38 @@ class AttestationAgentSource:
         # The AA reports its primary attester; "sample" means it found no TEE either.
         return isinstance(self._reported_tee, str) and self._reported_tee not in ("", "sample")
 
+    def _check_listener(self) -> None:
+        # A loopback TCP port is anyone's to bind: the REST path counts only while uid 0 holds it. The
+        # ttrpc path checks its peer's uid on the unix socket itself (attest.ttrpc.connect_unix).
+        if isinstance(self.client, AttestationAgentClient):
+            check_loopback_listener(self.client.base_url, required_uid=self.required_uid, proc_net=self.proc_net)
+
     def measure(self) -> Measurement:
-        origin = self.client._url("/aa/evidence")
+        origin = f"{self.client.origin} evidence"
         nonce = secrets.token_hex(16)  # 32 ASCII bytes: what the AA puts (zero-padded) in the report data
-        check_loopback_listener(self.client.base_url, required_uid=self.required_uid, proc_net=self.proc_net)
+        self._check_listener()
         try:
-            evidence = self.client.evidence(nonce)
+            evidence = self.client.get_evidence(nonce.encode())
         except AttestationAgentError as exc:
             raise MeasurementUnavailable(exc.origin, exc.field, exc.problem) from None
-        # Still the same owner after the exchange (a listener swapped in between is caught too).
-        check_loopback_listener(self.client.base_url, required_uid=self.required_uid, proc_net=self.proc_net)
+        self._check_listener()  # still the same owner after the exchange (a listener swapped in between)
         return measurement_from_evidence(evidence, origin=origin, source=self.name, runtime_data=nonce.encode())
 
 
-def record_ruleset_digest(
-    ruleset_digest: str, *, bundle_version: int | None = None, client: AttestationAgentClient | None = None
-) -> bool:
-    """After enforcement: put the RuleSet digest into the runtime measurement (AAEL).
-
-    Returns whether the attestation-agent recorded it. Never raises: an AA that is absent, has the
-    eventlog disabled, or answers oddly means "not recorded", which the caller reports.
-    """
-    content_fields: dict[str, object] = {"ruleset": ruleset_digest}
+def aael_content(ruleset_digest: str, bundle_version: int | None) -> str:
+    """The event's content: RFC 8785-style canonical JSON (sorted keys, no whitespace, no LF: AAEL
+    content must not contain a newline, attestation-agent/src/eventlog/mod.rs `Content`)."""
+    fields: dict[str, object] = {"ruleset": ruleset_digest}
     if bundle_version is not None:
-        content_fields["bundle_version"] = bundle_version
-    # RFC 8785-style canonical JSON for these simple values: sorted keys, no whitespace, no LF.
-    content = json.dumps(content_fields, sort_keys=True, separators=(",", ":"))
-    try:
-        return (client or AttestationAgentClient()).record_event(AAEL_DOMAIN, AAEL_OPERATION, content)
-    except GateError:
-        return False
+        fields["bundle_version"] = bundle_version
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def record_ruleset_digest(
+    ruleset_digest: str, *, bundle_version: int | None = None, client: AttestationAgentApi | None = None
+) -> None:
+    """After enforcement: put the RuleSet digest into the runtime measurement (AAEL event
+    `github.com/coco-warden EnforcePolicy <content>`). AttestationAgentError when it was not recorded
+    (no AA yet, eventlog disabled, an odd answer); the caller retries and reports."""
+    agent = client if client is not None else TtrpcAttestationAgent()
+    agent.extend_runtime_measurement(AAEL_DOMAIN, AAEL_OPERATION, aael_content(ruleset_digest, bundle_version))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from attest.aa import AttestationAgentClient, AttestationAgentSource
+from attest.aa import AttestationAgentApi, AttestationAgentSource
 from attest.base import Measurement, MeasurementSource
 from attest.sample import SampleSource
 from attest.snp import SnpSource
@@ -36,7 +36,7 @@ def build_sources(
     *,
     sysfs_root: Path = Path("/sys"),
     tsm_root: Path = DEFAULT_TSM_REPORT_ROOT,
-    aa_client: AttestationAgentClient | None = None,
+    aa_client: AttestationAgentApi | None = None,
 ) -> list[MeasurementSource]:
     tsm = ConfigfsTsm(tsm_root)
     factories: dict[str, Callable[[], MeasurementSource]] = {

@@ -25,7 +25,9 @@ Top-level keys (snake_case, like the gate's):
     gate_failure_exit_s:   after a refused gate: enforce the baseline, then exit 1 after this long
     extend_timeout_s:      while the gate runs, ask systemd for this much more start time, repeatedly
     attestation_deadline_s: the gate's total time; past it the gate is refused (baseline), never extended
-    record_ruleset:        after enforcement, record the RuleSet digest in the AA event log (AAEL)
+    record_ruleset:        after READY, record the RuleSet digest in the AA event log (AAEL), in the
+                           background until the attestation-agent answers (supervisor.aael)
+    kbs_update:            poll a CDH resource for a newer bundle (KBS_UPDATE_KEYS), or null for none
     postures:              default postures for containers {file, network, capabilities}: allow|audit|block
     host_postures:         the same for the host scope
     agent:                 the supervised agent (see AGENT_KEYS)
@@ -43,7 +45,8 @@ from typing import Any
 
 import yaml
 
-from attest.aa import DEFAULT_AA_URL, AttestationAgentClient
+from attest.aa import DEFAULT_AA_URL, AttestationAgentApi, attestation_agent
+from attest.cdh import DEFAULT_CDH_SOCKET, ResourceSource, ResourceUri, parse_resource_uri, resource_source
 from attest.detect import DEFAULT_SOURCE_ORDER, INSECURE_SOURCE_NAMES, SOURCE_NAMES
 from initdata.errors import ConfigError, GateError
 from initdata.keys import DEFAULT_TRUST_DIR
@@ -70,6 +73,14 @@ KEYS: dict[str, str] = {
     "postures": "container default postures: file, network, capabilities",
     "host_postures": "host default postures: file, network, capabilities",
     "agent": "the supervised agent",
+    "kbs_update": "poll a Confidential Data Hub resource for a newer bundle (KBS_UPDATE_KEYS), or null",
+}
+
+KBS_UPDATE_KEYS: dict[str, str] = {
+    "resource": "kbs:///<repository>/<type>/<tag> of the signed bundle in the KBS",
+    "cdh_url": "the CDH: its ttrpc socket (unix://...) or api-server-rest (http(s)://...)",
+    "interval_s": "seconds between polls",
+    "timeout_s": "seconds per fetch",
 }
 
 # The agent's throttling keys keep KubeArmor's names (kubearmor.yaml: alertThrottling,
@@ -100,7 +111,7 @@ GATE_KEYS: dict[str, str] = {
     "max_validity_days": "refuse bundles valid longer than this many days (from issued_at, else now); null: no bound",
     "minimum_version_resource": "kbs:///repo/type/tag holding the minimum bundle version, fetched after attestation",
     "state_dir": "rollback state directory (per boot), or null for no rollback memory",
-    "attestation_agent_url": "api-server-rest of guest-components (http or https)",
+    "attestation_agent_url": "the attestation-agent: its ttrpc socket (unix://...) or api-server-rest (http(s)://...)",
     "attestation_agent_timeout": "seconds per attestation-agent request",
 }
 
@@ -117,7 +128,9 @@ class GateConfig:
     - measurement_sources: the order sources are tried in (attest.detect explains the rule)
     - state_dir: where the rollback state lives (a tmpfs: the state is per boot); None only for
       offline checks (`warden verify` without --state-dir): no rollback memory
-    - attestation_agent_url / _timeout: api-server-rest of guest-components (loopback)
+    - attestation_agent_url / _timeout: the attestation-agent's ttrpc socket (default,
+      unix:///run/confidential-containers/attestation-agent/attestation-agent.sock) or
+      api-server-rest of guest-components (http://127.0.0.1:8006)
     """
 
     trust_dir: Path = DEFAULT_TRUST_DIR
@@ -139,8 +152,8 @@ class GateConfig:
             insecure_sources=frozenset(self.insecure_sources), max_validity_days=self.max_validity_days,
         )
 
-    def aa_client(self) -> AttestationAgentClient:
-        return AttestationAgentClient(self.attestation_agent_url, timeout=self.attestation_agent_timeout)
+    def aa_client(self) -> AttestationAgentApi:
+        return attestation_agent(self.attestation_agent_url, timeout=self.attestation_agent_timeout)
 
 
 @dataclass(frozen=True)
@@ -182,6 +195,17 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class KbsUpdateConfig:
+    resource: ResourceUri
+    cdh_url: str = DEFAULT_CDH_SOCKET
+    interval_s: float = 60.0
+    timeout_s: float = 5.0
+
+    def source(self) -> ResourceSource:
+        return resource_source(self.cdh_url, timeout=self.timeout_s)
+
+
+@dataclass(frozen=True)
 class WardenConfig:
     origin: str = "built-in defaults"
     gate: GateConfig = field(default_factory=GateConfig)
@@ -198,6 +222,7 @@ class WardenConfig:
     postures: PostureConfig = field(default_factory=PostureConfig)
     host_postures: PostureConfig = field(default_factory=PostureConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    kbs_update: KbsUpdateConfig | None = None
 
 
 class _Reader:
@@ -252,8 +277,8 @@ class _Reader:
         return tuple(value)
 
     def url(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-            raise self.fail(key, f"{value!r} is not an http(s) URL")
+        if not isinstance(value, str) or not value.startswith(("http://", "https://", "unix:///")) or "\0" in value:
+            raise self.fail(key, f"{value!r} is not an http(s) URL or a unix:/// socket address")
         return value
 
     def boolean(self, value: Any, key: str) -> bool:
@@ -356,6 +381,31 @@ def _agent(value: Any, reader: _Reader) -> AgentConfig:
     return config
 
 
+def _kbs_update(value: Any, reader: _Reader) -> KbsUpdateConfig | None:
+    if value is None:
+        return None
+    data = reader.mapping(value, "kbs_update", KBS_UPDATE_KEYS)
+    if "resource" not in data:
+        raise reader.fail("kbs_update.resource", "is required (kbs:///<repository>/<type>/<tag>)")
+    out: dict[str, Any] = {}
+    for name, item in data.items():
+        key = f"kbs_update.{name}"
+        if name == "resource":
+            if not isinstance(item, str):
+                raise reader.fail(key, f"{item!r} is not kbs:///<repository>/<type>/<tag>")
+            try:
+                out[name] = parse_resource_uri(item)
+            except GateError as exc:
+                raise reader.fail(key, exc.problem) from None
+        elif name == "cdh_url":
+            out[name] = reader.url(item, key)
+        elif name == "interval_s":
+            out[name] = reader.seconds(item, key, 1, 86400)
+        elif name == "timeout_s":
+            out[name] = reader.seconds(item, key, 0.1, 300)
+    return KbsUpdateConfig(**out)
+
+
 def parse_config(document: Any, *, origin: str) -> WardenConfig:
     """A parsed YAML document -> WardenConfig, or ConfigError naming the key."""
     reader = _Reader(origin)
@@ -382,6 +432,8 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
             out[name] = reader.postures(value, name)
         elif name == "agent":
             out["agent"] = _agent(value if value is not None else {}, reader)
+        elif name == "kbs_update":
+            out["kbs_update"] = _kbs_update(value, reader)
     return WardenConfig(**out)
 
 
@@ -416,11 +468,13 @@ __all__ = [
     "AGENT_KEYS",
     "DEFAULT_CONFIG_PATH",
     "GATE_KEYS",
+    "KBS_UPDATE_KEYS",
     "KEYS",
     "AgentConfig",
     "ConfigError",
     "GateConfig",
     "GateError",
+    "KbsUpdateConfig",
     "PostureConfig",
     "WardenConfig",
     "load_config",

@@ -7,8 +7,11 @@ Start-up, in order (STATUS says which step it is in):
 4. run the attestation gate (trust.gate, fed by supervisor.gate_inputs) in a worker thread while the
    main thread keeps systemd's start timeout extended (EXTEND_TIMEOUT_USEC), since attestation may be slow;
 5. load the accepted policies into the kernel, or adopt the pinned links a previous instance left
-   (bpf.kernel.engine via supervisor.enforcement), record the RuleSet digest in the AA event log, then
-   READY=1 with a STATUS naming bundle version, RuleSet digest and measurement source.
+   (bpf.kernel.engine via supervisor.enforcement), then READY=1 with a STATUS naming bundle version,
+   RuleSet digest and measurement source;
+6. after READY, in the background: record the RuleSet digest in the AA event log, retried until the
+   attestation-agent answers (supervisor.aael), and, when `kbs_update` is configured, poll the KBS
+   resource for a newer bundle (supervisor.kbs_updates).
 
 When the gate refuses: if nothing is enforced yet, enforce the baseline bundle shipped in the image
 (its own signed bundle, verified with the image trust keys); if something is already enforced (a
@@ -20,6 +23,7 @@ Running: the watchdog is pinged at half of WATCHDOG_USEC only while health check
 engine's: pinned links attached, maps match the RuleSet digest; ours: the agent runner alive); a
 failed check withholds the ping and logs why, so systemd restarts the supervisor. SIGHUP or a
 control `reload` gates a newer bundle (RELOADING=1 ... READY=1); a refused bundle changes nothing.
+A newer bundle polled from the KBS goes through the same gate (`apply_update`).
 SIGTERM: STOPPING=1, stop the agent, exit 0; enforcement stays pinned.
 
 This module is the state machine (Phase, in supervisor.status) and nothing else: the kernel
@@ -39,9 +43,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from attest.aa import record_ruleset_digest
+from attest.cdh import ResourceUri
 from bpf.policy.model import Policy
 from initdata.errors import GateError, MeasurementUnavailable
+from supervisor.aael import AaelRecorder
 from supervisor.agent_runner import AgentRunner, AgentSnapshot
 from supervisor.config import WardenConfig
 from supervisor.control import (
@@ -69,6 +74,7 @@ from supervisor.gate_inputs import (
     remember_update,
     start_gate,
 )
+from supervisor.kbs_updates import KbsPoller
 from supervisor.notify import Notifier, child_environment, watchdog_interval
 from supervisor.prerequisites import check_prerequisites
 from supervisor.registry import REGISTRY_NAME, ContainerRegistry
@@ -92,10 +98,10 @@ class AttestationDeadline(MeasurementUnavailable):
     """The whole gate (every source, every retry) did not finish within attestation_deadline_s."""
 
 
-def enforced_by_gate(verified: VerifiedPolicy, summary: LoadSummary, recorded: bool | None) -> Enforced:
+def enforced_by_gate(verified: VerifiedPolicy, summary: LoadSummary) -> Enforced:
     """What is enforced once the engine holds a bundle the gate (or a reload) accepted."""
     return Enforced(EnforcedOrigin.GATE, verified.bundle_version, verified.bundle_digest, summary.ruleset_digest,
-                    adopted=summary.adopted, recorded_in_aael=recorded)
+                    adopted=summary.adopted)
 
 
 class Supervisor:
@@ -127,6 +133,8 @@ class Supervisor:
         self._control: ControlServer | None = None
         self._agent: AgentRunner | None = None
         self._last_agent_degraded = False
+        self._aael = AaelRecorder(config.gate.aa_client)
+        self._kbs: KbsPoller | None = None
 
     # -- status ------------------------------------------------------------------------------
 
@@ -146,7 +154,9 @@ class Supervisor:
             with self._lock:
                 engine_status = self.engine.status()
         agent = self._agent.snapshot() if self._agent is not None else None
-        return status_document(self.state, engine=engine_status, agent=agent, containers=self._registry.ids())
+        return status_document(self.state, engine=engine_status, agent=agent, containers=self._registry.ids(),
+                               aael=self._aael.snapshot() if self.config.record_ruleset else None,
+                               kbs=self._kbs.snapshot() if self._kbs is not None else None)
 
     # -- control socket ----------------------------------------------------------------------
 
@@ -227,7 +237,7 @@ class Supervisor:
         if self._something_enforced():
             # A previous instance was accepted and its pins are still attached: that is the policy the
             # owner signed for this VM; replacing it with the baseline would weaken or change it.
-            self.state.enforced = Enforced(EnforcedOrigin.KEPT, None, None, "", adopted=True, recorded_in_aael=None)
+            self.state.enforced = Enforced(EnforcedOrigin.KEPT, None, None, "", adopted=True)
             self._set_status(f"NOT READY: gate refused: {error}; keeping the enforcement already pinned in "
                              f"{self.config.pin_dir}; {deadline}")
         else:
@@ -242,7 +252,7 @@ class Supervisor:
             else:
                 version, digest = baseline.payload.version, baseline.payload.digest
                 self.state.enforced = Enforced(EnforcedOrigin.BASELINE, version, digest, summary.ruleset_digest,
-                                               adopted=summary.adopted, recorded_in_aael=None)
+                                               adopted=summary.adopted)
                 self._set_status(f"NOT READY: gate refused: {error}; enforcing baseline bundle v{version} "
                                  f"({digest[:19]}) ruleset {summary.ruleset_digest[:19]}; {deadline}")
         self._sleep_unless_stopped(self.config.gate_failure_exit_s)
@@ -257,28 +267,46 @@ class Supervisor:
             self._wake.wait(min(remaining, 1.0))
             self._wake.clear()
 
-    def _record(self, summary: LoadSummary, version: int) -> bool | None:
-        if not self.config.record_ruleset or not summary.ruleset_digest:
-            return None
-        recorded = record_ruleset_digest(summary.ruleset_digest, bundle_version=version,
-                                         client=self.config.gate.aa_client())
-        if not recorded:
-            log.warning("RuleSet digest %s not recorded in the attestation-agent event log", summary.ruleset_digest)
-        return recorded
+    def _record(self, summary: LoadSummary, version: int) -> None:
+        """Record the RuleSet in the AA event log, in the background (supervisor.aael): never delays READY."""
+        if self.config.record_ruleset and summary.ruleset_digest:
+            self._aael.record(summary.ruleset_digest, version)
 
     # -- reload ------------------------------------------------------------------------------
 
     def reload(self, *, origin: str) -> Reply:
-        """Gate the update bundle against the one in force; apply it only if accepted (a refused one
+        """Gate the update bundle file against the one in force; apply it only if accepted (a refused one
         changes nothing). Called for SIGHUP by the main loop and for `reload` by the control server."""
-        state = self.state
         with self._lock:
-            if state.phase is not Phase.READY or state.verified is None:
-                return Reply.failure(f"cannot reload in phase {state.phase}", retry=state.phase is Phase.ATTESTING)
-            current = state.verified
+            not_ready = self._not_ready_for_updates()
+            if not_ready is not None:
+                return not_ready
             try:
                 envelope = read_update_bundle(self.config)
-                new = gate_update(envelope, current, self.config.gate, origin=str(self.config.update_bundle))
+            except GateError as exc:
+                self.state.last_reload = {"result": "refused", "error": str(exc), "via": origin}
+                log.warning("reload (%s) refused, running policy unchanged: %s", origin, exc)
+                return Reply.failure(f"reload refused: {exc}")
+            return self.apply_update(envelope, source=str(self.config.update_bundle), origin=origin)
+
+    def _not_ready_for_updates(self) -> Reply | None:
+        state = self.state
+        if state.phase is not Phase.READY or state.verified is None:
+            return Reply.failure(f"cannot reload in phase {state.phase}",
+                                 retry=state.phase in (Phase.ATTESTING, Phase.ENFORCING, Phase.RELOADING))
+        return None
+
+    def apply_update(self, envelope: bytes, *, source: str, origin: str) -> Reply:
+        """The one update gate (SIGHUP, control `reload`, KBS polling): `envelope` against the bundle in
+        force (signatures, version > current, expiry, object digests); applied only if accepted."""
+        state = self.state
+        with self._lock:
+            not_ready = self._not_ready_for_updates()
+            if not_ready is not None or state.verified is None:
+                return not_ready or Reply.failure("nothing verified to update")
+            current = state.verified
+            try:
+                new = gate_update(envelope, current, self.config.gate, origin=source)
                 check_shipped_objects(new)
             except (GateError, EnforcementError) as exc:
                 self.state.last_reload = {"result": "refused", "error": str(exc), "via": origin}
@@ -303,7 +331,8 @@ class Supervisor:
                 self.notifier.ready(f"{self._ready_status()}; reload to v{new.bundle_version} FAILED: {exc}")
                 return Reply.failure(f"reload failed: {exc}")
             state.verified = new
-            state.enforced = enforced_by_gate(new, summary, self._record(summary, new.bundle_version))
+            state.enforced = enforced_by_gate(new, summary)
+            self._record(summary, new.bundle_version)
             self.state.phase = Phase.READY
             self.state.last_reload = {"result": "applied", "bundle_version": new.bundle_version, "via": origin}
             self.state.status_line = self._ready_status()
@@ -382,6 +411,9 @@ class Supervisor:
     def _shutdown(self) -> int:
         self.state.phase = Phase.STOPPING
         self.notifier.stopping("stopping: enforcement stays pinned")
+        if self._kbs is not None:
+            self._kbs.stop()
+        self._aael.stop()
         if self._agent is not None:
             self._agent.stop()
         if self._control is not None:
@@ -453,7 +485,7 @@ class Supervisor:
         self.state.timings["enforce_s"] = round(time.monotonic() - started, 3)
         self.state.timings["engine"] = dict(summary.timings_s)
         self.state.verified = verified
-        self.state.enforced = enforced_by_gate(verified, summary, self._record(summary, verified.bundle_version))
+        self.state.enforced = enforced_by_gate(verified, summary)
         if self.config.agent.enabled:
             self._agent = AgentRunner(self.config.agent.argv(), self.config.agent, env=child_environment(),
                                       on_change=self._on_agent_change)
@@ -465,7 +497,22 @@ class Supervisor:
             self.notifier.ready(self.state.status_line)
         log.info("READY after %.2fs: %s (%s)", self.state.ready_after_s, self.state.status_line,
                  "adopted existing pins" if summary.adopted else "loaded")
+        self._record(summary, verified.bundle_version)
+        self._start_kbs_polling()
         return self._serve()
+
+
+    def _start_kbs_polling(self) -> None:
+        kbs = self.config.kbs_update
+        if kbs is None:
+            return
+        uri: ResourceUri = kbs.resource
+
+        def apply(envelope: bytes, origin: str) -> Reply:
+            return self.apply_update(envelope, source=origin, origin=f"kbs {origin}")
+
+        self._kbs = KbsPoller(kbs.source(), uri, kbs.interval_s, apply)
+        self._kbs.start()
 
 
 def configure_logging(debug: bool = False) -> None:

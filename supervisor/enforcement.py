@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import trust
-from bpf.kernel.engine import OBJECTS, Engine, EngineReport
+from bpf.kernel.engine import OBJECTS, ContainerIdentity, Engine, EngineReport
 from bpf.kernel.errors import EngineError
 from bpf.kernel.libbpf import BpfError
 from bpf.kernel.objects import ObjectNotFound, object_digest, object_dir, object_path
@@ -154,9 +154,10 @@ class Enforcement:
             return False
 
     def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                           pid: int | None = None, *, kind: str = "container") -> str:
+                           pid: int | None = None, *, kind: str = "container",
+                           identity: ContainerIdentity | None = None) -> str:
         try:
-            return self.engine.register_container(name, labels, pid_ns, mnt_ns, pid, kind=kind)
+            return self.engine.register_container(name, labels, pid_ns, mnt_ns, pid, kind=kind, identity=identity)
         except FAILURES as exc:
             raise EnforcementError(str(exc)) from None
 

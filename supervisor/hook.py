@@ -20,7 +20,8 @@ What the hook sends is only a claim: the supervisor reads the namespaces of the 
 decides the rules from the signed bundle's pod (trust.identity), using the name only to pick among
 the containers the bundle lists. Name: `io.kubernetes.cri.container-name` (containerd), else
 `io.kubernetes.container.name` (CRI-O), else the container id. Pod name and namespace
-(`io.kubernetes.cri.sandbox-name` / `-namespace`) are passed for alerts only. Labels are not read
+(containerd's `io.kubernetes.cri.sandbox-name` / `-namespace`, CRI-O's `io.kubernetes.pod.name` /
+`.namespace`) are passed for alerts only (KubeArmor's PodName, NamespaceName). Labels are not read
 from annotations at all (the host writes them): the signed bundle carries the pod's labels.
 """
 
@@ -41,8 +42,8 @@ from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
 
 MAX_STATE_BYTES = 1024 * 1024
 NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
-POD_NAME_ANNOTATION = "io.kubernetes.cri.sandbox-name"
-POD_NAMESPACE_ANNOTATION = "io.kubernetes.cri.sandbox-namespace"
+POD_ANNOTATIONS = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name")
+NAMESPACE_ANNOTATIONS = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace")
 DEFAULT_SOCKET = Path("/run/warden/warden.sock")
 DEFAULT_TIMEOUT_S = 10.0
 RETRY_INTERVAL_S = 0.1
@@ -73,13 +74,20 @@ class ContainerState:
     bundle: str
     annotations: Mapping[str, str] = field(hash=False)
 
+    def _first(self, keys: tuple[str, ...]) -> str:
+        return next((self.annotations[k] for k in keys if self.annotations.get(k)), "")
+
     @property
     def name(self) -> str:
-        for key in NAME_ANNOTATIONS:
-            value = self.annotations.get(key)
-            if value:
-                return value
-        return self.container_id
+        return self._first(NAME_ANNOTATIONS) or self.container_id
+
+    @property
+    def pod(self) -> str:
+        return self._first(POD_ANNOTATIONS)
+
+    @property
+    def namespace(self) -> str:
+        return self._first(NAMESPACE_ANNOTATIONS)
 
     def annotation(self, key: str) -> str:
         value = self.annotations.get(key, "")
@@ -134,9 +142,9 @@ def register_message(state: ContainerState) -> dict[str, Any]:
     if state.pid is None:
         raise HookError(f"stdin: OCI state of {state.container_id} (status {state.status}) has no pid")
     message: dict[str, Any] = {"op": "register", "id": state.container_id, "pid": state.pid, "name": state.name}
-    for field_name, key in (("pod_name", POD_NAME_ANNOTATION), ("pod_namespace", POD_NAMESPACE_ANNOTATION)):
-        if state.annotation(key):
-            message[field_name] = state.annotation(key)
+    for field_name, value in (("pod_name", state.pod), ("pod_namespace", state.namespace)):
+        if value and value.isprintable() and len(value) <= 253:  # informational: dropped rather than refused
+            message[field_name] = value
     return message
 
 

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bpf.kernel.engine import CONTAINER_UNION, CONTAINER_UNION_ALL
+from bpf.kernel.engine import CONTAINER_UNION, CONTAINER_UNION_ALL, ContainerIdentity
 from initdata import strict_json
 from initdata.bounded import read_bounded_if_present
 from initdata.bundle import PodIdentity
@@ -130,7 +130,9 @@ class ContainerRegistry:
         else:
             kind = CONTAINER_UNION if pod is not None else CONTAINER_UNION_ALL
         try:
-            digest = engine.register_container(request.name, labels, pid_ns, mnt_ns, request.pid, kind=kind)
+            reported = ContainerIdentity(request.container_id, request.pod_name, request.pod_namespace)
+            digest = engine.register_container(request.name, labels, pid_ns, mnt_ns, request.pid, kind=kind,
+                                               identity=reported)
         except EnforcementError as exc:
             log.error("register %s failed: %s", request.container_id, exc)
             return Reply.failure(f"engine refused {request.container_id}: {exc}")

@@ -46,7 +46,6 @@ class Enforced:
     bundle_digest: str | None
     ruleset_digest: str
     adopted: bool
-    recorded_in_aael: bool | None  # None: not asked to (record_ruleset off, or not the gate's bundle)
 
 
 @dataclass
@@ -84,8 +83,11 @@ def status_document(
     engine: dict[str, Any] | None,
     agent: AgentSnapshot | None,
     containers: list[str],
+    aael: dict[str, Any] | None = None,
+    kbs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON object the control socket's `status` request answers with."""
+    """The JSON object the control socket's `status` request answers with. `aael`: the AA event log
+    record (supervisor.aael; None when record_ruleset is off); `kbs`: KBS polling (None when off)."""
     verified, enforced = state.verified, state.enforced
     return {
         "phase": str(state.phase),
@@ -109,8 +111,12 @@ def status_document(
             "bundle_digest": enforced.bundle_digest,
             "ruleset_digest": enforced.ruleset_digest,
             "adopted": enforced.adopted,
-            "recorded_in_aael": enforced.recorded_in_aael,
+            # None: not asked to (record_ruleset off, or not the gate's bundle); False: not yet
+            "recorded_in_aael": (aael["recorded"] if aael is not None and enforced.origin is EnforcedOrigin.GATE
+                                 and aael["ruleset"] == enforced.ruleset_digest else None),
         },
+        "aael": aael,
+        "kbs_update": kbs,
         "engine": engine,
         "health": list(state.health_problems),
         "watchdog": {"interval_s": watchdog_interval(), "pings": state.watchdog_pings},

@@ -268,7 +268,7 @@ def test_proxy_variables_are_ignored(fake_agent: FakeAgent, monkeypatch: pytest.
 
 def test_record_ruleset_digest(fake_agent: FakeAgent) -> None:
     digest = "sha256:" + "12" * 32
-    assert record_ruleset_digest(digest, bundle_version=4, client=AttestationAgentClient(fake_agent.url)) is True
+    record_ruleset_digest(digest, bundle_version=4, client=AttestationAgentClient(fake_agent.url))
     assert fake_agent.events == [
         {
             "domain": AAEL_DOMAIN,
@@ -282,10 +282,12 @@ def test_record_ruleset_digest(fake_agent: FakeAgent) -> None:
 
 def test_record_ruleset_digest_reports_failure(fake_agent: FakeAgent, closed_port_url: str) -> None:
     fake_agent.aael_success = False
-    assert record_ruleset_digest("sha256:" + "00" * 32, client=AttestationAgentClient(fake_agent.url)) is False
+    with pytest.raises(AttestationAgentError, match="success: the attestation-agent did not record it"):
+        record_ruleset_digest("sha256:" + "00" * 32, client=AttestationAgentClient(fake_agent.url))
     assert len(fake_agent.events) == 1
     client = AttestationAgentClient(closed_port_url, timeout=0.5, attempts=1)
-    assert record_ruleset_digest("sha256:" + "00" * 32, client=client) is False
+    with pytest.raises(AttestationAgentError, match="unreachable"):
+        record_ruleset_digest("sha256:" + "00" * 32, client=client)
 
 
 # --- updates from the Confidential Data Hub ---------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_order_and_sample_fallback(tmp_path: Path) -> None:
 def test_a_present_tee_that_fails_never_falls_back_to_sample(tmp_path: Path) -> None:
     tdx_device(tmp_path)  # the TDX device exists but neither sysfs nor configfs can be read
     sources = [*build_sources(["tdx"], sysfs_root=tmp_path, tsm_root=tmp_path / "absent"), SampleSource()]
-    with pytest.raises(MeasurementUnavailable, match="tdx: tdx: mrconfigid: neither sysfs"):
+    with pytest.raises(MeasurementUnavailable, match="tdx: tdx: mrconfigid: none of sysfs measurements"):
         first_measurement(sources)
 
 

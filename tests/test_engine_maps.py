@@ -178,7 +178,8 @@ MIRRORED_STRUCTS: dict[str, tuple[struct.Struct, list[str]]] = {
     "warden_task_scope": (maps.TASK_SCOPE, ["scope"]),
     "warden_event": (events.EVENT, ["ts_boot_ns", "pid", "tgid", "ppid", "uid", "scope", "mnt_ns", "pid_ns",
                                     "alert", "retval", "hook", "category", "action", "flags", "arg[0]", "arg[1]",
-                                    "arg[2]", "arg[3]", "path_len", "source_len", "comm", "path", "source"]),
+                                    "arg[2]", "arg[3]", "path_len", "source_len", "ns_tgid", "comm", "path",
+                                    "source", "ns_ppid"]),
     "self_config": (self_protect.SELF_CONFIG, ["unit_cgroup", "parent_cgroup", "pin_dir"]),
     "inode_key": (self_protect.INODE_KEY, ["ino", "dev", "pad"]),
     "self_event": (self_protect.SELF_EVENT, ["ts_ns", "attack", "pid", "uid", "target_pid", "detail", "pad",
@@ -417,12 +418,13 @@ def _event(**overrides: object) -> bytes:
     fields: dict[str, object] = dict(
         ts=1, pid=11, tgid=10, ppid=9, uid=0, scope=17, mnt_ns=4026532000, pid_ns=4026532001, alert=5,
         retval=-1, hook=450, category=1, action=3, flags=0, a0=0, a1=0, a2=0, a3=0, path_len=24,
-        source_len=12, comm=b"cat", path=b"/var/lib/mysql/any-file/" + b"junk", source=b"/usr/bin/catXX")
+        source_len=12, ns_tgid=3, comm=b"cat", path=b"/var/lib/mysql/any-file/" + b"junk",
+        source=b"/usr/bin/catXX", ns_ppid=1)
     fields.update(overrides)
     return EVENT.pack(*fields.values())
 
 
-CONTEXT = EventContext(scopes={17: ScopeInfo("mysql", {"app": "mysql"})},
+CONTEXT = EventContext(scopes={17: ScopeInfo("mysql", {"app": "mysql"}, "0123abcd", "mysql-0", "db")},
                        alerts={5: RuleAlert("block-mysql-data-access", 5, ("NIST", "db"), "no")},
                        hostname="guest")
 
@@ -435,14 +437,17 @@ def test_events_decode_to_kubearmor_alert_fields() -> None:
                                                                                "MatchedPolicy", "guest")
     assert (alert.Operation, alert.Resource, alert.Source, alert.Data) == ("File", "/var/lib/mysql/any-file",
                                                                            "/usr/bin/cat", "lsm=FILE_OPEN")
-    assert (alert.Enforcer, alert.Action, alert.Result, alert.PID, alert.PPID) == ("BPFLSM", "Block",
-                                                                                  "Permission denied", 10, 9)
+    assert (alert.Enforcer, alert.Action, alert.Result) == ("BPFLSM", "Block", "Permission denied")
+    # KubeArmor numbering: PID/PPID in the container's pid namespace, the VM's in HostPID/HostPPID
+    assert (alert.PID, alert.PPID, alert.HostPID, alert.HostPPID) == (3, 1, 10, 9)
+    assert (alert.ContainerID, alert.PodName, alert.NamespaceName) == ("0123abcd", "mysql-0", "db")
 
 
 def test_network_capability_posture_and_host_events() -> None:
     net = decode_event(_event(category=3, hook=461, a0=2, a1=3 | 0x80000, a2=1, path_len=0, scope=2), CONTEXT)
-    assert (net.Operation, net.Resource, net.ContainerName) == ("Network", "domain=AF_INET type=SOCK_RAW protocol=1",
-                                                                "any-container")
+    # no registration for the process: no container fields, and never a placeholder
+    assert (net.Operation, net.Resource, net.ContainerName, net.ContainerID, net.PodName, net.NamespaceName) == (
+        "Network", "domain=AF_INET type=SOCK_RAW protocol=1", "", "", "", "")
     cap = decode_event(_event(category=4, hook=464, a0=13, retval=0, action=2, path_len=0, scope=1), CONTEXT)
     assert (cap.Resource, cap.Result, cap.Action, cap.Type, cap.ContainerName) == (
         "CAP_NET_RAW", "Passed", "Audit", "MatchedHostPolicy", "")

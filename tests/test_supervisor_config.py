@@ -128,7 +128,7 @@ def test_gate_keys_alone_as_warden_verify_reads_them() -> None:
     defaults = GateConfig()
     assert defaults.trust_dir == Path("/etc/warden/trust")
     assert defaults.state_dir == Path("/run/warden")
-    assert defaults.attestation_agent_url == "http://127.0.0.1:8006"
+    assert defaults.attestation_agent_url == "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
     assert defaults.insecure_allow_sample is False
 
 
@@ -144,7 +144,8 @@ def test_gate_keys_alone_as_warden_verify_reads_them() -> None:
         ({"measurement_sources": ["sgx"]}, "measurement_sources"),
         ({"insecure_allow_sample": "yes"}, "insecure_allow_sample"),
         ({"trust_dir": "relative"}, "trust_dir"),
-        ({"attestation_agent_url": "unix:///x"}, "attestation_agent_url"),
+        ({"attestation_agent_url": "tcp://127.0.0.1:50002"}, "attestation_agent_url"),
+        ({"attestation_agent_url": "unix://relative.sock"}, "attestation_agent_url"),
         ({"attestation_agent_timeout": 0}, "attestation_agent_timeout"),
     ],
 )

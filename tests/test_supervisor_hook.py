@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.control import ControlServer, RegisterRequest, Reply, Request, UnregisterRequest
+from supervisor.control import (
+    ControlServer,
+    ProtocolError,
+    RegisterRequest,
+    Reply,
+    Request,
+    UnregisterRequest,
+    parse_request,
+)
 from supervisor.hook import (
     HookError,
     Stage,
@@ -104,6 +112,22 @@ def test_the_name_comes_from_annotations_and_labels_are_never_sent() -> None:
                        "pod_name": "db-0", "pod_namespace": "prod"}
     assert parse_state(state(annotations={"io.kubernetes.container.name": "crio-name"})).name == "crio-name"
     assert parse_state(state()).name == "abc123"
+
+
+def test_pod_and_namespace_for_alerts_come_from_the_cri_annotations() -> None:
+    parsed = parse_state(state(annotations={"io.kubernetes.cri.container-name": "mysql",
+                                            "io.kubernetes.cri.sandbox-name": "mysql-0",
+                                            "io.kubernetes.cri.sandbox-namespace": "db"}))
+    assert (parsed.pod, parsed.namespace) == ("mysql-0", "db")
+    message = register_message(parsed)
+    assert (message["pod"], message["namespace"], message["name"]) == ("mysql-0", "db", "mysql")
+    assert parse_request(json.dumps(message).encode()) == RegisterRequest(
+        "abc123", "mysql", {}, message["pid_ns"], message["mnt_ns"], pod="mysql-0", namespace="db")
+    crio = parse_state(state(annotations={"io.kubernetes.pod.name": "p", "io.kubernetes.pod.namespace": "n"}))
+    assert (crio.pod, crio.namespace) == ("p", "n")
+    assert (parse_state(state()).pod, parse_state(state()).namespace) == ("", "")  # none: empty, not invented
+    with pytest.raises(ProtocolError, match="namespace: must be a printable string"):
+        parse_request(json.dumps({**message, "namespace": "a\nb"}).encode())
 
 
 def test_stage_is_inferred_from_status_for_kata_guest_hooks() -> None:

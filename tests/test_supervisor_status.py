@@ -22,8 +22,7 @@ def verified(*, insecure: bool = False) -> VerifiedPolicy:
 
 def test_ready_line() -> None:
     policy = verified(insecure=True)
-    enforced = Enforced(EnforcedOrigin.GATE, 3, policy.bundle_digest, "sha256:" + "c" * 64, adopted=False,
-                        recorded_in_aael=None)
+    enforced = Enforced(EnforcedOrigin.GATE, 3, policy.bundle_digest, "sha256:" + "c" * 64, adopted=False)
     line = ready_line(policy, enforced, None)
     assert re.fullmatch(r"enforcing bundle v3 \(sha256:[0-9a-f]{12}\), ruleset sha256:c{12}, "
                         r"measured by sample INSECURE\(sample\)", line), line
@@ -35,7 +34,7 @@ def test_status_document_before_the_gate_and_with_kept_pins() -> None:
     assert (document["phase"], document["gate"]["result"], document["enforcement"]) == ("starting", "pending", None)
 
     state.phase, state.gate_error = Phase.GATE_REFUSED, "x: PCR8: measured 00"
-    state.enforced = Enforced(EnforcedOrigin.KEPT, None, None, "", adopted=True, recorded_in_aael=None)
+    state.enforced = Enforced(EnforcedOrigin.KEPT, None, None, "", adopted=True)
     document = json.loads(json.dumps(status_document(state, engine=None, agent=None, containers=["web-1"])))
     assert document["phase"] == "gate-refused"
     assert document["gate"] == {"result": "refused", "error": "x: PCR8: measured 00", "measurement_source": None,
@@ -48,11 +47,28 @@ def test_status_document_before_the_gate_and_with_kept_pins() -> None:
 def test_status_document_after_acceptance() -> None:
     policy = verified(insecure=True)
     state = SupervisorState(phase=Phase.READY, verified=policy)
-    state.enforced = Enforced(EnforcedOrigin.GATE, 3, policy.bundle_digest, "sha256:" + "c" * 64, adopted=True,
-                              recorded_in_aael=False)
-    document = status_document(state, engine={"links": 4}, agent=None, containers=[])
+    state.enforced = Enforced(EnforcedOrigin.GATE, 3, policy.bundle_digest, "sha256:" + "c" * 64, adopted=True)
+    aael = {"ruleset": "sha256:" + "c" * 64, "bundle_version": 3, "recorded": False, "attempts": 2,
+            "last_error": "unix:///x: connect: nothing listens", "recorded_after_s": None}
+    document = status_document(state, engine={"links": 4}, agent=None, containers=[], aael=aael)
     assert document["gate"]["result"] == "accepted"
     assert document["gate"]["initdata_digest"] == f"sha256:{policy.initdata_digest}"
     assert document["enforcement"] == {"origin": "gate", "bundle_version": 3, "bundle_digest": policy.bundle_digest,
                                        "ruleset_digest": "sha256:" + "c" * 64, "adopted": True,
                                        "recorded_in_aael": False}
+    assert document["aael"] == aael
+    other = dict(aael, ruleset="sha256:" + "d" * 64, recorded=True)  # an older RuleSet's record says nothing
+    assert status_document(state, engine=None, agent=None, containers=[],
+                           aael=other)["enforcement"]["recorded_in_aael"] is None
+
+
+def test_warden_status_text_says_whether_the_aael_record_exists() -> None:
+    from supervisor.commands.status import aael_line
+
+    pending = {"ruleset": "sha256:" + "c" * 64, "recorded": False, "attempts": 3,
+               "last_error": "unix:///run/x.sock: connect: nothing listens (No such file or directory)"}
+    assert aael_line(pending) == ("NOT recorded yet (3 attempts; last error: unix:///run/x.sock: connect: nothing "
+                                  "listens (No such file or directory))")
+    done = dict(pending, recorded=True, recorded_after_s=4.2, attempts=4)
+    assert aael_line(done) == f"recorded sha256:{'c' * 64} (after 4.2s, 4 attempts)"
+    assert aael_line({"ruleset": None, "recorded": None}) == "nothing to record"

@@ -81,6 +81,15 @@ class EngineReport:
 # Steps' values
 
 
+@dataclass(frozen=True)
+class ContainerIdentity:
+    """What alerts call a registered container (ContainerID, PodName, NamespaceName): informational only."""
+
+    container_id: str = ""
+    pod: str = ""
+    namespace: str = ""
+
+
 class _Compiled(NamedTuple):
     scope: ScopeRecord
     ruleset: RuleSet
@@ -354,20 +363,23 @@ class Engine:
         return manifest
 
     def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                           pid: int | None = None, *, kind: str = "container") -> str:
+                           pid: int | None = None, *, kind: str = "container",
+                           identity: ContainerIdentity | None = None) -> str:
         """Compile and write the container's scope, then map its namespaces to it (never half-configured),
         then record the scope on the container's first process `pid` (if given), so that it and every
         child it forks keep the container's rules whatever namespaces they enter later.
         Uses the policies of the last load_or_adopt in this process. Returns the scope's RuleSet digest.
         `kind`: CONTAINER_KINDS; "container" selects by name and labels, CONTAINER_UNION every policy that
-        could select some container with these labels, CONTAINER_UNION_ALL every container policy."""
+        could select some container with these labels, CONTAINER_UNION_ALL every container policy.
+        `identity` is what alerts name the container by; it never changes which rules apply."""
         if kind not in CONTAINER_KINDS:
             raise ValueError(f"register_container: unknown scope kind {kind!r}")
         with self.manifest_file.locked():
-            return self._register_container(name, labels, pid_ns, mnt_ns, pid, kind)
+            return self._register_container(name, labels, pid_ns, mnt_ns, pid, kind,
+                                            identity or ContainerIdentity())
 
     def _register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                            pid: int | None, kind: str = "container") -> str:
+                            pid: int | None, kind: str, identity: ContainerIdentity) -> str:
         manifest = self._require_manifest()
         if not self._have_policies:
             raise EngineStateError("register_container: call load_or_adopt(policies) on this Engine first "
@@ -376,7 +388,8 @@ class Engine:
         used = set(manifest.scopes)
         scope_id = existing.id if existing else next(i for i in range(maps.SCOPE_FIRST_CONTAINER, 1 << 31)
                                                      if i not in used)
-        sc = ScopeRecord(scope_id, name, kind, dict(labels), pid_ns, mnt_ns)
+        sc = ScopeRecord(scope_id, name, kind, dict(labels), pid_ns, mnt_ns, identity.container_id,
+                         identity.pod, identity.namespace)
         tables = self._compile(Manifest(scopes={scope_id: sc}))[scope_id].tables
         with self._open_maps() as handles:
             sync_scopes(handles, [tables], [scope_id])
@@ -435,7 +448,8 @@ class Engine:
 
     def event_context(self) -> EventContext:
         manifest = self.manifest_file.read() or Manifest()
-        return EventContext(scopes={sc.id: ScopeInfo(sc.name, sc.labels) for sc in manifest.scopes.values()},
+        return EventContext(scopes={sc.id: ScopeInfo(sc.name, sc.labels, sc.container_id, sc.pod, sc.namespace)
+                                    for sc in manifest.scopes.values()},
                             alerts=dict(manifest.alerts))
 
     def read_alerts(self, timeout_ms: int = 200) -> list[Alert]:

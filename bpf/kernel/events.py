@@ -6,6 +6,12 @@ ids: the scope id and the alert id. `EventContext` (built from the engine manife
 container and the policy metadata, so an `Alert` carries the fields KubeArmor users know (KubeArmor
 protobuf `Alert`: PolicyName, Severity, Tags, Message, Type, Source, Operation, Resource, Data, Enforcer,
 Action, Result ...).
+
+Processes as KubeArmor numbers them: PID/PPID in the task's own pid namespace (what `ps` shows in the
+container; the kernel writes them, ns_tgid/ns_ppid), HostPID/HostPPID as the VM sees them. Container
+fields (ContainerID, ContainerName, PodName, NamespaceName) come from the hook's registration, i.e. the
+CRI annotations of the container (io.kubernetes.cri.container-name, .sandbox-name, .sandbox-namespace):
+informational only, never a rule input; empty where nothing registered the process (host, any-container).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from bpf.kernel.maps import (
 from bpf.policy.ruleset import RuleAlert
 
 # The layouts and codes of bpf/progs/warden_types.h (tests/test_engine_maps.py checks them against it).
-EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHH4x16s256s256s4x")  # struct warden_event (608)
+EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHHI16s256s256sI")  # struct warden_event (608)
 EV_DEFAULT_POSTURE: Final = 1  # WARDEN_EV_DEFAULT_POSTURE
 EV_TRUNCATED: Final = 2  # WARDEN_EV_TRUNCATED
 EV_INCOMPLETE: Final = 4  # WARDEN_EV_INCOMPLETE
@@ -70,12 +76,17 @@ class RawEvent:
     comm: str
     path: str
     source: str
+    ns_tgid: int = 0  # tgid in the task's pid namespace
+    ns_ppid: int = 0  # the parent's tgid there (0: the parent is outside it)
 
 
 @dataclass(frozen=True)
 class ScopeInfo:
     name: str  # "host", "any-container" or the container name
     labels: Mapping[str, str] = field(default_factory=dict)
+    container_id: str = ""  # registered containers: from the OCI state and CRI annotations (informational)
+    pod: str = ""
+    namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class Alert:
     UpdatedTime: str
     HostName: str
     NamespaceName: str
+    PodName: str
+    ContainerID: str
     ContainerName: str
     Labels: str
     HostPPID: int
@@ -133,10 +146,10 @@ def parse_event(raw: bytes) -> RawEvent:
         raise EventDecodeError(f"event of {len(raw)} bytes; a warden event has {EVENT.size}")
     f = EVENT.unpack_from(raw)
     (ts, pid, tgid, ppid, uid, scope, mnt_ns, pid_ns, alert, retval, hook, category, action, flags,
-     a0, a1, a2, a3, path_len, source_len, comm, path, source) = f
+     a0, a1, a2, a3, path_len, source_len, ns_tgid, comm, path, source, ns_ppid) = f
     return RawEvent(ts, pid, tgid, ppid, uid, scope, mnt_ns, pid_ns, alert, retval, hook, category, action,
                     flags, (a0, a1, a2, a3), comm.split(b"\0", 1)[0].decode(errors="replace"),
-                    _text(path, path_len), _text(source, source_len))
+                    _text(path, path_len), _text(source, source_len), ns_tgid, ns_ppid)
 
 
 def _resource(ev: RawEvent) -> str:
@@ -162,6 +175,7 @@ def decode_event(raw: bytes, context: EventContext) -> Alert:
         scope = ScopeInfo({SCOPE_HOST: "host", SCOPE_ANY_CONTAINER: "any-container"}.get(ev.scope,
                                                                                         f"scope-{ev.scope}"))
     host = ev.scope == SCOPE_HOST
+    registered = ev.scope in context.scopes and not host and ev.scope != SCOPE_ANY_CONTAINER
     if ev.flags & EV_DEFAULT_POSTURE:
         info = RuleAlert("DefaultPosture", None, (), None)
     else:
@@ -177,13 +191,15 @@ def decode_event(raw: bytes, context: EventContext) -> Alert:
         UpdatedTime=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ns / 1e9))
         + f".{ts_ns % 1_000_000_000 // 1000:06d}Z",
         HostName=context.hostname,
-        NamespaceName="" if host else "container_namespace",
-        ContainerName="" if host else scope.name,
+        NamespaceName=scope.namespace if registered else "",
+        PodName=scope.pod if registered else "",
+        ContainerID=scope.container_id if registered else "",
+        ContainerName=scope.name if registered else "",
         Labels=",".join(f"{k}={v}" for k, v in sorted(scope.labels.items())),
         HostPPID=ev.ppid,
         HostPID=ev.tgid,
-        PPID=ev.ppid,
-        PID=ev.tgid,
+        PPID=ev.ns_ppid,
+        PID=ev.ns_tgid,
         UID=ev.uid,
         ProcessName=ev.source or ev.comm,
         PolicyName=info.policy,

@@ -32,6 +32,10 @@ class ScopeRecord:
     labels: dict[str, str] = field(default_factory=dict)
     pid_ns: int = 0
     mnt_ns: int = 0
+    # What alerts name the container by (CRI annotations via the hook); never a rule input.
+    container_id: str = ""
+    pod: str = ""
+    namespace: str = ""
     ruleset_digest: str = ""
     table_digest: str = ""
     rule_count: int = 0

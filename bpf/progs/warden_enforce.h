@@ -34,6 +34,19 @@ static __always_inline void count_drop(void)
 		*drops += 1;
 }
 
+/* pid's number at pid-namespace level `level` (struct pid.numbers[level].nr), or 0 when pid is not
+ * visible there (its own level is lower). */
+static __always_inline __u32 pid_nr_at(struct pid *pid, unsigned int level)
+{
+	struct upid upid = {};
+
+	if (!pid || BPF_CORE_READ(pid, level) < level)
+		return 0;
+	bpf_probe_read_kernel(&upid, sizeof(upid), (void *)pid + bpf_core_field_offset(struct pid, numbers) +
+			      level * bpf_core_type_size(struct upid));
+	return upid.nr;
+}
+
 static __always_inline void emit(struct scratch *s, struct warden_req *r, struct warden_rule_slot *slot,
 				 int retval, __u8 flags)
 {
@@ -52,6 +65,14 @@ static __always_inline void emit(struct scratch *s, struct warden_req *r, struct
 	ev->pid = (__u32)pid_tgid;
 	ev->tgid = pid_tgid >> 32;
 	ev->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	{
+		/* KubeArmor's PID/PPID: numbered in the task's own pid namespace (level of its struct pid) */
+		struct pid *own = BPF_CORE_READ(t, group_leader, thread_pid);
+		unsigned int level = own ? BPF_CORE_READ(own, level) : 0;
+
+		ev->ns_tgid = pid_nr_at(own, level);
+		ev->ns_ppid = pid_nr_at(BPF_CORE_READ(t, real_parent, group_leader, thread_pid), level);
+	}
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	ev->scope = r->scope;
 	ev->mnt_ns = r->nk.mnt_ns;

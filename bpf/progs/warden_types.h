@@ -152,11 +152,11 @@ struct warden_event {
 	__u32 arg[4]; /* socket: family, type, protocol; capable: cap; file: write */
 	__u16 path_len;
 	__u16 source_len;
-	__u32 pad2;
+	__u32 ns_tgid; /* tgid in the task's own pid namespace (the container's PID) */
 	char comm[16];
 	char path[WARDEN_PATH_MAX];
 	char source[WARDEN_PATH_MAX];
-	__u32 pad3;
+	__u32 ns_ppid; /* the parent's tgid there; 0 when the parent is outside it */
 };
 
 /* The path hash, over 8-byte little-endian words of the string zero-padded to a multiple of 8,

@@ -46,6 +46,18 @@ def _lines(status: dict[str, Any]) -> list[str]:
         f"containers:   {len(status.get('containers') or [])}",
         f"health:       {'; '.join(status.get('health') or []) or 'ok'}",
     ]
+    aael = status.get("aael")
+    if isinstance(aael, dict):
+        lines.append(f"aael:         {aael_line(aael)}")
+    kbs = status.get("kbs_update")
+    if isinstance(kbs, dict):
+        result = kbs.get("last_result") or {}
+        outcome = "applied" if result.get("ok") else "refused"
+        last = f"last: {outcome} {result.get('error') or result.get('reload', '')}".rstrip() if result else \
+            "nothing fetched yet"
+        error = f"; fetch error: {kbs['last_poll_error']}" if kbs.get("last_poll_error") else ""
+        lines.append(f"kbs update:   {kbs.get('resource')} via {kbs.get('via')}, {kbs.get('polls')} polls, "
+                     f"{last}{error}")
     if isinstance(engine, dict):
         for key in ("links", "maps", "events", "drops"):
             if key in engine:
@@ -53,6 +65,16 @@ def _lines(status: dict[str, Any]) -> list[str]:
                 text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
                 lines.append(f"{key + ':':<14}{text}")
     return lines
+
+
+def aael_line(aael: dict[str, Any]) -> str:
+    """Whether the enforced RuleSet is in the attestation-agent's event log, and why not."""
+    if aael.get("recorded"):
+        return (f"recorded {aael.get('ruleset')} (after {aael.get('recorded_after_s')}s, "
+                f"{aael.get('attempts')} attempts)")
+    if aael.get("ruleset") is None:
+        return "nothing to record"
+    return f"NOT recorded yet ({aael.get('attempts')} attempts; last error: {aael.get('last_error') or '-'})"
 
 
 def run_status(args: argparse.Namespace) -> int:

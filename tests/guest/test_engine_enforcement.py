@@ -238,7 +238,13 @@ def test_events_carry_kubearmor_alert_fields(guest: GuestVM, first_load: dict[st
     assert a["Source"].endswith("/cat") and a["Data"] == "lsm=FILE_OPEN" and a["Scope"] >= 16
     raw = [a for a in alerts if a["PolicyName"] == "net-raw-block"]
     assert raw and raw[0]["Operation"] == "Network" and "type=SOCK_RAW" in raw[0]["Resource"]
-    assert {r["ContainerName"] for r in raw} == {"any-container", "mysql"}
+    assert {r["ContainerName"] for r in raw} == {"", "mysql"}  # unregistered: no name, never a placeholder
+    # KubeArmor numbering: PID/PPID in the process's own pid namespace, the VM's in HostPID/HostPPID.
+    # mysql runs in its own pid namespace (unshare -p, entered with nsenter): small numbers there, and a
+    # parent outside it (nsenter) reads as 0; the unregistered namespace shares the VM's pid namespace.
+    assert 0 < a["PID"] < a["HostPID"] and a["PPID"] < a["HostPPID"], a
+    unregistered = [r for r in raw if r["ContainerName"] == ""]
+    assert all(r["PID"] == r["HostPID"] and r["PPID"] == r["HostPPID"] for r in unregistered), unregistered
     fim = {a["Data"] for a in alerts if a["PolicyName"] == "file-integrity-monitoring"}
     assert {"lsm=FILE_OPEN", "lsm=FILE_UNLINK", "lsm=FILE_RENAME", "lsm=FILE_CHMOD", "lsm=FILE_MKDIR",
             "lsm=FILE_LINK", "lsm=FILE_TRUNCATE"} <= fim
