@@ -15,18 +15,16 @@ expiry, object digests). The KBS only releases it to an attested TEE, which is i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
 from attest.aa import MAX_RESPONSE_BYTES, AttestationAgentClient
 from attest.protos import CDH_GET_RESOURCE, CDH_RESOURCE_SERVICE, ProtoDecodeError, encode, field_value
 from attest.ttrpc import TtrpcClient
-from initdata.errors import AttestationAgentError
+from initdata.errors import AttestationAgentError, GateError
+from initdata.rollback import parse_kbs_uri
 
 DEFAULT_CDH_SOCKET = "unix:///run/confidential-containers/cdh.sock"
-_SEGMENT = r"[A-Za-z0-9_.-]+"
-_KBS_URI = re.compile(rf"kbs:///({_SEGMENT})/({_SEGMENT})/({_SEGMENT})")
 
 
 @dataclass(frozen=True)
@@ -40,10 +38,11 @@ class ResourceUri:
 
 
 def parse_resource_uri(text: str, *, origin: str = "kbs resource") -> ResourceUri:
-    match = _KBS_URI.fullmatch(text)
-    if match is None or any(part in (".", "..") for part in match.groups()):
-        raise AttestationAgentError(origin, "resource", f"{text!r} is not kbs:///<repository>/<type>/<tag>")
-    return ResourceUri(*match.groups())
+    # One grammar for every kbs:/// URI we read (initdata.rollback.parse_kbs_uri).
+    try:
+        return ResourceUri(*parse_kbs_uri(text, origin=origin, field="resource"))
+    except GateError as exc:
+        raise AttestationAgentError(exc.origin, exc.field, exc.problem) from None
 
 
 class ResourceSource(Protocol):

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attest.base import MeasurementSource
+from attest.cdh import DEFAULT_CDH_SOCKET, ResourceUri, resource_source
 from attest.detect import build_sources, first_measurement
 from initdata.bounded import read_bounded, read_bounded_if_present
 from initdata.document import InitdataDocument
@@ -91,19 +92,22 @@ def gate_initdata(
 ResourceFetch = Callable[[str, str, str], bytes]  # (repository, type, tag) -> resource bytes; GateError on failure
 
 
+def _fetch_from_cdh(repository: str, kind: str, tag: str) -> bytes:
+    return resource_source(DEFAULT_CDH_SOCKET).get_resource(ResourceUri(repository, kind, tag))
+
+
 def fetch_minimum_version(config: GateConfig, fetch: ResourceFetch | None = None) -> int | None:
     """The minimum bundle version the relying party releases as a KBS resource (None: not configured).
 
     Asked only after the measurement step, since KBS releases resources only to an attested VM. A
     configured resource that cannot be fetched or parsed refuses the gate: no floor is not "floor 0".
-    `fetch` defaults to the CDH resource call of the attestation-agent client (the merger may give the
-    CDH/KBS client of attest/ instead: any (repository, type, tag) -> bytes callable).
+    `fetch` defaults to the Confidential Data Hub on its own ttrpc socket (attest.cdh).
     """
     if config.minimum_version_resource is None:
         return None
     uri = config.minimum_version_resource
     repository, kind, tag = parse_kbs_uri(uri, origin="configuration", field="gate.minimum_version_resource")
-    getter = fetch if fetch is not None else config.aa_client().resource
+    getter = fetch if fetch is not None else _fetch_from_cdh
     try:
         raw = getter(repository, kind, tag)
     except GateError as exc:

@@ -31,6 +31,7 @@ from initdata.errors import AttestationAgentError, InsecureSourceRefused, Measur
 from supervisor.config import GateConfig
 from supervisor.gate_inputs import gate_initdata, gate_update
 from tests.data.initdata.factory import FIXTURE_NOW, HERE, KEYS, make_envelope, make_initdata, signing_key, snp_report
+from tests.guest.standins.attestation_agent import with_runtime_data
 
 EVIDENCE = Path(__file__).parent / "data" / "evidence"
 FIXTURE_INITDATA = parse_initdata((HERE / "initdata-v1.toml").read_bytes(), origin="initdata-v1.toml")
@@ -47,27 +48,6 @@ class FakeAgent:
     events: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
     replay: bool = False  # serve the evidence as recorded, without our nonce (a replayed quote)
-
-
-def with_runtime_data(evidence: bytes, runtime_data: bytes) -> bytes:
-    """What a real AA does with runtime_data: zero-padded to 64 bytes into the report data
-    (guest-components attester/src/{tdx,snp}/mod.rs); recorded evidence is re-issued with it."""
-    document = json.loads(evidence)
-    padded = runtime_data.ljust(64, b"\0")
-    if "quote" in document:
-        quote = bytearray(base64.b64decode(document["quote"]))
-        offset = {4: 568, 5: 574}[int.from_bytes(quote[:2], "little")]
-        quote[offset:offset + 64] = padded
-        document["quote"] = base64.b64encode(bytes(quote)).decode()
-    elif isinstance(document.get("attestation_report"), str):
-        report = bytearray(base64.b64decode(document["attestation_report"]))
-        report[0x50:0x90] = padded
-        document["attestation_report"] = base64.b64encode(bytes(report)).decode()
-    elif isinstance(document.get("attestation_report"), dict):
-        document["attestation_report"]["report_data"] = list(padded)
-    else:
-        return evidence
-    return json.dumps(document).encode()
 
 
 def _handler(agent: FakeAgent) -> type[BaseHTTPRequestHandler]:

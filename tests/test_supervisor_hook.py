@@ -120,14 +120,15 @@ def test_pod_and_namespace_for_alerts_come_from_the_cri_annotations() -> None:
                                             "io.kubernetes.cri.sandbox-namespace": "db"}))
     assert (parsed.pod, parsed.namespace) == ("mysql-0", "db")
     message = register_message(parsed)
-    assert (message["pod"], message["namespace"], message["name"]) == ("mysql-0", "db", "mysql")
+    assert (message["pod_name"], message["pod_namespace"], message["name"]) == ("mysql-0", "db", "mysql")
     assert parse_request(json.dumps(message).encode()) == RegisterRequest(
-        "abc123", "mysql", {}, message["pid_ns"], message["mnt_ns"], pod="mysql-0", namespace="db")
+        "abc123", message["pid"], "mysql", pod_name="mysql-0", pod_namespace="db")
     crio = parse_state(state(annotations={"io.kubernetes.pod.name": "p", "io.kubernetes.pod.namespace": "n"}))
     assert (crio.pod, crio.namespace) == ("p", "n")
     assert (parse_state(state()).pod, parse_state(state()).namespace) == ("", "")  # none: empty, not invented
-    with pytest.raises(ProtocolError, match="namespace: must be a printable string"):
-        parse_request(json.dumps({**message, "namespace": "a\nb"}).encode())
+    assert "pod_name" not in register_message(parse_state(state()))
+    with pytest.raises(ProtocolError, match="pod_namespace: must be a printable string"):
+        parse_request(json.dumps({**message, "pod_namespace": "a\nb"}).encode())
 
 
 def test_stage_is_inferred_from_status_for_kata_guest_hooks() -> None:

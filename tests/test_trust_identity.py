@@ -188,7 +188,7 @@ class RecordingEngine:
         self.first_pids: list[int | None] = []  # the process the engine records the scope on (task storage)
 
     def register_container(self, name: str, labels: Mapping[str, str], pid_ns: int, mnt_ns: int,
-                           pid: int | None = None, *, kind: str = "container") -> str:
+                           pid: int | None = None, *, kind: str = "container", identity: object = None) -> str:
         self.calls.append((name, dict(labels), pid_ns, mnt_ns, kind))
         self.first_pids.append(pid)
         return f"sha256:{len(self.calls):064x}"

@@ -14,7 +14,8 @@ What it does, and where upstream does it (confidential-containers/guest-componen
   newline (src/eventlog/mod.rs). There is no TEE register here to extend, so INIT is all zeros.
 - evidence: the sample attester's {"svn": "1", "report_data": base64(runtime data)} and tee "sample"
   (attester/src/sample), or a recorded evidence file (`--evidence`, tests/data/evidence/*.json) with
-  the TEE it came from.
+  the TEE it came from, re-issued with the request's runtime data zero-padded into its report data,
+  as the TDX and SNP attesters do (attester/src/{tdx,snp}/mod.rs).
 
 Run in the guest: `python -m tests.guest.standins.attestation_agent [--config aa.toml]`.
 """
@@ -37,6 +38,27 @@ from tests.guest.standins.ttrpc_server import CODE_INTERNAL, RpcStatus, TtrpcSer
 DEFAULT_SOCKET = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
 EVENTLOG = Path("/run/attestation-agent/eventlog")
 AGENT_NAME = "attestation-agent"
+
+
+def with_runtime_data(evidence: bytes, runtime_data: bytes) -> bytes:
+    """What a real AA does with runtime_data: zero-padded to 64 bytes into the report data
+    (guest-components attester/src/{tdx,snp}/mod.rs); recorded evidence is re-issued with it."""
+    document = json.loads(evidence)
+    padded = runtime_data.ljust(64, b"\0")
+    if "quote" in document:
+        quote = bytearray(base64.b64decode(document["quote"]))
+        offset = {4: 568, 5: 574}[int.from_bytes(quote[:2], "little")]
+        quote[offset:offset + 64] = padded
+        document["quote"] = base64.b64encode(bytes(quote)).decode()
+    elif isinstance(document.get("attestation_report"), str):
+        report = bytearray(base64.b64decode(document["attestation_report"]))
+        report[0x50:0x90] = padded
+        document["attestation_report"] = base64.b64encode(bytes(report)).decode()
+    elif isinstance(document.get("attestation_report"), dict):
+        document["attestation_report"]["report_data"] = list(padded)
+    else:
+        return evidence
+    return json.dumps(document).encode()
 
 
 def eventlog_enabled(aa_toml: Path | None) -> bool:
@@ -62,9 +84,10 @@ class AttestationAgentStandin:
 
     def get_evidence(self, payload: bytes) -> bytes:
         runtime_data = bytes(decode("attestation_agent.GetEvidenceRequest", payload).RuntimeData)  # type: ignore[attr-defined]
-        evidence = self.evidence
-        if evidence is None:
+        if self.evidence is None:
             evidence = json.dumps({"svn": "1", "report_data": base64.b64encode(runtime_data).decode()}).encode()
+        else:
+            evidence = with_runtime_data(self.evidence, runtime_data)
         return encode("attestation_agent.GetEvidenceResponse", Evidence=evidence)
 
     def extend_runtime_measurement(self, payload: bytes) -> bytes:
