@@ -28,7 +28,7 @@ from bpf.policy.model import (
     Selector,
     normalise_path,
 )
-from bpf.policy.yaml_loader import MAX_TEXT_BYTES, MAX_YAML_NODES, parse_policy_text
+from bpf.policy.yaml_loader import MAX_TEXT_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, parse_policy_text
 
 SEED = Path(__file__).parent / "data" / "policies" / "seed"
 NO_ALERT = AlertFields(None, (), None)
@@ -440,8 +440,12 @@ def test_oversized_by_utf8_bytes_not_characters() -> None:
 
 
 def test_deep_nesting_refused_without_recursion_error() -> None:
-    problems = problems_of("a: " + "[" * 5000 + "]" * 5000 + "\n")
-    assert "nested deeper" in problems[0].message
+    # Past MAX_YAML_DEPTH the composer refuses; far past it libyaml's own nesting limit refuses first.
+    problems = problems_of("a: " + "[" * (MAX_YAML_DEPTH + 5) + "]" * (MAX_YAML_DEPTH + 5) + "\n")
+    assert f"nested deeper than {MAX_YAML_DEPTH}" in problems[0].message
+    (problem,) = problems_of("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert (problem.line, problem.field) == (1, "yaml")
+    assert "nesting depth" in problem.message
 
 
 def test_node_count_bounded() -> None:
