@@ -90,7 +90,7 @@ IDLE_TICK_S = 5.0
 def enforced_by_gate(verified: VerifiedPolicy, summary: LoadSummary, recorded: bool | None) -> Enforced:
     """What is enforced once the engine holds a bundle the gate (or a reload) accepted."""
     return Enforced(EnforcedOrigin.GATE, verified.bundle_version, verified.bundle_digest, summary.ruleset_digest,
-                    adopted=summary.adopted, recorded_in_aael=recorded)
+                    adopted=summary.adopted, recorded_in_aael=recorded, policy_warnings=summary.policy_warnings)
 
 
 class Supervisor:
@@ -193,8 +193,12 @@ class Supervisor:
         assert engine is not None
         container, host = self.config.postures, self.config.host_postures
         with self._lock:
-            return engine.load(policies, postures_from(container.file, container.network, container.capabilities),
-                               postures_from(host.file, host.network, host.capabilities))
+            summary = engine.load(policies, postures_from(container.file, container.network, container.capabilities),
+                                  postures_from(host.file, host.network, host.capabilities))
+        for line in summary.policy_warnings:
+            # Nothing accepted is silently not enforced: say so where the operator looks.
+            log.warning("policy %s", line)
+        return summary
 
     def _something_enforced(self) -> bool:
         """Whether an earlier instance left pinned enforcement (which must not be replaced by the baseline)."""
@@ -222,7 +226,8 @@ class Supervisor:
             else:
                 version, digest = baseline.payload.version, baseline.payload.digest
                 self.state.enforced = Enforced(EnforcedOrigin.BASELINE, version, digest, summary.ruleset_digest,
-                                               adopted=summary.adopted, recorded_in_aael=None)
+                                               adopted=summary.adopted, recorded_in_aael=None,
+                                               policy_warnings=summary.policy_warnings)
                 self._set_status(f"NOT READY: gate refused: {error}; enforcing baseline bundle v{version} "
                                  f"({digest[:19]}) ruleset {summary.ruleset_digest[:19]}; {deadline}")
         self._sleep_unless_stopped(self.config.gate_failure_exit_s)

@@ -47,6 +47,9 @@ class Enforced:
     ruleset_digest: str
     adopted: bool
     recorded_in_aael: bool | None  # None: not asked to (record_ruleset off, or not the gate's bundle)
+    # Fields the enforced policies give that are not enforced as written, one line per policy
+    # (bpf.policy.model.Policy.warning_summary); empty for KEPT (this instance never read those policies).
+    policy_warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -110,6 +113,7 @@ def status_document(
             "ruleset_digest": enforced.ruleset_digest,
             "adopted": enforced.adopted,
             "recorded_in_aael": enforced.recorded_in_aael,
+            "policy_warnings": list(enforced.policy_warnings),
         },
         "engine": engine,
         "health": list(state.health_problems),

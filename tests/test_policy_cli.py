@@ -39,11 +39,17 @@ def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_check_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "check", str(SEED), str(DATA / "examples")) == (0, "ok: 6 policies\n", "")
+    code, out, err = run(capsys, "check", str(SEED), str(DATA / "examples"))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[-1] == "ok: 6 policies" and len(lines) == 7
+    assert all(": KubeArmor" in line and line.endswith(("rule", "rules")) for line in lines[:-1])
 
 
 def test_check_one_policy_singular(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "check", str(SEED / "net-raw-block.yaml")) == (0, "ok: 1 policy\n", "")
+    path = SEED / "net-raw-block.yaml"
+    assert run(capsys, "check", str(path)) == (
+        0, f"{path}:3: KubeArmorPolicy net-raw-block (no namespace): 1 rule\nok: 1 policy\n", "")
 
 
 def test_check_reports_one_line_per_problem(capsys: pytest.CaptureFixture[str]) -> None:

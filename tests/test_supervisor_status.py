@@ -48,11 +48,12 @@ def test_status_document_before_the_gate_and_with_kept_pins() -> None:
 def test_status_document_after_acceptance() -> None:
     policy = verified(insecure=True)
     state = SupervisorState(phase=Phase.READY, verified=policy)
+    warning = "KubeArmorPolicy p: accepted, not enforced as written: spec.syscalls (not monitored)"
     state.enforced = Enforced(EnforcedOrigin.GATE, 3, policy.bundle_digest, "sha256:" + "c" * 64, adopted=True,
-                              recorded_in_aael=False)
+                              recorded_in_aael=False, policy_warnings=(warning,))
     document = status_document(state, engine={"links": 4}, agent=None, containers=[])
     assert document["gate"]["result"] == "accepted"
     assert document["gate"]["initdata_digest"] == f"sha256:{policy.initdata_digest}"
     assert document["enforcement"] == {"origin": "gate", "bundle_version": 3, "bundle_digest": policy.bundle_digest,
                                        "ruleset_digest": "sha256:" + "c" * 64, "adopted": True,
-                                       "recorded_in_aael": False}
+                                       "recorded_in_aael": False, "policy_warnings": [warning]}

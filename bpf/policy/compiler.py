@@ -24,6 +24,9 @@ wins, chosen by, in order:
      broken by value, never by input order.
 The winner keeps its own alert metadata. Nothing depends on the order of policies, files or documents.
 
+Warnings: the RuleSet carries, sorted, one line per selected policy that has fields accepted but not enforced
+as written (Policy.warning_summary), so that what a scope does not enforce is in its digest and status.
+
 Default posture per category (KubeArmor's whitelist mode): when any selected policy has an Allow rule in a
 category (counted before conflict resolution, so an Audit or Block on the same object does not switch the
 whitelist off), that category's posture is the configured one (`Postures`, KubeArmor's default "audit"),
@@ -190,6 +193,7 @@ def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Po
             network=network_posture,
             capabilities=capabilities_posture,
         ),
+        warnings=tuple(sorted({w for p in selected if (w := p.warning_summary()) is not None})),
     )
     if ruleset.rule_count > MAX_RULES_PER_SCOPE:
         raise RuleLimitError([Problem(f"<scope {scope}>", 0, "rules",

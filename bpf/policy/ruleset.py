@@ -11,8 +11,13 @@ JSON shape (format "coco-warden/ruleset/v1"):
      "format": "coco-warden/ruleset/v1",
      "network": [{"action", "alert", "protocol", "source"}],
      "postures": {"capabilities", "file", "network", "process"},   # null, "audit" or "block"
-     "process": [{"action", "alert", "kind", "owner_only", "path", "source"}]}
-with "alert" = {"message", "policy", "severity", "tags"}. `source` is null for "any program".
+     "process": [{"action", "alert", "kind", "owner_only", "path", "source"}],
+     "warnings": ["KIND NAME: accepted, not enforced as written: ...", ...]}   # sorted, one per policy
+with "alert" = {"message", "policy", "severity", "tags"}. `source` is null for "any program". `warnings`
+names what the scope's policies say that is not enforced as written (bpf.policy.model.Policy.warnings): it
+is part of the digest, so a measured RuleSet also says what it does not enforce. The key is present only
+when there is a warning (still one encoding per RuleSet), so a RuleSet without warnings keeps the digest
+it had before warnings existed.
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class RuleSet:
     network: tuple[NetworkRule, ...] = ()
     capabilities: tuple[CapabilityRule, ...] = ()
     postures: CategoryPostures = CategoryPostures()
+    warnings: tuple[str, ...] = ()  # sorted, unique: one line per policy with accepted-not-enforced fields
 
     def __post_init__(self) -> None:
         # Canonical means one rule per conflict key, in key order. compile() builds it that way; checking
@@ -121,6 +127,8 @@ class RuleSet:
                                ("capabilities", [capability_rule_key(r) for r in self.capabilities])):
             if not _strictly_increasing(keys):
                 raise RuleSetOrderError(f"{category}: rules not in canonical order, or two rules with one key")
+        if not _strictly_increasing(list(self.warnings)):
+            raise RuleSetOrderError("warnings: not sorted, or one given twice")
 
     @property
     def rule_count(self) -> int:
@@ -179,7 +187,7 @@ def _alert_data(alert: RuleAlert) -> dict[str, Any]:
 
 
 def _canonical_json(ruleset: RuleSet) -> str:
-    data = {
+    data: dict[str, Any] = {
         "format": FORMAT,
         "file": [{"path": r.path, "kind": r.kind.value, "read_only": r.read_only, "owner_only": r.owner_only,
                   "source": r.source, "action": r.action.value, "alert": _alert_data(r.alert)}
@@ -193,6 +201,8 @@ def _canonical_json(ruleset: RuleSet) -> str:
         "postures": {name: getattr(ruleset.postures, name) and getattr(ruleset.postures, name).value
                      for name in ("file", "process", "network", "capabilities")},
     }
+    if ruleset.warnings:
+        data["warnings"] = list(ruleset.warnings)
     # ensure_ascii: the bytes are plain ASCII whatever the paths and messages hold, so there is exactly one
     # encoding of any RuleSet.
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -252,7 +262,8 @@ def _strictly_increasing(keys: list[Any]) -> bool:
 
 
 def _ruleset_from_data(data: Any) -> RuleSet:
-    top = _keys(data, {"format", "file", "process", "network", "capabilities", "postures"}, "ruleset")
+    keys = {"format", "file", "process", "network", "capabilities", "postures"}
+    top = _keys(data, keys | {"warnings"} if isinstance(data, dict) and "warnings" in data else keys, "ruleset")
     _expect(top["format"] == FORMAT, f"format: expected {FORMAT!r}")
     for category in ("file", "process", "network", "capabilities"):
         _expect(isinstance(top[category], list), f"{category}: expected a list")
@@ -288,8 +299,11 @@ def _ruleset_from_data(data: Any) -> RuleSet:
                                            _alert(r["alert"], f"{where}.alert")))
     p = _keys(top["postures"], {"file", "process", "network", "capabilities"}, "postures")
     postures = CategoryPostures(**{k: None if v is None else Posture(v) for k, v in p.items()})
+    warnings = top.get("warnings", [])
+    _expect(isinstance(warnings, list) and all(isinstance(w, str) for w in warnings), "warnings: strings")
     try:
-        ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures)
+        ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures,
+                          tuple(warnings))
     except RuleSetOrderError as exc:
         raise RuleSetFormatError(str(exc)) from None
     _expect(ruleset.rule_count <= MAX_RULES_PER_SCOPE, f"more than {MAX_RULES_PER_SCOPE} rules")
