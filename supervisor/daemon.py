@@ -194,7 +194,8 @@ class Supervisor:
         container, host = self.config.postures, self.config.host_postures
         with self._lock:
             summary = engine.load(policies, postures_from(container.file, container.network, container.capabilities),
-                                  postures_from(host.file, host.network, host.capabilities))
+                                  postures_from(host.file, host.network, host.capabilities),
+                                  node_labels=self.config.node_labels)
         for line in summary.policy_warnings:
             # Nothing accepted is silently not enforced: say so where the operator looks.
             log.warning("policy %s", line)

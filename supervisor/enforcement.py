@@ -143,10 +143,13 @@ class Enforcement:
         return (f"self-protection {'adopted' if report.adopted else 'loaded'}: {len(report.link_ids)} links, "
                 f"{report.protected_inodes} protected paths")
 
-    def load(self, policies: Sequence[Policy], postures: Postures, host_postures: Postures) -> LoadSummary:
-        """Enforce `policies` (load or adopt), then reserve write access to the engine's maps for warden."""
+    def load(self, policies: Sequence[Policy], postures: Postures, host_postures: Postures,
+             node_labels: Mapping[str, str] | None = None) -> LoadSummary:
+        """Enforce `policies` (load or adopt), then reserve write access to the engine's maps for warden.
+        `node_labels` (the configuration's, when known) decide which host policies select this VM."""
         try:
-            report = self.engine.load_or_adopt(policies, postures=postures, host_postures=host_postures)
+            report = self.engine.load_or_adopt(policies, postures=postures, host_postures=host_postures,
+                                               node_labels=node_labels)
             if self._guard is not None:
                 self._guard.protect_maps(self.engine.map_ids())
         except FAILURES as exc:

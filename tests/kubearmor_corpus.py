@@ -3,11 +3,13 @@
     python -m tests.kubearmor_corpus [DIR]     (default: $WARDEN_KUBEARMOR_CORPUS, else ../shared/kubearmor-corpus)
 
 DIR holds one YAML document per file and a MANIFEST.tsv with (at least) the columns `file` and `expected`
-(`valid` / `invalid`, KubeArmor's own verdict: its CRD, see the corpus' README). Each file is checked as
-`warden policy check FILE` does (bpf.policy.files.load_policy_paths), then every accepted file is compiled
-for the host scope and for any-container, as `warden policy compile` does. Prints the acceptance of valid
-documents (all, and without the documents that use matchPatterns), one line per false refusal, and fails
-(exit 1) on:
+(`valid` / `invalid`, KubeArmor's own verdict: its CRD, see the corpus' README). A manifest may also say
+what warden must do, in the columns `warden` (`accepted`, `warned`: accepted with a warning line, or
+`refused`) and `why` (text the first problem, or the warning line, must contain); the project's own corpus
+does. Each file is checked as `warden policy check FILE` does (bpf.policy.files.load_policy_paths), then
+every accepted file is compiled for the host scope and for any-container, as `warden policy compile` does.
+Prints the acceptance of valid documents (all, and without the documents that use matchPatterns), one line
+per false refusal, and fails (exit 1) on:
 - an invalid document accepted;
 - an invalid document refused without FILE:LINE (every problem must name a line >= 1);
 - anything that is not a clean refusal (an exception other than PolicyError is a crash);
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from bpf.policy.compiler import AnyContainerScope, HostScope, compile
 from bpf.policy.files import load_policy_paths
-from bpf.policy.model import PolicyError
+from bpf.policy.model import Policy, PolicyError
 
 DEFAULT_DIR = Path("..") / "shared" / "kubearmor-corpus"
 
@@ -42,6 +44,7 @@ class CorpusResult:
     valid_patterns: int = 0  # valid documents that use matchPatterns
     valid_patterns_accepted: int = 0
     invalid: int = 0
+    refused_by_design: int = 0  # valid documents refused as the manifest's `warden` column says
     false_refusals: list[str] = field(default_factory=list)  # "FILE: first problem"
     refusal_causes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)  # anything that fails the check
@@ -74,6 +77,7 @@ def check_corpus(directory: Path) -> CorpusResult:
             result.failures.append(f"{path}: MANIFEST says {expected!r}, not valid or invalid")
             continue
         uses_patterns = "matchPatterns" in path.read_text(encoding="utf-8", errors="replace")
+        policies: tuple[Policy, ...] = ()
         try:
             policies = load_policy_paths([path])
             for scope in (HostScope(), AnyContainerScope()):
@@ -84,6 +88,15 @@ def check_corpus(directory: Path) -> CorpusResult:
         except Exception:  # a crash is exactly what this check reports
             result.failures.append(f"{path}: crashed: {traceback.format_exc().strip().splitlines()[-1]}")
             continue
+        verdict = row.get("warden") or ""
+        if verdict:
+            _check_verdict(result, path, verdict, row.get("why") or "", policies if refused is None else (),
+                           refused)
+            if verdict == "refused" and expected == "valid" and refused is not None:
+                result.valid += 1
+                result.valid_patterns += uses_patterns
+                result.refused_by_design += 1
+                continue
         if expected == "valid":
             result.valid += 1
             result.valid_patterns += uses_patterns
@@ -104,6 +117,26 @@ def check_corpus(directory: Path) -> CorpusResult:
     return result
 
 
+def _check_verdict(result: CorpusResult, path: Path, verdict: str, why: str, policies: tuple[Policy, ...],
+                   refused: PolicyError | None) -> None:
+    """The manifest's `warden` / `why` columns: what warden must do with the document, and why."""
+    warnings = [line for p in policies if (line := p.warning_line()) is not None]
+    if verdict == "refused":
+        if refused is None:
+            result.failures.append(f"{path}: accepted, the manifest says refused ({why})")
+        elif why not in str(refused.problems[0]):
+            result.failures.append(f"{path}: refused, but not for {why!r}: {refused.problems[0]}")
+    elif verdict in ("accepted", "warned"):
+        if refused is not None:
+            result.failures.append(f"{path}: refused, the manifest says {verdict}: {refused.problems[0]}")
+        elif verdict == "accepted" and warnings:
+            result.failures.append(f"{path}: accepted with a warning the manifest does not expect: {warnings}")
+        elif verdict == "warned" and (len(warnings) != 1 or why not in warnings[0]):
+            result.failures.append(f"{path}: expected one warning line with {why!r}, got {warnings}")
+    else:
+        result.failures.append(f"{path}: MANIFEST says warden {verdict!r}, not accepted, warned or refused")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.kubearmor_corpus", description=__doc__.split("\n")[0])
     parser.add_argument("directory", nargs="?", type=Path,
@@ -121,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"false refusal: {line}")
     for cause, count in result.refusal_causes.most_common():
         print(f"{count:4d} refused: {cause}")
+    if result.refused_by_design:
+        print(f"valid documents refused as the manifest says: {result.refused_by_design}")
     print(f"valid documents accepted: {result.valid_accepted}/{result.valid} ({result.acceptance():.1f}%); "
           f"without the {result.valid_patterns} using matchPatterns: "
           f"{result.valid_accepted - result.valid_patterns_accepted}/{result.valid - result.valid_patterns} "

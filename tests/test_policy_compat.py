@@ -3,11 +3,21 @@ refused or warned about with its reason; nothing is silently ignored or changed 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from bpf.policy import yaml_loader
-from bpf.policy.model import PolicyError, Problem
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, compile
+from bpf.policy.files import load_policy_paths
+from bpf.policy.model import CONTAINER_NAME_LABEL, Policy, PolicyError, Problem, Selector, container_name_list
+from bpf.policy.ruleset import RuleSet, RuleSetFormatError, RuleSetOrderError
 from bpf.policy.yaml_loader import parse_policy_text
+from initdata.errors import ConfigError
+from supervisor.cli import main as cli_main
+from supervisor.config import parse_config
+from supervisor.enforcement import policy_warnings
 
 HEAD = ("apiVersion: security.kubearmor.com/v1\nkind: KubeArmorPolicy\nmetadata:\n  name: p\n"
         "spec:\n  selector:\n    matchLabels:\n      app: web\n")
@@ -91,3 +101,176 @@ def test_duplicate_label_with_different_value_refused() -> None:
     (problem,) = problems_of(text)
     assert (problem.line, problem.field) == (9, "spec.selector.matchLabels.app")
     assert "first given at line 8" in problem.message
+
+
+# --------------------------------------------------------------------------------------------------------
+# kubearmor.io/container.name: KubeArmor's bracketed list and "" (every container of the pod)
+
+COMPAT = Path(__file__).parent / "data" / "policies" / "compat"
+
+
+def compat(name: str) -> Policy:
+    (policy,) = load_policy_paths([COMPAT / f"{name}.yaml"])
+    return policy
+
+
+@pytest.mark.parametrize(("value", "names"), [
+    ("[web-1, web-2]", ("web-1", "web-2")), ("[web-1,,]", ("web-1",)), ("[nginx]", ("nginx",)), ("[]", ()),
+    ("", ()), ("[ , ]", ()), ("web", None), ("web-[0-9]+", None), ("[", None),
+])
+def test_container_name_list(value: str, names: tuple[str, ...] | None) -> None:
+    assert container_name_list(value) == names
+
+
+def test_bracketed_list_selects_exactly_its_containers() -> None:
+    policy = compat("container-list")
+    for name, selected in (("web-1", True), ("web-2", True), ("web-3", False), ("w", False), ("web-12", False)):
+        rules = compile([policy], ContainerScope(name, {"app": "web"}))
+        assert (rules.rule_count == 1) is selected, name
+    assert compile([policy], ContainerScope("web-1", {"app": "db"})).rule_count == 0
+
+
+def test_nginx_in_brackets_is_a_name_not_a_character_class() -> None:
+    selector = Selector(((CONTAINER_NAME_LABEL, "[nginx]"),))
+    assert selector.matches_container("nginx", {})
+    assert not selector.matches_container("n", {})
+
+
+@pytest.mark.parametrize("name", ["container-list-empty", "container-name-empty"])
+def test_empty_container_list_selects_every_container_of_the_pod(name: str) -> None:
+    policy = compat(name)
+    labels = {"app": "web"}
+    for container in ("web-1", "sidecar", "x"):
+        assert compile([policy], ContainerScope(container, labels)).rule_count == 1
+    # Only container.name: every container, including one nobody registered.
+    assert policy.selector.selects_every_container() is (name == "container-name-empty")
+    assert compile([policy], AnyContainerScope()).rule_count == (1 if name == "container-name-empty" else 0)
+
+
+def test_malformed_list_read_as_kubearmor_reads_it() -> None:
+    policy = compat("container-list-malformed")
+    assert compile([policy], ContainerScope("web-1", {"app": "web"})).rule_count == 1
+    assert compile([policy], ContainerScope("web-2", {"app": "web"})).rule_count == 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# metadata.namespace, nodeSelector against the node's labels
+
+
+def test_namespace_kept_in_the_model() -> None:
+    assert compat("namespace").namespace == "payments"
+    assert compat("container-list").namespace is None
+
+
+def test_node_selector_matched_against_known_node_labels() -> None:
+    policy = compat("host-node-selector")
+    assert compile([policy], HostScope()).rule_count == 1  # unknown labels: the VM is the only node
+    assert compile([policy], HostScope({"kubernetes.io/hostname": "pod-vm", "zone": "a"})).rule_count == 1
+    assert compile([policy], HostScope({"kubernetes.io/hostname": "other"})).rule_count == 0
+    assert compile([policy], HostScope({})).rule_count == 0
+
+
+def test_node_labels_config_key() -> None:
+    assert parse_config({}, origin="c").node_labels is None
+    config = parse_config({"node_labels": {"kubernetes.io/hostname": "pod-vm"}}, origin="c")
+    assert config.node_labels == {"kubernetes.io/hostname": "pod-vm"}
+    with pytest.raises(ConfigError, match=r"node_labels\.zone"):
+        parse_config({"node_labels": {"zone": 1}}, origin="c")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Nothing silently ignored: warnings in the policy, the RuleSet (and its digest), the CLI
+
+
+def test_warning_fields_named_once_per_policy() -> None:
+    (policy,) = parse_policy_text(HEAD + (
+        "  file:\n    matchPaths:\n    - path: /etc/shadow\n      pts: true\n"
+        "  process:\n    matchPaths:\n    - path: /usr/bin/python3\n      allowedArgs: [-V]\n"
+        "  syscalls:\n    matchSyscalls:\n    - syscall: [unlink]\n  action: Block\n"), origin="t.yaml")
+    assert [w.split(" (")[0] for w in policy.warnings] == [
+        "spec.syscalls", "spec.process.matchPaths[0].allowedArgs", "spec.file.matchPaths[0].pts"]
+    line = policy.warning_line()
+    assert line is not None and line.startswith("t.yaml:1: warning: KubeArmorPolicy p: accepted, not enforced")
+    assert "\n" not in line
+    # pts and allowedArgs on a Block: the rules are kept, covering more.
+    assert [m.path for m in policy.file] == ["/etc/shadow"] and [m.path for m in policy.process] == ["/usr/bin/python3"]
+
+
+def test_warnings_are_in_the_ruleset_and_its_digest() -> None:
+    warned, plain = compat("pts-block"), compat("tab-before-comment")
+    scope = ContainerScope("web-1", {"app": "web"})
+    ruleset = compile([warned, plain], scope)
+    assert ruleset.warnings == (warned.warning_summary(),)
+    assert RuleSet.from_json(ruleset.to_json()) == ruleset
+    same_rules = compile([plain, compat("pts-false")], scope)
+    assert "warnings" not in json.loads(same_rules.to_json())  # no warning: the digest is as before
+    # The same rule table with and without the warning: different digests.
+    without = RuleSet(ruleset.file, ruleset.process, ruleset.network, ruleset.capabilities, ruleset.postures)
+    assert without.digest != ruleset.digest
+    assert json.loads(ruleset.to_json())["warnings"] == list(ruleset.warnings)
+
+
+def test_ruleset_json_with_empty_warnings_list_is_not_canonical() -> None:
+    text = RuleSet().to_json()
+    with pytest.raises(RuleSetFormatError, match="canonical"):
+        RuleSet.from_json(text[:-1] + ',"warnings":[]}')
+
+
+def test_warnings_not_sorted_refused() -> None:
+    with pytest.raises(RuleSetOrderError):
+        RuleSet(warnings=("b", "a"))
+
+
+def test_policy_check_prints_namespace_and_one_warning_line_per_policy(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [str(COMPAT / f"{n}.yaml") for n in ("namespace", "syscalls-audit", "allowedargs-block")]
+    assert cli_main(["policy", "check", *paths]) == 0
+    out, err = capsys.readouterr()
+    assert f"{paths[0]}:2: KubeArmorPolicy namespace (namespace payments): 1 rule" in out.splitlines()
+    assert out.splitlines()[-1] == "ok: 3 policies"
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{paths[1]}:2: warning: KubeArmorPolicy syscalls-audit: accepted, not enforced")
+    assert "allowedArgs" in lines[1]
+
+
+def test_policy_compile_shows_the_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(COMPAT / "presets-audit.yaml")
+    assert cli_main(["policy", "compile", path, "--scope", "container:web", "--label", "app=web"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: KubeArmorPolicy presets-audit: accepted, not enforced as written: spec.presets[0]" in out
+
+
+def test_supervisor_summary_carries_the_warnings() -> None:
+    policies = [compat("dns-audit"), compat("namespace")]
+    assert policy_warnings(policies) == (policies[0].warning_summary(),)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Refused with the reason: what ignoring would weaken
+
+
+@pytest.mark.parametrize("name", ["pts-allow", "allowedargs-allow", "presets-block", "dns-block", "apparmor",
+                                  "execname-block", "process-path-and-execname"])
+def test_refused_with_the_reason(name: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy_paths([COMPAT / f"{name}.yaml"])
+    (problem,) = info.value.problems
+    assert problem.line > 1
+
+
+def test_execname_must_be_a_name() -> None:
+    problems = problems_of(HEAD + "  process:\n    matchPaths:\n    - execname: /bin/sh\n")
+    assert "not an executable name" in problems[0].message
+
+
+def test_null_spec_is_an_empty_policy() -> None:
+    policy = compat("null-spec")
+    assert policy.rule_count == 0 and policy.warnings
+    for scope in (HostScope(), AnyContainerScope(), ContainerScope("web", {})):
+        assert compile([policy], scope).rule_count == 0
+
+
+def test_a_spec_with_nothing_at_all_is_still_refused() -> None:
+    (problem,) = problems_of(HEAD + "  action: Block\n")
+    assert problem.field == "spec" and "no rules" in problem.message

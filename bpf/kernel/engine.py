@@ -119,6 +119,7 @@ class Engine:
         self._policies: tuple[Policy, ...] = ()
         self._postures = Postures()
         self._host_postures = Postures()
+        self._node_labels: Mapping[str, str] | None = None
         self._have_policies = False
 
     @property
@@ -150,7 +151,7 @@ class Engine:
         for sc in manifest.scopes.values():
             scope: HostScope | ContainerScope | AnyContainerScope
             if sc.kind == "host":
-                scope = HostScope()
+                scope = HostScope(self._node_labels)
             elif sc.kind == "any-container":
                 scope = AnyContainerScope()
             else:
@@ -170,10 +171,13 @@ class Engine:
     # -- load / adopt --------------------------------------------------------------------------
 
     def load_or_adopt(self, policies: Sequence[Policy], postures: Postures = DEFAULT_POSTURES,
-                      host_postures: Postures | None = None) -> EngineReport:
+                      host_postures: Postures | None = None,
+                      node_labels: Mapping[str, str] | None = None) -> EngineReport:
         """Enforce `policies`: adopt the pinned programs when they are the shipped ones, else load (or
         upgrade make-before-break); sync every scope's rules (host, any-container, registered containers).
-        `postures` apply to container scopes, `host_postures` (default: the same) to the host scope."""
+        `postures` apply to container scopes, `host_postures` (default: the same) to the host scope.
+        `node_labels`: this VM's node labels, when known, for host policies' nodeSelector (HostScope)."""
+        self._node_labels = node_labels
         with self.manifest_file.locked():
             return self._load_or_adopt(policies, postures, host_postures or postures)
 
