@@ -209,7 +209,7 @@ class DocumentReader(NodeReader):
         """KubeArmor's `syscalls`: read in full (so structural errors are reported), then warned about.
         KubeArmor itself only audits them (its syscalls section has no action), so nothing blocked by
         KubeArmor is let through; warden has no syscall hook to audit them with."""
-        section = self.section(node, where, frozenset({"matchSyscalls", "matchPaths"}) - {"action"},
+        section = self.section(node, where, frozenset({"matchSyscalls", "matchPaths"}),
                                alert=frozenset({"severity", "tags", "message"}))
         if section is None:
             return
@@ -222,8 +222,8 @@ class DocumentReader(NodeReader):
                 fields = {"syscall", "fromSource", "severity", "tags", "message"}
                 if object_key is not None:
                     fields |= {object_key, "recursive"}
-                item = self.mapping(item_node, here, frozenset(fields),
-                                    required=("syscall", object_key) if object_key else ("syscall",))
+                # The CRD requires none of them (SyscallMatchType, SyscallMatchPathType: all omitempty).
+                item = self.mapping(item_node, here, frozenset(fields))
                 if item is None:
                     continue
                 count += 1
