@@ -3,7 +3,8 @@
 Scopes:
 - `HostScope(node_labels=None)`: the KubeArmorHostPolicy policies whose nodeSelector selects this VM. The
   VM is the only node, so by default every nodeSelector selects it (whatever its matchLabels say); give
-  `node_labels` to require that each matchLabels entry be present in that map with the same value.
+  `node_labels` to require that each matchLabels entry be present in that map with the same value. The
+  supervisor gives the `node_labels` of its (measured) configuration, supervisor.config.
 - `ContainerScope(name, labels)`: the KubeArmorPolicy policies whose selector selects a container with this
   name and these labels (see bpf.policy.model.Selector: container.name is a full-match regex, other labels exact,
   matchExpressions In/NotIn on "key=value" identities).
