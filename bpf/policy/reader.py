@@ -98,6 +98,7 @@ class DocumentReader(NodeReader):
     def __init__(self, origin: str, problems: list[Problem]) -> None:
         super().__init__(origin, problems)
         self._start = len(problems)
+        self.warnings: list[str] = []  # Policy.warnings of the document being read
 
     # -- document ----------------------------------------------------------------------------------------
 
@@ -173,7 +174,6 @@ class DocumentReader(NodeReader):
         spec = self.mapping(node, "spec", allowed, required=(selector_key,), hint=hint)
         if spec is None:
             return None
-        self.warnings: list[str] = []
         defaults = self.alert_defaults(spec, "spec", _Defaults(None, (), None, Action.BLOCK))
         if "apparmor" in spec and self.string(spec["apparmor"], "spec.apparmor") is not None:
             self.problem(spec["apparmor"], "spec.apparmor",
