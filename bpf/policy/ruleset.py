@@ -262,8 +262,8 @@ def _strictly_increasing(keys: list[Any]) -> bool:
 
 
 def _ruleset_from_data(data: Any) -> RuleSet:
-    keys = {"format", "file", "process", "network", "capabilities", "postures"}
-    top = _keys(data, keys | {"warnings"} if isinstance(data, dict) and "warnings" in data else keys, "ruleset")
+    optional = {"warnings"} & set(data) if isinstance(data, dict) else set()
+    top = _keys(data, {"format", "file", "process", "network", "capabilities", "postures"} | optional, "ruleset")
     _expect(top["format"] == FORMAT, f"format: expected {FORMAT!r}")
     for category in ("file", "process", "network", "capabilities"):
         _expect(isinstance(top[category], list), f"{category}: expected a list")
@@ -303,7 +303,7 @@ def _ruleset_from_data(data: Any) -> RuleSet:
     _expect(isinstance(warnings, list) and all(isinstance(w, str) for w in warnings), "warnings: strings")
     try:
         ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures,
-                          tuple(warnings))
+                          warnings=tuple(warnings))
     except RuleSetOrderError as exc:
         raise RuleSetFormatError(str(exc)) from None
     _expect(ruleset.rule_count <= MAX_RULES_PER_SCOPE, f"more than {MAX_RULES_PER_SCOPE} rules")
