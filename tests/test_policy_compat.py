@@ -7,6 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bpf.policy import yaml_loader
 from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, compile
@@ -274,3 +278,42 @@ def test_null_spec_is_an_empty_policy() -> None:
 def test_a_spec_with_nothing_at_all_is_still_refused() -> None:
     (problem,) = problems_of(HEAD + "  action: Block\n")
     assert problem.field == "spec" and "no rules" in problem.message
+
+
+# --------------------------------------------------------------------------------------------------------
+# libyaml and pure-Python PyYAML agree wherever PyYAML reads the text at all
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=20)
+
+
+def _shape(node: Node) -> object:
+    """A node tree with tags, values, styles-that-matter and lines: what the reader sees."""
+    line = node.start_mark.line
+    if isinstance(node, ScalarNode):
+        return (node.tag, node.value, line)
+    if isinstance(node, SequenceNode):
+        return (node.tag, [_shape(n) for n in node.value], line)
+    assert isinstance(node, MappingNode)
+    return (node.tag, [(_shape(k), _shape(v)) for k, v in node.value], line)
+
+
+@settings(deadline=None, max_examples=150)
+@given(document=st.dictionaries(_TEXT, _VALUES, max_size=5), flow=st.sampled_from([False, True, None]))
+def test_libyaml_composes_the_nodes_pure_python_composes(document: dict[str, object], flow: bool | None) -> None:
+    text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True, sort_keys=False)
+    pure = yaml.SafeLoader(text)
+    c = yaml_loader.BoundedCSafeLoader(text)
+    try:
+        while pure.check_node():
+            assert c.check_node()
+            expected, got = pure.get_node(), c.get_node()
+            assert expected is not None and got is not None
+            assert _shape(got) == _shape(expected)
+        assert not c.check_node()
+    finally:
+        pure.dispose()
+        c.dispose()
