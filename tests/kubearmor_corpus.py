@@ -7,7 +7,8 @@ DIR holds one YAML document per file and a MANIFEST.tsv with (at least) the colu
 what warden must do, in the columns `warden` (`accepted`, `warned`: accepted with a warning line, or
 `refused`) and `why` (text the first problem, or the warning line, must contain); the project's own corpus
 does. Each file is checked as `warden policy check FILE` does (bpf.policy.files.load_policy_paths), then
-every accepted file is compiled for the host scope and for any-container, as `warden policy compile` does.
+every accepted file is compiled for the host scope, for any-container and for a scope its selector selects,
+as `warden policy compile` does.
 Prints the acceptance of valid documents (all, and without the documents that use matchPatterns), one line
 per false refusal, and fails (exit 1) on:
 - an invalid document accepted;
@@ -24,15 +25,16 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import sys
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf.policy.compiler import AnyContainerScope, HostScope, compile
+from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, Scope, compile
 from bpf.policy.files import load_policy_paths
-from bpf.policy.model import Policy, PolicyError
+from bpf.policy.model import CONTAINER_NAME_LABEL, Policy, PolicyError, PolicyKind, container_name_list
 
 DEFAULT_DIR = Path("..") / "shared" / "kubearmor-corpus"
 
@@ -80,7 +82,7 @@ def check_corpus(directory: Path) -> CorpusResult:
         policies: tuple[Policy, ...] = ()
         try:
             policies = load_policy_paths([path])
-            for scope in (HostScope(), AnyContainerScope()):
+            for scope in (HostScope(), AnyContainerScope(), *map(_matching_scope, policies)):
                 compile(policies, scope)
             refused: PolicyError | None = None
         except PolicyError as exc:
@@ -115,6 +117,17 @@ def check_corpus(directory: Path) -> CorpusResult:
             elif not refused.problems or any(p.line < 1 for p in refused.problems):
                 result.failures.append(f"{path}: refused without FILE:LINE: {refused}")
     return result
+
+
+def _matching_scope(policy: Policy) -> Scope:
+    """A scope the policy selects, built from its selector (so that the compile step matches it)."""
+    labels = dict(policy.selector.match_labels)
+    if policy.kind is PolicyKind.HOST:
+        return HostScope(labels)
+    value = labels.pop(CONTAINER_NAME_LABEL, "")
+    names = container_name_list(value)
+    name = names[0] if names else "c" if names is not None or re.fullmatch(value, "c") else value
+    return ContainerScope(name, labels)
 
 
 def _check_verdict(result: CorpusResult, path: Path, verdict: str, why: str, policies: tuple[Policy, ...],
