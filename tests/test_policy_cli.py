@@ -56,7 +56,7 @@ def test_check_reports_one_line_per_problem(capsys: pytest.CaptureFixture[str]) 
         [f"{INVALID}:14", "spec.file.matchDirectories[0].dir"],
         [f"{INVALID}:17", "spec.network.matchProtocols[0].protocol"],
     ]
-    assert "not glob/regex patterns" in lines[0]
+    assert "is not absolute" in lines[0] and "regular expression" in lines[0]
 
 
 def test_check_missing_path_is_a_problem_naming_the_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
