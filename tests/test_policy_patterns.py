@@ -4,6 +4,7 @@ bpf/progs/warden_patterns.h does)."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bpf.policy.ruleset
 from bpf.kernel import maps, patterns
 from bpf.policy.compiler import ContainerScope, RuleLimitError, compile
 from bpf.policy.files import load_policy_paths
@@ -29,6 +31,7 @@ from bpf.policy.glob import (
 )
 from bpf.policy.model import Action
 from bpf.policy.ruleset import PatternRule, RuleAlert, RuleSet, pattern_automata, pattern_verdict
+from bpf.policy.yaml_loader import parse_policy_text
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = REPO / "tests" / "data" / "policies" / "patterns"
@@ -95,7 +98,7 @@ def test_apparmor_semantics(pattern: str, path: str, expected: bool) -> None:
     ("/{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}", "more than 64 patterns"),
 ])
 def test_refused_patterns_say_why(pattern: str, reason: str) -> None:
-    with pytest.raises(PatternError, match=None) as caught:
+    with pytest.raises(PatternError) as caught:
         parse(pattern)
     assert reason in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -251,9 +254,6 @@ def test_encode_scope_sets_the_pattern_bit_and_alerts() -> None:
 
 def test_scope_limit_is_a_rule_limit_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # the limits themselves are tested above; here, that compile() reports them as a RuleLimitError
-    import functools
-
-    import bpf.policy.ruleset
     monkeypatch.setattr(bpf.policy.ruleset, "compile_automata",
                         functools.partial(compile_automata, max_states=64, max_automata=1))
     text = "".join(f"""---
@@ -269,7 +269,6 @@ spec:
     matchPatterns:
     - pattern: /**/a*b*c*d*e*f*g*{i}
 """for i in range(30))
-    from bpf.policy.yaml_loader import parse_policy_text
     policies = parse_policy_text(text, origin="many.yaml")
-    with pytest.raises(RuleLimitError, match="file.matchPatterns"):
+    with pytest.raises(RuleLimitError, match=r"file\.matchPatterns"):
         compile(policies, ContainerScope("x"))
