@@ -100,8 +100,8 @@ static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct
 	struct warden_pat_dfa *dfa;
 	struct warden_pat_verdict *rec;
 	struct pathbuf *pb = &s->obj;
-	__u8 action[4] = {}, needs_owner = 0, owner = 0, f, eff, write = (op >> 24) & 1;
-	__u32 alert[4] = {}, len, dir, gen, count, i, j, v;
+	__u8 a0 = 0, a1 = 0, a2 = 0, a3 = 0, needs_owner = 0, owner = 0, f, eff, act, write = (op >> 24) & 1;
+	__u32 l0 = 0, l1 = 0, l2 = 0, l3 = 0, len, dir, gen, count, i, v, alert;
 	struct inode *owned, *obj = d->d_inode;
 	int ok;
 
@@ -135,15 +135,14 @@ static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct
 		rec = bpf_map_lookup_elem(&warden_pat_verdicts, &key);
 		if (!rec)
 			continue;
-		for (j = 0; j < 4; j++) {
-			if (rec->action[j] > action[j]) {
-				action[j] = rec->action[j];
-				alert[j] = rec->alert[j];
-			}
-		}
+		/* unrolled by hand: constant offsets only, no variable stack index */
+		if (rec->action[0] > a0) { a0 = rec->action[0]; l0 = rec->alert[0]; }
+		if (rec->action[1] > a1) { a1 = rec->action[1]; l1 = rec->alert[1]; }
+		if (rec->action[2] > a2) { a2 = rec->action[2]; l2 = rec->alert[2]; }
+		if (rec->action[3] > a3) { a3 = rec->action[3]; l3 = rec->alert[3]; }
 		needs_owner |= rec->needs_owner;
 	}
-	if (!(action[0] | action[1] | action[2] | action[3]))
+	if (!(a0 | a1 | a2 | a3))
 		return;
 	f = best->flags;
 	if (needs_owner || (f & WARDEN_RULE_OWNER_ONLY)) {
@@ -151,7 +150,14 @@ static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct
 		owner = owned && owned->i_uid.val ==
 			BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), cred, fsuid.val);
 	}
-	j = (write | (owner << 1)) & 3;
+	/* the outcome of this operation: index write | owner << 1 */
+	if (owner) {
+		act = write ? a3 : a2;
+		alert = write ? l3 : l2;
+	} else {
+		act = write ? a1 : a0;
+		alert = write ? l1 : l0;
+	}
 	/* what the exact rule gives this operation, as decide() would apply it */
 	ok = (!(f & WARDEN_RULE_READ_ONLY) || !write) && (!(f & WARDEN_RULE_OWNER_ONLY) || owner);
 	if (best->action == WARDEN_ACT_ALLOW)
@@ -160,9 +166,9 @@ static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct
 		eff = (f && ok) ? WARDEN_ACT_ALLOW : best->action;
 	else
 		eff = WARDEN_ACT_NONE;
-	if (action[j] > eff) {
-		best->alert = alert[j];
-		best->action = action[j];
+	if (act > eff) {
+		best->alert = alert;
+		best->action = act;
 		best->flags = 0;
 	}
 }
