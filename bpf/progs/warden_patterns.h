@@ -48,28 +48,46 @@ struct {
 } warden_pat_pool SEC(".maps");
 
 /*
- * The walk of one automaton over pb's path (`len` bytes, then a '/' when `dir`): its verdict number,
- * 0 for none. A global function: the verifier checks it once per program, not at each call, and the
- * loop's state stays on its stack, which a bounded loop (unlike a bpf_loop body) tracks exactly.
+ * Where one decision collects the automata's outcomes. Map memory, not the stack: what a loop body
+ * merges there is a value the verifier does not track, so the branches of the merge do not multiply
+ * the states it explores (per automaton, the four outcomes could each be merged or not).
  */
-__noinline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct pathbuf *pb, __u32 len, __u32 dir)
+struct warden_pat_acc {
+	struct warden_pat_key key; /* scope, gen and category set once; automaton per walk */
+	__u32 len;                 /* bytes to walk: the path, plus its trailing '/' for a directory */
+	__u32 alert[4];
+	__u8 action[4];
+	__u8 needs_owner;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct warden_pat_acc);
+} warden_pat_acc_map SEC(".maps");
+
+/*
+ * The walk of one automaton over the first `len` bytes of pb's path: its verdict number, 0 for none.
+ * A global function: the verifier checks it once per program, not at each call. For a directory the
+ * walk includes the '/' after the last name, which the path walk wrote there (warden_walk.h put_done).
+ */
+__noinline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct pathbuf *pb, __u32 len)
 {
 	struct warden_pat_chunk *chunk;
 	__u32 state, width, base, cell, key, i;
 	__u8 c;
 
-	if (!dfa || !pb || len > WARDEN_PATH_MAX - 1)
+	if (!dfa || !pb || len > WARDEN_PATH_MAX)
 		return 0;
 	state = dfa->start;
 	width = dfa->width;
 	base = dfa->base;
 	for (i = 0; i < WARDEN_PATH_MAX; i++) {
-		if (i > len || (i == len && !dir))
+		if (i >= len)
 			break;
-		if (i == len)
-			c = '/';
-		else
-			c = pb->buf[(pb->start & (PATH_RIGHT - 1)) + (i & (WARDEN_PATH_MAX - 1))];
+		c = pb->buf[(pb->start & (PATH_RIGHT - 1)) + (i & (WARDEN_PATH_MAX - 1))];
 		cell = base + state * width + dfa->classes[c];
 		key = cell / WARDEN_PAT_CHUNK;
 		chunk = bpf_map_lookup_elem(&warden_pat_pool, &key);
@@ -87,6 +105,49 @@ __noinline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct pathbuf 
 	return chunk->cell[cell & (WARDEN_PAT_CHUNK - 1)];
 }
 
+/* Walk automaton acc->key.automaton and merge its verdict into acc (the stronger outcome per
+ * operation). A global function too: verified once, its branches never reach the caller's states. */
+__noinline int warden_pat_one(struct warden_pat_acc *acc, struct pathbuf *pb)
+{
+	struct warden_pat_verdict *rec;
+	struct warden_pat_dfa *dfa;
+	struct warden_pat_key key;
+	int v;
+
+	if (!acc || !pb)
+		return 0;
+	key = acc->key;
+	key.verdict = 0;
+	dfa = bpf_map_lookup_elem(&warden_pat_dfas, &key);
+	if (!dfa)
+		return 0;
+	v = warden_dfa_walk(dfa, pb, acc->len);
+	if (v <= 0)
+		return 0;
+	key.verdict = v;
+	rec = bpf_map_lookup_elem(&warden_pat_verdicts, &key);
+	if (!rec)
+		return 0;
+	if (rec->action[0] > acc->action[0]) {
+		acc->action[0] = rec->action[0];
+		acc->alert[0] = rec->alert[0];
+	}
+	if (rec->action[1] > acc->action[1]) {
+		acc->action[1] = rec->action[1];
+		acc->alert[1] = rec->alert[1];
+	}
+	if (rec->action[2] > acc->action[2]) {
+		acc->action[2] = rec->action[2];
+		acc->alert[2] = rec->alert[2];
+	}
+	if (rec->action[3] > acc->action[3]) {
+		acc->action[3] = rec->action[3];
+		acc->alert[3] = rec->alert[3];
+	}
+	acc->needs_owner |= rec->needs_owner;
+	return 1;
+}
+
 /*
  * Combine the patterns' outcome for this operation with the exact/directory rule in `best`: when a
  * pattern's is stronger, `best` becomes it, without flags (the compiler resolved them). `op` is
@@ -97,67 +158,50 @@ static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct
 {
 	struct warden_pat_key key = {};
 	struct warden_pat_head *head;
-	struct warden_pat_dfa *dfa;
-	struct warden_pat_verdict *rec;
+	struct warden_pat_acc *acc;
 	struct pathbuf *pb = &s->obj;
-	__u8 a0 = 0, a1 = 0, a2 = 0, a3 = 0, needs_owner = 0, owner = 0, f, eff, act, write = (op >> 24) & 1;
-	__u32 l0 = 0, l1 = 0, l2 = 0, l3 = 0, len, dir, gen, count, i, v, alert;
 	struct inode *owned, *obj = d->d_inode;
-	int ok;
+	__u8 owner = 0, f, eff, act, write = (op >> 24) & 1;
+	__u32 zero = 0, len, count, i, alert;
+	int ok, dir;
 
 	key.scope = op >> 32;
 	key.category = (op >> 16) & 0xff;
 	head = bpf_map_lookup_elem(&warden_pat_heads, &key);
-	if (!head || !pb->complete)
+	acc = bpf_map_lookup_elem(&warden_pat_acc_map, &zero);
+	if (!head || !acc || !pb->complete)
 		return;
-	gen = head->gen;
 	count = head->count;
 	len = pb->len;
 	if (obj) /* the dentry's own inode: `inode` may be the parent's for a name being created */
 		dir = (obj->i_mode & 00170000) == 0040000;
 	else
 		dir = (op & 0xffff) == WARDEN_HOOK_PATH_MKDIR;
-	if (len <= 1)
-		dir = 0; /* the root is "/" */
-	key.gen = gen;
+	if (dir && len > 1) /* AppArmor's path of a directory ends with '/'; the root is "/" */
+		len += 1;
+	acc->key = key;
+	acc->key.gen = head->gen;
+	acc->len = len;
+	acc->action[0] = acc->action[1] = acc->action[2] = acc->action[3] = 0;
+	acc->needs_owner = 0;
 	for (i = 0; i < WARDEN_PAT_MAX_AUTOMATA; i++) {
 		if (i >= count)
 			break;
-		key.automaton = i;
-		key.verdict = 0;
-		dfa = bpf_map_lookup_elem(&warden_pat_dfas, &key);
-		if (!dfa)
-			continue;
-		v = warden_dfa_walk(dfa, pb, len, dir);
-		if (!v)
-			continue;
-		key.verdict = v;
-		rec = bpf_map_lookup_elem(&warden_pat_verdicts, &key);
-		if (!rec)
-			continue;
-		/* unrolled by hand: constant offsets only, no variable stack index */
-		if (rec->action[0] > a0) { a0 = rec->action[0]; l0 = rec->alert[0]; }
-		if (rec->action[1] > a1) { a1 = rec->action[1]; l1 = rec->alert[1]; }
-		if (rec->action[2] > a2) { a2 = rec->action[2]; l2 = rec->alert[2]; }
-		if (rec->action[3] > a3) { a3 = rec->action[3]; l3 = rec->alert[3]; }
-		needs_owner |= rec->needs_owner;
+		acc->key.automaton = i;
+		warden_pat_one(acc, pb);
 	}
-	if (!(a0 | a1 | a2 | a3))
+	if (!(acc->action[0] | acc->action[1] | acc->action[2] | acc->action[3]))
 		return;
 	f = best->flags;
-	if (needs_owner || (f & WARDEN_RULE_OWNER_ONLY)) {
+	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY)) {
 		owned = inode ? inode : d->d_parent->d_inode; /* a name being created: its directory's */
 		owner = owned && owned->i_uid.val ==
 			BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), cred, fsuid.val);
 	}
 	/* the outcome of this operation: index write | owner << 1 */
-	if (owner) {
-		act = write ? a3 : a2;
-		alert = write ? l3 : l2;
-	} else {
-		act = write ? a1 : a0;
-		alert = write ? l1 : l0;
-	}
+	i = (write | (owner << 1)) & 3;
+	act = acc->action[i];
+	alert = acc->alert[i];
 	/* what the exact rule gives this operation, as decide() would apply it */
 	ok = (!(f & WARDEN_RULE_READ_ONLY) || !write) && (!(f & WARDEN_RULE_OWNER_ONLY) || owner);
 	if (best->action == WARDEN_ACT_ALLOW)
