@@ -198,10 +198,15 @@ static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct
 		owner = owned && owned->i_uid.val ==
 			BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), cred, fsuid.val);
 	}
-	/* the outcome of this operation: index write | owner << 1 */
-	i = (write | (owner << 1)) & 3;
-	act = acc->action[i];
-	alert = acc->alert[i];
+	/* the outcome of this operation, index write | owner << 1 (constant offsets: clang drops a mask
+	 * it can prove redundant, the verifier cannot) */
+	if (owner) {
+		act = write ? acc->action[3] : acc->action[2];
+		alert = write ? acc->alert[3] : acc->alert[2];
+	} else {
+		act = write ? acc->action[1] : acc->action[0];
+		alert = write ? acc->alert[1] : acc->alert[0];
+	}
 	/* what the exact rule gives this operation, as decide() would apply it */
 	ok = (!(f & WARDEN_RULE_READ_ONLY) || !write) && (!(f & WARDEN_RULE_OWNER_ONLY) || owner);
 	if (best->action == WARDEN_ACT_ALLOW)
