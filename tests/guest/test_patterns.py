@@ -120,7 +120,11 @@ def loaded(guest: GuestVM, containers: dict[str, int]) -> dict[str, Any]:
     script = guest.write_shared("patterns-loader.py", LOADER)
     done = guest.run(f"cd {REPO_ROOT} && {guest.venv_python} {script} '{json.dumps(spec)}' {' '.join(paths)}",
                      timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    if done.returncode != 0:  # name the verifier's complaint, which the engine's one line may not hold
+        why = guest.run(f"for o in file_guard exec_guard; do bpftool -d prog loadall {REPO_ROOT}/build/bpf/$o.bpf.o "
+                        f"/sys/fs/bpf/why-$o 2>&1 | grep -B12 'processed [0-9]* insns' | tail -14; done",
+                        timeout=600)
+        pytest.fail(done.stdout + done.stderr + why.stdout)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["corpus"] = corpus is not None
     guest.python(READ_ALERTS)  # start the alert checks from an empty ring
