@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from bpf.kernel import maps
+from bpf.kernel import maps, patterns
 from bpf.kernel.errors import EngineLoadError, EngineRuleError, EngineStateError, one_line
 from bpf.kernel.events import Alert, EventContext, ScopeInfo, decode_event
 from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, Link, MapHandle, MapSet, RingBuffer
@@ -160,7 +160,7 @@ class Engine:
                 postures = self._host_postures if sc.kind == "host" else self._postures
                 ruleset = compile(self._policies, scope, postures=postures)
                 tables = maps.encode_scope(sc.id, ruleset, maps.resolve_in_root("/"))
-            except (PolicyError, maps.EncodingError) as exc:
+            except (PolicyError, maps.EncodingError, ValueError) as exc:
                 raise EngineRuleError(f"scope {scope}: {one_line(exc)}") from None
             sc.ruleset_digest = ruleset.digest
             sc.table_digest = tables.digest()
@@ -300,7 +300,14 @@ class Engine:
         until the switch is over (events of either may be in flight)."""
         handles["warden_config"].update(maps.SCOPE_ID.pack(0), manifest.host_mnt_ns.to_bytes(8, "little"))
         tables = [c.tables for c in compiled.values()]
-        added, removed = sync_scopes(handles, tables, compiled)
+        pattern_tables = [t.patterns for t in tables if t.patterns is not None]
+        try:
+            added = patterns.write_patterns(handles, pattern_tables)  # before any scope's flag says they exist
+        except patterns.PatternPoolError as exc:
+            raise EngineRuleError(one_line(exc)) from None
+        written, removed = sync_scopes(handles, tables, compiled)
+        added += written
+        removed += patterns.prune_patterns(handles, pattern_tables, compiled)
         removed += prune_sources(handles, tables)
         manifest.alerts = {**(previous.alerts if previous else {}),
                            **{k: v for t in tables for k, v in t.alerts.items()}}
@@ -367,7 +374,10 @@ class Engine:
         sc = ScopeRecord(scope_id, name, "container", dict(labels), pid_ns, mnt_ns)
         tables = self._compile(Manifest(scopes={scope_id: sc}))[scope_id].tables
         with self._open_maps() as handles:
+            pattern_tables = [tables.patterns] if tables.patterns is not None else []
+            patterns.write_patterns(handles, pattern_tables)
             sync_scopes(handles, [tables], [scope_id])
+            patterns.prune_patterns(handles, pattern_tables, [scope_id])
             manifest.scopes[scope_id] = sc
             manifest.alerts.update(tables.alerts)
             handles["warden_meta"].update(maps.meta_key(f"rs/{scope_id}"), maps.digest_bytes(sc.ruleset_digest))
@@ -388,6 +398,7 @@ class Engine:
                 return
             sync_scopes(handles, [], [sc.id])
             handles["warden_scopes"].delete(maps.SCOPE_ID.pack(sc.id))
+            patterns.prune_patterns(handles, [], [sc.id])
             handles["warden_meta"].delete(maps.meta_key(f"rs/{sc.id}"))
             del manifest.scopes[sc.id]
             self.manifest_file.write(manifest)

@@ -189,6 +189,18 @@ class PathMatch:
 
 
 @dataclass(frozen=True)
+class PatternMatch:
+    """A process or file rule from matchPatterns: `pattern` is an AppArmor glob, already checked by
+    bpf.policy.glob.parse. The CRD gives patterns no fromSource."""
+
+    pattern: str
+    read_only: bool  # always False for process rules
+    owner_only: bool
+    action: Action
+    alert: AlertFields
+
+
+@dataclass(frozen=True)
 class ProtocolMatch:
     protocol: str  # lowercase, one of PROTOCOLS
     sources: tuple[str, ...]
@@ -278,6 +290,8 @@ class Policy:
     file: tuple[PathMatch, ...]
     network: tuple[ProtocolMatch, ...]
     capabilities: tuple[CapabilityMatch, ...]
+    file_patterns: tuple[PatternMatch, ...] = ()
+    process_patterns: tuple[PatternMatch, ...] = ()
     origin: str = field(default="", compare=False)  # file the policy came from
     line: int = field(default=0, compare=False)  # line of its document
     warnings: tuple[str, ...] = ()  # "field: what happens instead", see the class docstring

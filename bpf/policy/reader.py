@@ -7,8 +7,10 @@ a rule that silently is not enforced. Every problem is reported as `FILE:LINE: f
 What is accepted (KubeArmor CRD, `deployments/CRD/KubeArmor{,Host}Policy.yaml`; README "KubeArmor
 compatibility" has the table, field by field):
 - `spec.process` / `spec.file`: `matchPaths` {path, ownerOnly, fromSource[{path}]} (process rules may give
-  `execname` instead of `path`), `matchDirectories` {dir, recursive, ownerOnly, fromSource}, and `readOnly`
-  on file rules; `pts` and `allowedArgs` as below.
+  `execname` instead of `path`), `matchDirectories` {dir, recursive, ownerOnly, fromSource}, `matchPatterns`
+  {pattern, ownerOnly} (AppArmor globs, checked by bpf.policy.glob.parse: a pattern the engine cannot
+  enforce as written is refused with the reason), and `readOnly` on file rules; `pts` and `allowedArgs` as
+  below.
 - `spec.network.matchProtocols` {protocol, fromSource}; `spec.capabilities.matchCapabilities`
   {capability, fromSource}. Host policies must give `fromSource` for both, as the host CRD requires.
 - `action`, `severity`, `tags`, `message` at spec, section and rule level. Each rule takes the innermost
@@ -25,8 +27,7 @@ ignoring it would weaken a Block or widen an Allow (that is refused, with the re
 - a null or absent `spec`: the policy has nothing to enforce.
 
 Refused although the CRD has them, each with a message saying why:
-- `matchPatterns` (and `execname`, which is the pattern of an executable's name): the BPF-LSM engine
-  matches exact paths and directory prefixes only.
+- `execname` (the pattern of an executable's name, `/**/NAME`): not yet compiled into patterns.
 - `apparmor` (its deny rules would be dropped), `presets` and `matchDNSQueries` with action Block or
   Allow, `pts: true` and `allowedArgs` on an Allow rule, `device`: ignoring any of them would let through
   what the policy stops.
@@ -44,6 +45,7 @@ from typing import Final
 
 from yaml.nodes import Node
 
+from bpf.policy.glob import PatternError, parse
 from bpf.policy.model import (
     CONTAINER_NAME_LABEL,
     PROTOCOLS,
@@ -55,6 +57,7 @@ from bpf.policy.model import (
     LabelOperator,
     PathKind,
     PathMatch,
+    PatternMatch,
     Policy,
     PolicyKind,
     Problem,
@@ -186,18 +189,20 @@ class DocumentReader(NodeReader):
         if selector_key in spec:
             read_selector = self.node_selector if host else self.selector
             selector = read_selector(spec[selector_key])
-        process = self.path_section(spec.get("process"), "spec.process", defaults, file=False)
-        files = self.path_section(spec.get("file"), "spec.file", defaults, file=True)
+        process, process_patterns = self.path_section(spec.get("process"), "spec.process", defaults, file=False)
+        files, file_patterns = self.path_section(spec.get("file"), "spec.file", defaults, file=True)
         network = self.network_section(spec.get("network"), "spec.network", defaults, host=host)
         capabilities = self.capability_section(spec.get("capabilities"), "spec.capabilities", defaults,
                                                host=host)
-        if (not (process or files or network or capabilities) and not self.warnings
+        if (not (process or files or network or capabilities or process_patterns or file_patterns)
+                and not self.warnings
                 and len(self.problems) == self._start):
             self.problem(node, "spec", "the policy has no rules (process, file, network or capabilities)")
         if selector is None:
             return None
         return Policy(kind, name, namespace, selector, process, files, network, capabilities,
-                      origin=self.origin, line=line, warnings=tuple(self.warnings))
+                      file_patterns=file_patterns, process_patterns=process_patterns, origin=self.origin, line=line,
+                      warnings=tuple(self.warnings))
 
     def warn(self, where: str, what: str) -> None:
         """Record a field accepted but not enforced as written (Policy.warnings)."""
@@ -442,10 +447,10 @@ class DocumentReader(NodeReader):
         return self.mapping(node, where, rule_lists | alert)
 
     def path_section(self, node: Node | None, where: str, outer: _Defaults, *,
-                     file: bool) -> tuple[PathMatch, ...]:
+                     file: bool) -> tuple[tuple[PathMatch, ...], tuple[PatternMatch, ...]]:
         section = self.section(node, where, frozenset({"matchPaths", "matchDirectories", "matchPatterns"}))
         if section is None:
-            return ()
+            return (), ()
         defaults = self.alert_defaults(section, where, outer)
         flags = frozenset({"ownerOnly", "fromSource", "pts", "readOnly"} if file
                           else {"ownerOnly", "fromSource", "pts"})
@@ -462,10 +467,13 @@ class DocumentReader(NodeReader):
                                  if "matchDirectories" in section else []):
             here = f"{where}.matchDirectories[{i}]"
             rules.extend(self.path_rule(item, here, defaults, "dir", flags | {"recursive"}, directory=True))
+        patterns: list[PatternMatch] = []
         for i, item in enumerate(self.sequence(section["matchPatterns"], f"{where}.matchPatterns")
                                  if "matchPatterns" in section else []):
-            self.pattern_rule(item, f"{where}.matchPatterns[{i}]", defaults, file=file)
-        return tuple(rules)
+            pattern = self.pattern_rule(item, f"{where}.matchPatterns[{i}]", defaults, file=file)
+            if pattern is not None:
+                patterns.append(pattern)
+        return tuple(rules), tuple(patterns)
 
     def path_rule(self, node: Node, where: str, outer: _Defaults, key: str, flags: frozenset[str], *,
                   directory: bool) -> list[PathMatch]:
@@ -543,19 +551,24 @@ class DocumentReader(NodeReader):
             return False
         return self.boolean(item[key], f"{where}.{key}")
 
-    def pattern_rule(self, node: Node, where: str, outer: _Defaults, *, file: bool) -> None:
+    def pattern_rule(self, node: Node, where: str, outer: _Defaults, *, file: bool) -> PatternMatch | None:
         flags = {"pattern", "ownerOnly", "readOnly"} if file else {"pattern", "ownerOnly"}
         item = self.mapping(node, where, frozenset(flags) | _ALERT_FIELDS, required=("pattern",))
         if item is None:
-            return
-        # Parsed in full first, so that every structural problem is reported along with the refusal.
-        self.alert_defaults(item, where, outer)
-        for key in ("ownerOnly", "readOnly"):
-            self.flag(item, key, where)
-        if "pattern" in item and self.string(item["pattern"], f"{where}.pattern") is not None:
-            self.problem(item["pattern"], f"{where}.pattern",
-                         "matchPatterns cannot be enforced: the BPF-LSM engine matches exact paths and "
-                         "directory prefixes, not glob/regex patterns; use matchPaths or matchDirectories")
+            return None
+        defaults = self.alert_defaults(item, where, outer)
+        owner_only = self.flag(item, "ownerOnly", where)
+        read_only = self.flag(item, "readOnly", where)
+        pattern = self.string(item["pattern"], f"{where}.pattern") if "pattern" in item else None
+        if pattern is not None:
+            try:
+                parse(pattern)
+            except PatternError as exc:
+                self.problem(item["pattern"], f"{where}.pattern", str(exc))
+                pattern = None
+        if pattern is None or owner_only is None or read_only is None:
+            return None
+        return PatternMatch(pattern, bool(read_only), bool(owner_only), defaults.action, defaults.alert())
 
     def network_section(self, node: Node | None, where: str, outer: _Defaults, *,
                         host: bool) -> tuple[ProtocolMatch, ...]:

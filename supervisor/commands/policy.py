@@ -201,10 +201,15 @@ def render_table(ruleset: RuleSet, scope: Scope | str) -> str:
     section("file", ruleset.postures.file, ("ACTION", "KIND", "PATH", "FLAGS", "SOURCE", "POLICY"),
             [(r.action.value, r.kind.value, _show(r.path),
               flags(("read-only", r.read_only), ("owner-only", r.owner_only)), _show(r.source),
-              _alert_cell(r.alert)) for r in ruleset.file])
+              _alert_cell(r.alert)) for r in ruleset.file]
+            + [(r.action.value, "pattern", _show(r.pattern),
+                flags(("read-only", r.read_only), ("owner-only", r.owner_only)), "-", _alert_cell(r.alert))
+               for r in ruleset.file_patterns])
     section("process", ruleset.postures.process, ("ACTION", "KIND", "PATH", "FLAGS", "SOURCE", "POLICY"),
             [(r.action.value, r.kind.value, _show(r.path), flags(("owner-only", r.owner_only)),
-              _show(r.source), _alert_cell(r.alert)) for r in ruleset.process])
+              _show(r.source), _alert_cell(r.alert)) for r in ruleset.process]
+            + [(r.action.value, "pattern", _show(r.pattern), flags(("owner-only", r.owner_only)), "-",
+                _alert_cell(r.alert)) for r in ruleset.process_patterns])
     section("network", ruleset.postures.network, ("ACTION", "PROTOCOL", "SOURCE", "POLICY"),
             [(r.action.value, r.protocol, _show(r.source), _alert_cell(r.alert)) for r in ruleset.network])
     section("capabilities", ruleset.postures.capabilities, ("ACTION", "CAPABILITY", "SOURCE", "POLICY"),
@@ -212,5 +217,8 @@ def render_table(ruleset: RuleSet, scope: Scope | str) -> str:
              for r in ruleset.capabilities])
     lines.extend(f"warning: {_show(w)}" for w in ruleset.warnings)
     lines.append(f"rules: {ruleset.rule_count}")
+    if ruleset.automata_digest is not None:
+        states = [a.nstates for a in (*ruleset.file_automata, *ruleset.process_automata)]
+        lines.append(f"matchPatterns automata: {len(states)} ({sum(states)} states), {ruleset.automata_digest}")
     lines.append(f"digest: {ruleset.digest}")
     return "\n".join(lines)
