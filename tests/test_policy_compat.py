@@ -15,7 +15,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from bpf.policy import yaml_loader
 from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, compile
 from bpf.policy.files import load_policy_paths
-from bpf.policy.model import CONTAINER_NAME_LABEL, Policy, PolicyError, Problem, Selector, container_name_list
+from bpf.policy.glob import Verdict, combine
+from bpf.policy.model import CONTAINER_NAME_LABEL, Action, Policy, PolicyError, Problem, Selector, container_name_list
 from bpf.policy.ruleset import RuleSet, RuleSetFormatError, RuleSetOrderError
 from bpf.policy.yaml_loader import parse_policy_text
 from initdata.errors import ConfigError
@@ -255,7 +256,7 @@ def test_supervisor_summary_carries_the_warnings() -> None:
 
 
 @pytest.mark.parametrize("name", ["pts-allow", "allowedargs-allow", "presets-block", "dns-block", "apparmor",
-                                  "execname-block", "process-path-and-execname"])
+                                  "execname-fromsource", "process-path-and-execname"])
 def test_refused_with_the_reason(name: str) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy_paths([COMPAT / f"{name}.yaml"])
@@ -266,6 +267,40 @@ def test_refused_with_the_reason(name: str) -> None:
 def test_execname_must_be_a_name() -> None:
     problems = problems_of(HEAD + "  process:\n    matchPaths:\n    - execname: /bin/sh\n")
     assert "not an executable name" in problems[0].message
+
+
+def _process_verdict(ruleset: RuleSet, path: bytes) -> Verdict | None:
+    verdicts = [v for v in (a.run(path) for a in ruleset.process_automata) if v is not None]
+    return combine(verdicts) if verdicts else None
+
+
+def test_execname_is_the_name_at_any_path() -> None:
+    # KubeArmor compares the executed file's name (d_name): /NAME at any depth, the whole last component.
+    ruleset = compile([compat("execname-block")], ContainerScope("web", {"app": "web"}))
+    assert sorted(r.pattern for r in ruleset.process_patterns) == ["/**/apt", "/apt"]
+    assert all(r.action is Action.BLOCK for r in ruleset.process_patterns)
+    for path in (b"/usr/bin/apt", b"/apt", b"/opt/x/y/apt"):
+        verdict = _process_verdict(ruleset, path)
+        assert verdict is not None and all(o.action == 3 for o in verdict.outcomes), path  # Block, every operation
+    for path in (b"/usr/bin/aptitude", b"/usr/bin/xapt", b"/usr/bin/apt/x", b"/usr/bin/apt-get"):
+        assert _process_verdict(ruleset, path) is None, path
+
+
+def test_execname_glob_characters_are_literal() -> None:
+    (policy,) = parse_policy_text(HEAD + "  process:\n    matchPaths:\n    - execname: 'a*[b]'\n      ownerOnly: true\n"
+                                  "  action: Audit\n", origin="t.yaml")
+    assert [(p.pattern, p.owner_only, p.action) for p in policy.process_patterns] == [
+        ("/a\\*\\[b\\]", True, Action.AUDIT), ("/**/a\\*\\[b\\]", True, Action.AUDIT)]
+    ruleset = compile([policy], ContainerScope("web", {"app": "web"}))
+    assert _process_verdict(ruleset, b"/usr/bin/a*[b]") is not None
+    assert _process_verdict(ruleset, b"/usr/bin/axb") is None and _process_verdict(ruleset, b"/a*b") is None
+
+
+def test_execname_with_from_source_is_refused() -> None:
+    (problem,) = problems_of(HEAD + "  process:\n    matchPaths:\n    - execname: apt\n      fromSource:\n"
+                                    "      - path: /bin/bash\n")
+    assert (problem.line, problem.field) == (13, "spec.process.matchPaths[0].fromSource")
+    assert "patterns have no fromSource" in problem.message
 
 
 def test_null_spec_is_an_empty_policy() -> None:

@@ -7,10 +7,11 @@ a rule that silently is not enforced. Every problem is reported as `FILE:LINE: f
 What is accepted (KubeArmor CRD, `deployments/CRD/KubeArmor{,Host}Policy.yaml`; README "KubeArmor
 compatibility" has the table, field by field):
 - `spec.process` / `spec.file`: `matchPaths` {path, ownerOnly, fromSource[{path}]} (process rules may give
-  `execname` instead of `path`), `matchDirectories` {dir, recursive, ownerOnly, fromSource}, `matchPatterns`
-  {pattern, ownerOnly} (AppArmor globs, checked by bpf.policy.glob.parse: a pattern the engine cannot
-  enforce as written is refused with the reason), and `readOnly` on file rules; `pts` and `allowedArgs` as
-  below.
+  `execname`, the executable's name at any path, instead of `path`: compiled into the process patterns
+  `/NAME` and `/**/NAME`, so without fromSource), `matchDirectories` {dir, recursive, ownerOnly,
+  fromSource}, `matchPatterns` {pattern, ownerOnly} (AppArmor globs, checked by bpf.policy.glob.parse: a
+  pattern the engine cannot enforce as written is refused with the reason), and `readOnly` on file rules;
+  `pts` and `allowedArgs` as below.
 - `spec.network.matchProtocols` {protocol, fromSource}; `spec.capabilities.matchCapabilities`
   {capability, fromSource}. Host policies must give `fromSource` for both, as the host CRD requires.
 - `action`, `severity`, `tags`, `message` at spec, section and rule level. Each rule takes the innermost
@@ -27,7 +28,7 @@ ignoring it would weaken a Block or widen an Allow (that is refused, with the re
 - a null or absent `spec`: the policy has nothing to enforce.
 
 Refused although the CRD has them, each with a message saying why:
-- `execname` (the pattern of an executable's name, `/**/NAME`): not yet compiled into patterns.
+- `fromSource` on an `execname` rule (patterns have no source: the rule would apply to every process).
 - `apparmor` (its deny rules would be dropped), `presets` and `matchDNSQueries` with action Block or
   Allow, `pts: true` and `allowedArgs` on an Allow rule, `device`: ignoring any of them would let through
   what the policy stops.
@@ -86,6 +87,7 @@ _UNSUPPORTED_WHY: Final[Mapping[str, str]] = {
 # KubeArmor's preset names (KubeArmor pkg/KubeArmorController/api/security.kubearmor.com/v1/common.go).
 PRESETS: Final = frozenset({"filelessExec", "protectEnv", "exec", "protectProc"})
 _EXECNAME = re.compile(r"[^/]+")  # the CRD's MatchBinType pattern, ^[^\/]+$
+_GLOB_SPECIAL: Final = frozenset("*?[]{},\\")  # escaped with '\\' when an execname becomes a pattern
 # What each narrowing field makes a rule depend on, which warden cannot check.
 _NARROWING_WHY: Final[Mapping[str, str]] = {
     "pts": "controlling terminal",
@@ -455,19 +457,19 @@ class DocumentReader(NodeReader):
         flags = frozenset({"ownerOnly", "fromSource", "pts", "readOnly"} if file
                           else {"ownerOnly", "fromSource", "pts"})
         rules: list[PathMatch] = []
+        patterns: list[PatternMatch] = []
         for i, item in enumerate(self.sequence(section["matchPaths"], f"{where}.matchPaths")
                                  if "matchPaths" in section else []):
             here = f"{where}.matchPaths[{i}]"
             if file:
                 rules.extend(self.path_rule(item, here, defaults, "path", flags, directory=False))
-            else:  # process: the executable's path, or its name (execname), and allowedArgs
+            else:  # process: the executable's path, or its name (execname, compiled into patterns)
                 rules.extend(self.path_rule(item, here, defaults, "path", flags | {"execname", "allowedArgs"},
-                                            directory=False))
+                                            directory=False, by_name=patterns))
         for i, item in enumerate(self.sequence(section["matchDirectories"], f"{where}.matchDirectories")
                                  if "matchDirectories" in section else []):
             here = f"{where}.matchDirectories[{i}]"
             rules.extend(self.path_rule(item, here, defaults, "dir", flags | {"recursive"}, directory=True))
-        patterns: list[PatternMatch] = []
         for i, item in enumerate(self.sequence(section["matchPatterns"], f"{where}.matchPatterns")
                                  if "matchPatterns" in section else []):
             pattern = self.pattern_rule(item, f"{where}.matchPatterns[{i}]", defaults, file=file)
@@ -476,12 +478,14 @@ class DocumentReader(NodeReader):
         return tuple(rules), tuple(patterns)
 
     def path_rule(self, node: Node, where: str, outer: _Defaults, key: str, flags: frozenset[str], *,
-                  directory: bool) -> list[PathMatch]:
-        by_name = "execname" in flags
-        item = self.mapping(node, where, flags | {key} | _ALERT_FIELDS, required=() if by_name else (key,))
+                  directory: bool, by_name: list[PatternMatch] | None = None) -> list[PathMatch]:
+        """One matchPaths or matchDirectories rule. With `by_name` (process matchPaths), the rule may give
+        `execname` instead of `path`: its patterns are appended to `by_name`, and no PathMatch returned."""
+        item = self.mapping(node, where, flags | {key} | _ALERT_FIELDS,
+                            required=() if by_name is not None else (key,))
         if item is None:
             return []
-        if by_name and ("execname" in item) == (key in item):
+        if by_name is not None and ("execname" in item) == (key in item):
             # The CRD makes neither required; a rule needs exactly one object.
             self.problem(node, f"{where}.{key}", "give exactly one of path and execname")
             return []
@@ -492,8 +496,10 @@ class DocumentReader(NodeReader):
         recursive = self.flag(item, "recursive", where)
         sources = self.sources(item, where, required=False)
         narrowing_ok = self.narrowing_fields(item, where, defaults.action)
-        if "execname" in item:
-            self.execname_rule(item["execname"], f"{where}.execname")
+        if "execname" in item and by_name is not None:
+            patterns = self.execname_patterns(item, where, defaults, owner_only)
+            if patterns is not None and sources is not None and narrowing_ok:
+                by_name.extend(patterns)
             return []
         if path is None or sources is None or None in (owner_only, read_only, recursive) or not narrowing_ok:
             return []
@@ -531,20 +537,38 @@ class DocumentReader(NodeReader):
                                             f"rule covers more than written, never less")
         return ok
 
-    def execname_rule(self, node: Node, where: str) -> None:
-        """`execname`: the executable's name, at any path (KubeArmor's BPF enforcer looks the executed
-        file's d_name up; the CRD pattern is ^[^/]+$). That is the process pattern of the paths whose last
-        component is the name, so it is enforced by the matchPatterns engine; until that engine is part of
-        this build the rule is refused, never dropped."""
-        name = self.string(node, where)
+    def execname_patterns(self, item: Mapping[str, Node], where: str, defaults: _Defaults,
+                          owner_only: bool | None) -> tuple[PatternMatch, ...] | None:
+        """`execname`: the executable's name, at any path (KubeArmor's BPF enforcer compares the executed
+        file's d_name; the CRD pattern is ^[^/]+$). That is the set of paths whose last component is the
+        name: the process patterns `/NAME` and `/**/NAME` (a whole-component `**` needs one byte, so the
+        second does not match `/NAME` itself), with the glob's special characters in NAME escaped. One
+        pattern `/{,**/}NAME` would also match `//NAME` (the `**` inside a group may be empty). Patterns
+        carry no fromSource, so `fromSource` on an execname rule is refused, never dropped. None after a
+        problem."""
+        node = item["execname"]
+        name = self.string(node, f"{where}.execname")
         if name is None:
-            return
+            return None
         if _EXECNAME.fullmatch(name) is None or name in (".", ".."):
-            self.problem(node, where, f"{name!r} is not an executable name (no '/', not '.' or '..')")
-            return
-        self.problem(node, where,
-                     f"execname {name!r} (any executable named so, at any path) needs the matchPatterns engine, "
-                     f"which this build does not have; give the absolute path with path")
+            self.problem(node, f"{where}.execname", f"{name!r} is not an executable name (no '/', not '.' or '..')")
+            return None
+        if "fromSource" in item:
+            self.problem(item["fromSource"], f"{where}.fromSource",
+                         f"execname {name!r} is enforced as a pattern, and patterns have no fromSource; "
+                         f"ignoring it would apply the rule to every process (give the absolute path with path)")
+            return None
+        escaped = "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)
+        texts = (f"/{escaped}", f"/**/{escaped}")
+        for text in texts:
+            try:
+                parse(text)
+            except PatternError as exc:
+                self.problem(node, f"{where}.execname", f"execname enforced as a pattern: {exc}")
+                return None
+        if owner_only is None:
+            return None
+        return tuple(PatternMatch(text, False, owner_only, defaults.action, defaults.alert()) for text in texts)
 
     def flag(self, item: Mapping[str, Node], key: str, where: str) -> bool | None:
         if key not in item:
