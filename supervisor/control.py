@@ -27,6 +27,7 @@ import re
 import socket
 import socketserver
 import stat
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -181,6 +182,10 @@ def _read_line(conn: socket.socket, buffer: bytearray) -> bytes | None:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    # listen(2)'s backlog: connections the kernel queues before the accept thread takes them. socketserver's
+    # default, 5, is less than a burst of hooks and status calls; a burst up to MAX_CONNECTIONS queues, and
+    # a client finding the queue full waits for room (see `connect`) instead of failing.
+    request_queue_size = MAX_CONNECTIONS
     request_handler: RequestHandler
     slots: threading.BoundedSemaphore
 
@@ -280,15 +285,36 @@ class ControlUnavailable(Exception):
     """Nothing listens on the control socket (the supervisor is not running)."""
 
 
-def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = READ_TIMEOUT_S) -> dict[str, Any]:
-    """Send one request, return the parsed reply object. ControlUnavailable if nobody listens."""
-    line = message if isinstance(message, bytes) else json.dumps(dict(message)).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
-        conn.settimeout(timeout)
+def connect(path: Path, timeout: float) -> socket.socket:
+    """A socket connected to the control socket at `path`, waiting up to `timeout` seconds for room in the
+    listener's queue; then the socket has `timeout` for each send and receive.
+
+    connect(2) on AF_UNIX does not complete asynchronously: on a non-blocking socket (what settimeout()
+    makes) it fails at once with EAGAIN while the listener's queue is full, as it is for a moment when
+    several clients connect before the accept thread runs. A blocking connect waits for room, bounded by
+    SO_SNDTIMEO (net/unix/af_unix.c unix_stream_connect)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        seconds = int(timeout)  # a zero timeval would mean "wait forever": at least 1 µs
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("@ll", seconds, max(1, int((timeout - seconds) * 1_000_000))))
         try:
             conn.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ControlUnavailable(f"{path}: nothing listening ({exc.strerror})") from None
+        except BlockingIOError:
+            raise ControlUnavailable(f"{path}: the supervisor's queue stayed full for {timeout:g}s") from None
+        conn.settimeout(timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = READ_TIMEOUT_S) -> dict[str, Any]:
+    """Send one request, return the parsed reply object. ControlUnavailable if nobody listens."""
+    line = message if isinstance(message, bytes) else json.dumps(dict(message)).encode()
+    with connect(path, timeout) as conn:
         conn.sendall(line.rstrip(b"\n") + b"\n")
         buffer = bytearray()
         while b"\n" not in buffer:
