@@ -286,6 +286,14 @@ def test_execname_is_the_name_at_any_path() -> None:
         assert _process_verdict(ruleset, path) is None, path
 
 
+def test_policy_check_counts_pattern_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [str(COMPAT / f"{n}.yaml") for n in ("match-patterns", "execname-block")]
+    assert cli_main(["policy", "check", *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("KubeArmorPolicy match-patterns (no namespace): 1 rule")
+    assert lines[1].endswith("KubeArmorPolicy execname-block (no namespace): 2 rules")  # /apt and /**/apt
+
+
 def test_execname_glob_characters_are_literal() -> None:
     (policy,) = parse_policy_text(HEAD + "  process:\n    matchPaths:\n    - execname: 'a*[b]'\n      ownerOnly: true\n"
                                   "  action: Audit\n", origin="t.yaml")

@@ -298,7 +298,8 @@ class Policy:
 
     @property
     def rule_count(self) -> int:
-        return len(self.process) + len(self.file) + len(self.network) + len(self.capabilities)
+        return (len(self.process) + len(self.file) + len(self.network) + len(self.capabilities)
+                + len(self.file_patterns) + len(self.process_patterns))
 
     def warning_summary(self) -> str | None:
         """`KIND NAME: accepted, not enforced as written: ...` or None; no file name, so that a RuleSet

@@ -79,6 +79,7 @@ echo k > /srv/a/b/server.key; echo k > /srv/a/b/server.keys; echo k > /srv/top.k
 echo t > /srv/cache/1a.tmp; echo t > /srv/cache/a1.tmp
 for n in my-telnet-server-x telnet-client; do cp /bin/true /usr/local/bin/$n; done
 for n in nc ncat netcat; do cp /bin/true /opt/tools/$n; done
+for d in / /opt/tools/ /srv/a/b/; do cp /bin/true ${d}xname-blocked; cp /bin/true ${d}xname-blocked2; done
 """
 
 
@@ -183,6 +184,20 @@ def test_own_process_patterns(guest: GuestVM, loaded: dict[str, Any], containers
     assert ("own-process-block", "/usr/local/bin/my-telnet-server-x", "Block") in seen
     assert ("own-process-block", "/opt/tools/ncat", "Block") in seen
     assert any(p == "own-process-audit" and r.endswith("/chmod") and a == "Audit" for p, r, a in seen), seen
+
+
+def test_execname(guest: GuestVM, loaded: dict[str, Any], containers: dict[str, int]) -> None:
+    # execname xname-blocked: the name at any depth, the root's directory included; not a longer name.
+    pid = containers["pat-own"]
+    for binary in ("/xname-blocked", "/opt/tools/xname-blocked", "/srv/a/b/xname-blocked"):
+        code, out = in_container(guest, pid, binary)
+        assert code != 0 and "Permission denied" in out, (binary, out)
+    for binary in ("/xname-blocked2", "/opt/tools/xname-blocked2"):
+        assert in_container(guest, pid, binary)[0] == 0, binary
+    assert guest.run("/opt/tools/xname-blocked").returncode == 0  # not in the container
+    seen = {(a["PolicyName"], a["Resource"], a["Action"]) for a in alerts(guest) if a["ContainerName"] == "pat-own"}
+    assert ("own-process-execname", "/xname-blocked", "Block") in seen
+    assert ("own-process-execname", "/srv/a/b/xname-blocked", "Block") in seen
 
 
 def test_corpus_policies(guest: GuestVM, loaded: dict[str, Any], containers: dict[str, int]) -> None:
