@@ -118,7 +118,11 @@ def loaded(guest: GuestVM, containers: dict[str, int]) -> dict[str, Any]:
         mnt_ns = int(guest.run(f"stat -Lc %i /proc/{pid}/ns/mnt", check=True).stdout)
         spec.append({"name": name, "labels": labels, "pid_ns": pid_ns, "mnt_ns": mnt_ns})
     script = guest.write_shared("patterns-loader.py", LOADER)
-    done = guest.run(f"cd {REPO_ROOT} && {guest.venv_python} {script} '{json.dumps(spec)}' {' '.join(paths)}",
+    # WARDEN_BPF_DIR (bpf.kernel.objects) reaches the guest's engine too: how a deliberately broken build
+    # is shown to fail these tests.
+    objects = os.environ.get("WARDEN_BPF_DIR")
+    env = f"WARDEN_BPF_DIR={objects} " if objects else ""
+    done = guest.run(f"cd {REPO_ROOT} && {env}{guest.venv_python} {script} '{json.dumps(spec)}' {' '.join(paths)}",
                      timeout=300)
     if done.returncode != 0:  # name the verifier's complaint, which the engine's one line may not hold
         why = guest.run(f"for o in file_guard exec_guard; do bpftool -d prog loadall {REPO_ROOT}/build/bpf/$o.bpf.o "
