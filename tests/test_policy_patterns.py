@@ -227,7 +227,7 @@ def test_own_policies_compile_into_a_ruleset_with_an_automata_digest() -> None:
     policies = load_policy_paths([OWN])
     ruleset = compile(policies, ContainerScope("pat-own"))
     assert [r.pattern for r in ruleset.file_patterns] == sorted(r.pattern for r in ruleset.file_patterns)
-    assert len(ruleset.file_patterns) == 4 and len(ruleset.process_patterns) == 3
+    assert len(ruleset.file_patterns) == 4 and len(ruleset.process_patterns) == 5  # 3 + execname's /NAME, /**/NAME
     assert ruleset.automata_digest and ruleset.automata_digest.startswith("sha256:")
     text = ruleset.to_json()
     assert '"automata":' in text and RuleSet.from_json(text) == ruleset
