@@ -44,6 +44,8 @@ host-deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	@# Policies are read with libyaml only (bpf/policy/yaml_loader.py): fail here, not at the first policy.
+	$(VENV)/bin/python -c 'import sys, yaml; sys.exit(0 if yaml.__with_libyaml__ else "PyYAML was installed without libyaml; warden needs it to read policies")'
 	touch $@
 
 bpf: $(BPF_OBJ) $(FIXTURE_OBJ)

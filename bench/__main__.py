@@ -3,7 +3,9 @@
 1. Syscall cost (bench/syscalls.py, C loop bench/microbench.c): open+close, fork+exec+wait and
    socket+close with no LSM programs, the floor (an always-allow program on each hook warden uses,
    bench/bpf/bench_floor.bpf.c: the cost of any BPF-LSM program there, inflated under TCG), warden with 10
-   and with 10,000 rules, and the same rules as an AppArmor profile (bench/rules.py, bench/compare.py).
+   and with 10,000 rules, and the same rules as an AppArmor profile (bench/rules.py, bench/compare.py);
+   warden's 10 rules plus 10 and plus 1,000 matchPatterns (bench/rules.py PatternRules), and the compile
+   time of the 1,000 patterns, on the host and in the guest's engine load.
 2. Loading: the shipped CO-RE object against bcc's compile-at-boot of the same program.
 3. The real supervisor (bench/startup.py): warden.service under systemd, start to READY split into
    self-protection, gate and enforcement, fresh and adopting; kill -9 to READY with a probe reading a
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 
 from bench import report
 from bench.compare import build_microbench, compare_loads, load_apparmor_profiles
-from bench.rules import COUNTS, PREPARE_TREE
+from bench.rules import COUNTS, PATTERN_COUNTS, PREPARE_TREE, PatternRules
 from bench.startup import image_files, measure_service
 from bench.syscalls import CONFIGS, ITERATIONS, OPS, ROUNDS, SyscallSamples, run_rounds
 from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
@@ -85,7 +87,25 @@ def syscall_results(samples: SyscallSamples, rounds: int) -> dict[str, Any]:
                                      for n in COUNTS},
         "ratio_10000_vs_10": {kind: {op: ns[f"{kind}-10000"][op] / ns[f"{kind}-10"][op] for op in OPS}
                               for kind in ("warden", "apparmor")},
+        "ratio_patterns_vs_exact": {str(n): {op: ns[f"warden-patterns-{n}"][op] / ns["warden-10"][op] for op in OPS}
+                                    for n in PATTERN_COUNTS},
     }
+
+
+def pattern_compile_s() -> dict[str, Any]:
+    """Host seconds to compile PatternRules(1000) into its RuleSet and automata, and their size."""
+    from bpf.kernel.maps import SCOPE_ANY_CONTAINER, encode_scope
+    from bpf.policy.compiler import AnyContainerScope, compile
+    from bpf.policy.yaml_loader import parse_policy_text
+
+    n = max(PATTERN_COUNTS)
+    policies = parse_policy_text(PatternRules(n).kubearmor(), origin=f"{PatternRules(n).name}.yaml")
+    started = time.monotonic()
+    ruleset = compile(policies, AnyContainerScope())
+    automata = ruleset.file_automata
+    encode_scope(SCOPE_ANY_CONTAINER, ruleset)
+    return {"patterns": n, "host_compile_s": time.monotonic() - started, "automata": len(automata),
+            "states": [a.nstates for a in automata], "classes": [a.nclasses for a in automata]}
 
 
 def engine_results(samples: SyscallSamples) -> dict[str, Any]:
@@ -94,6 +114,7 @@ def engine_results(samples: SyscallSamples) -> dict[str, Any]:
         "swap_10_to_10000_s_median": statistics.median(t["total"] for t in samples.engine_swap_s),
         "fresh_load_timings_s": samples.engine_fresh_s,
         "swap_timings_s": samples.engine_swap_s,
+        "patterns_swap_timings_s": samples.patterns_swap_s,
         "rule_counts_10000": samples.rule_counts,
     }
 
@@ -118,6 +139,8 @@ def measure(vm: GuestVM, run: Run) -> dict[str, Any]:
         "syscalls": syscall_results(samples, ROUNDS),
         "engine": engine_results(samples),
         "apparmor_profile_load_s": {str(k): v for k, v in aa_load.items()},
+        "patterns": {**pattern_compile_s(),
+                     "guest_compile_s_median": statistics.median(t["compile"] for t in samples.patterns_swap_s)},
         "load_comparison": loads.to_json(),
         "service": service.to_json(),
     }

@@ -146,8 +146,26 @@ def memory_section(results: dict[str, Any]) -> Section:
     return Section("Resident memory", ("process", "VmRSS"), rows)
 
 
+def patterns_section(results: dict[str, Any]) -> Section:
+    """open+close with warden's 10 rules, plus 10 and plus 1,000 matchPatterns (same rounds as above)."""
+    sc, pat = results["syscalls"], results["patterns"]
+    rows: list[tuple[str, ...]] = []
+    for config, label in (("warden-10", "10 rules"), ("warden-patterns-10", "10 rules + 10 patterns"),
+                          ("warden-patterns-1000", "10 rules + 1,000 patterns")):
+        ratio = sc["ns_median"][config]["open"] / sc["ns_median"]["warden-10"]["open"]
+        rows.append((label, f"{sc['ns_median'][config]['open'] / 1000:,.1f}", spread(sc["ns_samples"][config]["open"]),
+                     f"{ratio:.2f}x"))
+    return Section(f"matchPatterns, open+close (us/op, median of {sc['rounds']} rounds); compiling "
+                   f"{pat['patterns']:,} patterns: {pat['host_compile_s']:.2f} s on the host, "
+                   f"{pat['guest_compile_s_median']:.2f} s in the guest's engine load, "
+                   f"{pat['automata']} automaton/automata of {pat['states']} states",
+                   ("configuration", "us/op", "rounds' spread", "vs 10 rules"), rows)
+
+
 def sections(results: dict[str, Any]) -> list[Section]:
-    return [syscall_section(results), startup_section(results), load_section(results), memory_section(results)]
+    extra = [patterns_section(results)] if "patterns" in results else []
+    return [syscall_section(results), *extra, startup_section(results), load_section(results),
+            memory_section(results)]
 
 
 def machine_line(results: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ BLOCKED_FILE = f"{TREE}/a/b/c/x0"  # a Block rule: the kill -9 probe reads it
 EXEC_BINARY = f"{TREE}/bin/true"  # executed by `microbench exec`
 BLOCKED_BINARY = f"{TREE}/bin/x0"  # a Block rule: proves the process rules are enforced
 COUNTS = (10, 10_000)
+PATTERN_COUNTS = (10, 1_000)  # matchPatterns beside BenchRules(10)'s exact rules
 
 PREPARE_TREE = (
     f"mkdir -p {TREE}/a/b/c {TREE}/bin && echo data > {TARGET} && echo secret > {BLOCKED_FILE} "
@@ -71,3 +72,24 @@ class BenchRules:
         return (f"profile {self.name} flags=(attach_disconnected) {{\n  /** rwlkmix,\n  capability,\n"
                 f"  network,\n  deny network raw,\n  mount,\n  umount,\n  signal,\n  ptrace,\n  unix,\n"
                 f"{body}\n}}\n")
+
+
+@dataclass(frozen=True)
+class PatternRules:
+    """BenchRules(10) plus `count` file matchPatterns that TARGET's opens walk but never match: half
+    `/**/secret<i>.key` (no literal prefix: every automaton walks the whole path), half
+    `TREE/a/b/c/x<i>*.tmp` (sharing TARGET's directory, so the walk reaches the last component)."""
+
+    count: int
+
+    @property
+    def name(self) -> str:
+        return f"bench-patterns-{self.count}"
+
+    def patterns(self) -> list[str]:
+        return [f"/**/secret{i}.key" if i % 2 == 0 else f"{TREE}/a/b/c/x{i}*.tmp" for i in range(self.count)]
+
+    def kubearmor(self) -> str:
+        items = "".join(f"\n      - pattern: {p}" for p in self.patterns())
+        exact = BenchRules(10).kubearmor().replace("name: bench-10", f"name: {self.name}")
+        return exact.replace("\n  process:", f"\n    matchPatterns:{items}\n  process:", 1)

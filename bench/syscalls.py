@@ -1,7 +1,8 @@
 """Syscall costs under each configuration, measured in interleaved rounds in one guest.
 
 Each round measures every configuration once, in the same order (none, AppArmor 10, AppArmor 10,000,
-floor, warden 10, warden 10,000), so slow drift of the emulated machine touches them all alike; the
+floor, warden 10, warden 10 + 10 matchPatterns, warden 10 + 1,000 matchPatterns, warden 10,000), so slow
+drift of the emulated machine touches them all alike; the
 report takes medians over rounds. Every run is `unshare -m`: an unregistered mount namespace, to which
 warden applies its any-container rules (the bench policy selects every container).
 """
@@ -16,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.compare import MICROBENCH
-from bench.rules import BLOCKED_BINARY, EXEC_BINARY, TARGET, BenchRules
+from bench.rules import BLOCKED_BINARY, EXEC_BINARY, PATTERN_COUNTS, TARGET, BenchRules, PatternRules
 from tests.guest.vm import REPO_ROOT, GuestVM
 
 OPS = ("open", "exec", "socket")
 ITERATIONS = {"open": 20_000, "exec": 100, "socket": 20_000}
-CONFIGS = ("none", "apparmor-10", "apparmor-10000", "floor", "warden-10", "warden-10000")
+CONFIGS = ("none", "apparmor-10", "apparmor-10000", "floor", "warden-10", "warden-patterns-10",
+           "warden-patterns-1000", "warden-10000")
 ROUNDS = 5
 BENCH_PIN_DIR = "/sys/fs/bpf/warden-bench"  # not warden.service's: the harness never touches its pins
 BENCH_STATE_DIR = "/run/warden-bench"
@@ -65,6 +67,7 @@ class SyscallSamples:
         default_factory=lambda: {c: {op: [] for op in OPS} for c in CONFIGS})
     engine_fresh_s: list[dict[str, float]] = field(default_factory=list)
     engine_swap_s: list[dict[str, float]] = field(default_factory=list)
+    patterns_swap_s: list[dict[str, float]] = field(default_factory=list)  # to 10 exact + 1,000 patterns
     rule_counts: dict[str, int] = field(default_factory=dict)
 
     def median(self, config: str, op: str) -> float:
@@ -88,10 +91,13 @@ class Harness:
     def __init__(self, vm: GuestVM) -> None:
         self.vm = vm
         self.apply_script = vm.write_shared("bench-apply.py", APPLY)
-        self.policies = {r.count: vm.write_shared(f"{r.name}.yaml", r.kubearmor())
-                         for r in (BenchRules(10), BenchRules(10_000))}
+        self.policies: dict[int | str, str] = {r.count: vm.write_shared(f"{r.name}.yaml", r.kubearmor())
+                                               for r in (BenchRules(10), BenchRules(10_000))}
+        self.policies.update({f"patterns-{n}": vm.write_shared(f"{PatternRules(n).name}.yaml",
+                                                               PatternRules(n).kubearmor())
+                              for n in PATTERN_COUNTS})
 
-    def apply(self, count: int) -> dict[str, Any]:
+    def apply(self, count: int | str) -> dict[str, Any]:
         out = self.vm.run(f"cd {REPO_ROOT} && {PY} {self.apply_script} {self.policies[count]}",
                           timeout=900, check=True)
         result: dict[str, Any] = json.loads(out.stdout)
@@ -133,6 +139,11 @@ def run_rounds(vm: GuestVM, rounds: int, progress: Callable[[str], None]) -> Sys
             raise RuntimeError(f"round {index}: expected a fresh engine load, got {fresh}")
         result.engine_fresh_s.append(timings(fresh))
         record(result, "warden-10", measure(vm))
+        for n in PATTERN_COUNTS:
+            swapped = harness.apply(f"patterns-{n}")
+            if n == max(PATTERN_COUNTS):
+                result.patterns_swap_s.append(timings(swapped))
+            record(result, f"warden-patterns-{n}", measure(vm))
         swap = harness.apply(10_000)
         result.engine_swap_s.append(timings(swap))
         result.rule_counts = {str(k): int(v) for k, v in swap["counts"].items()}

@@ -30,6 +30,9 @@ Top-level keys (snake_case, like the gate's):
     kbs_update:            poll a CDH resource for a newer bundle (KBS_UPDATE_KEYS), or null for none
     postures:              default postures for containers {file, network, capabilities}: allow|audit|block
     host_postures:         the same for the host scope
+    node_labels:           this VM's Kubernetes node labels {key: value}, or null (unknown): with a map,
+                           a host policy applies only when every nodeSelector.matchLabels entry is in it;
+                           null: every host policy applies (the VM is its only node)
     agent:                 the supervised agent (see AGENT_KEYS)
 """
 
@@ -72,6 +75,7 @@ KEYS: dict[str, str] = {
     "record_ruleset": "record the RuleSet digest in the attestation-agent event log",
     "postures": "container default postures: file, network, capabilities",
     "host_postures": "host default postures: file, network, capabilities",
+    "node_labels": "this VM's node labels for host policies' nodeSelector, or null (every host policy applies)",
     "agent": "the supervised agent",
     "kbs_update": "poll a Confidential Data Hub resource for a newer bundle (KBS_UPDATE_KEYS), or null",
 }
@@ -221,6 +225,8 @@ class WardenConfig:
     record_ruleset: bool = True
     postures: PostureConfig = field(default_factory=PostureConfig)
     host_postures: PostureConfig = field(default_factory=PostureConfig)
+    # Measured configuration, so trusted: which host policies select this VM (bpf.policy.compiler.HostScope).
+    node_labels: Mapping[str, str] | None = None
     agent: AgentConfig = field(default_factory=AgentConfig)
     kbs_update: KbsUpdateConfig | None = None
 
@@ -292,6 +298,17 @@ class _Reader:
             if posture not in POSTURE_VALUES:
                 raise self.fail(f"{key}.{name}", f"{posture!r} is not one of {', '.join(POSTURE_VALUES)}")
         return PostureConfig(**data)
+
+    def labels(self, value: Any, key: str) -> Mapping[str, str] | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a mapping of label names to values, or null")
+        for name, label in value.items():
+            if not isinstance(name, str) or not name or not isinstance(label, str):
+                raise self.fail(f"{key}.{name}", "labels are non-empty strings mapped to strings (quote yes/no, "
+                                                 "numbers)")
+        return dict(value)
 
     def command(self, value: Any, key: str) -> tuple[str, ...]:
         if (
@@ -430,6 +447,8 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
             out[name] = reader.boolean(value, name)
         elif name in ("postures", "host_postures"):
             out[name] = reader.postures(value, name)
+        elif name == "node_labels":
+            out[name] = reader.labels(value, name)
         elif name == "agent":
             out["agent"] = _agent(value if value is not None else {}, reader)
         elif name == "kbs_update":

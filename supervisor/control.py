@@ -198,6 +198,10 @@ def _read_line(conn: socket.socket, buffer: bytearray, *, deadline: float | None
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    # listen(2)'s backlog: connections the kernel queues before the accept thread takes them. socketserver's
+    # default, 5, is less than a burst of hooks and status calls; a burst up to MAX_CONNECTIONS queues, and
+    # a client finding the queue full waits for room (see `connect`) instead of failing.
+    request_queue_size = MAX_CONNECTIONS
     request_handler: RequestHandler
     slots: threading.BoundedSemaphore
     required_uid: int
@@ -310,6 +314,34 @@ class ControlUnavailable(Exception):
     """Nothing listens on the control socket (the supervisor is not running)."""
 
 
+def connect(path: Path, timeout: float) -> socket.socket:
+    """A socket connected to the control socket at `path`, waiting up to `timeout` seconds for room in the
+    listener's queue; then the socket has `timeout` for each send and receive.
+
+    connect(2) on AF_UNIX does not complete asynchronously: on a non-blocking socket (what settimeout()
+    makes) it fails at once with EAGAIN while the listener's queue is full, as it is for a moment when
+    several clients connect before the accept thread runs. A blocking connect waits for room, bounded by
+    SO_SNDTIMEO (net/unix/af_unix.c unix_stream_connect)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        seconds = int(timeout)  # a zero timeval would mean "wait forever": at least 1 µs
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("@ll", seconds, max(1, int((timeout - seconds) * 1_000_000))))
+        try:
+            conn.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlUnavailable(f"{path}: nothing listening ({exc.strerror})") from None
+        except PermissionError as exc:  # not root: the socket is 0600 in a 0700 directory
+            raise ControlUnavailable(f"{path}: cannot connect ({exc.strerror}); only root may") from None
+        except BlockingIOError:
+            raise ControlUnavailable(f"{path}: the supervisor's queue stayed full for {timeout:g}s") from None
+        conn.settimeout(timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = READ_TIMEOUT_S) -> dict[str, Any]:
     """Send one request, return the parsed reply object. ControlUnavailable if nobody listens.
 
@@ -325,14 +357,7 @@ def call(path: Path, message: Mapping[str, Any] | bytes, *, timeout: float = REA
             raise TimeoutError(f"{path}: no complete reply within {timeout:g}s")
         return left
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
-        conn.settimeout(remaining())
-        try:
-            conn.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlUnavailable(f"{path}: nothing listening ({exc.strerror})") from None
-        except PermissionError as exc:  # not root: the socket is 0600 in a 0700 directory
-            raise ControlUnavailable(f"{path}: cannot connect ({exc.strerror}); only root may") from None
+    with connect(path, timeout) as conn:
         conn.settimeout(remaining())
         conn.sendall(line.rstrip(b"\n") + b"\n")
         buffer = bytearray()

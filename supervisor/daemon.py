@@ -101,7 +101,7 @@ class AttestationDeadline(MeasurementUnavailable):
 def enforced_by_gate(verified: VerifiedPolicy, summary: LoadSummary) -> Enforced:
     """What is enforced once the engine holds a bundle the gate (or a reload) accepted."""
     return Enforced(EnforcedOrigin.GATE, verified.bundle_version, verified.bundle_digest, summary.ruleset_digest,
-                    adopted=summary.adopted)
+                    adopted=summary.adopted, policy_warnings=summary.policy_warnings)
 
 
 class Supervisor:
@@ -220,8 +220,13 @@ class Supervisor:
         assert engine is not None
         container, host = self.config.postures, self.config.host_postures
         with self._lock:
-            return engine.load(policies, postures_from(container.file, container.network, container.capabilities),
-                               postures_from(host.file, host.network, host.capabilities))
+            summary = engine.load(policies, postures_from(container.file, container.network, container.capabilities),
+                                  postures_from(host.file, host.network, host.capabilities),
+                                  node_labels=self.config.node_labels)
+        for line in summary.policy_warnings:
+            # Nothing accepted is silently not enforced: say so where the operator looks.
+            log.warning("policy %s", line)
+        return summary
 
     def _something_enforced(self) -> bool:
         """Whether an earlier instance left pinned enforcement (which must not be replaced by the baseline)."""
@@ -252,7 +257,7 @@ class Supervisor:
             else:
                 version, digest = baseline.payload.version, baseline.payload.digest
                 self.state.enforced = Enforced(EnforcedOrigin.BASELINE, version, digest, summary.ruleset_digest,
-                                               adopted=summary.adopted)
+                                               adopted=summary.adopted, policy_warnings=summary.policy_warnings)
                 self._set_status(f"NOT READY: gate refused: {error}; enforcing baseline bundle v{version} "
                                  f"({digest[:19]}) ruleset {summary.ruleset_digest[:19]}; {deadline}")
         self._sleep_unless_stopped(self.config.gate_failure_exit_s)

@@ -57,6 +57,8 @@ class LoadSummary:
     scope_digests: Mapping[str, str]
     adopted: bool  # every object's pinned links were kept (nothing loaded or attached)
     timings_s: Mapping[str, float]
+    # One line per loaded policy with fields accepted but not enforced as written (Policy.warning_summary).
+    policy_warnings: tuple[str, ...] = ()
 
 
 def enforced_digest(scope_digests: Mapping[str, str]) -> str:
@@ -65,10 +67,15 @@ def enforced_digest(scope_digests: Mapping[str, str]) -> str:
     return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
-def summarize(report: EngineReport) -> LoadSummary:
+def summarize(report: EngineReport, policies: Sequence[Policy] = ()) -> LoadSummary:
     return LoadSummary(ruleset_digest=enforced_digest(report.ruleset_digests),
                        scope_digests=dict(report.ruleset_digests), adopted=not report.loaded,
-                       timings_s=dict(report.timings_s))
+                       timings_s=dict(report.timings_s), policy_warnings=policy_warnings(policies))
+
+
+def policy_warnings(policies: Sequence[Policy]) -> tuple[str, ...]:
+    """What the policies say that is not enforced as written: one line per policy, in policy order."""
+    return tuple(w for p in policies if (w := p.warning_summary()) is not None)
 
 
 def shipped_objects() -> dict[str, str]:
@@ -136,15 +143,18 @@ class Enforcement:
         return (f"self-protection {'adopted' if report.adopted else 'loaded'}: {len(report.link_ids)} links, "
                 f"{report.protected_inodes} protected paths")
 
-    def load(self, policies: Sequence[Policy], postures: Postures, host_postures: Postures) -> LoadSummary:
-        """Enforce `policies` (load or adopt), then reserve write access to the engine's maps for warden."""
+    def load(self, policies: Sequence[Policy], postures: Postures, host_postures: Postures,
+             node_labels: Mapping[str, str] | None = None) -> LoadSummary:
+        """Enforce `policies` (load or adopt), then reserve write access to the engine's maps for warden.
+        `node_labels` (the configuration's, when known) decide which host policies select this VM."""
         try:
-            report = self.engine.load_or_adopt(policies, postures=postures, host_postures=host_postures)
+            report = self.engine.load_or_adopt(policies, postures=postures, host_postures=host_postures,
+                                               node_labels=node_labels)
             if self._guard is not None:
                 self._guard.protect_maps(self.engine.map_ids())
         except FAILURES as exc:
             raise EnforcementError(f"enforcement failed: {exc}") from None
-        return summarize(report)
+        return summarize(report, policies)
 
     def is_loaded(self) -> bool:
         """Whether pinned enforcement exists (left by this or an earlier instance)."""

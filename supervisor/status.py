@@ -46,6 +46,9 @@ class Enforced:
     bundle_digest: str | None
     ruleset_digest: str
     adopted: bool
+    # Fields the enforced policies give that are not enforced as written, one line per policy
+    # (bpf.policy.model.Policy.warning_summary); empty for KEPT (this instance never read those policies).
+    policy_warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -114,6 +117,7 @@ def status_document(
             # None: not asked to (record_ruleset off, or not the gate's bundle); False: not yet
             "recorded_in_aael": (aael["recorded"] if aael is not None and enforced.origin is EnforcedOrigin.GATE
                                  and aael["ruleset"] == enforced.ruleset_digest else None),
+            "policy_warnings": list(enforced.policy_warnings),
         },
         "aael": aael,
         "kbs_update": kbs,

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bpf.kernel import events, maps, self_protect
+from bpf.kernel import events, maps, patterns, self_protect
 from bpf.kernel.events import EVENT, EventContext, EventDecodeError, ScopeInfo, decode_event, parse_event
 from bpf.policy.compiler import AnyContainerScope, ContainerScope, compile
 from bpf.policy.files import load_policy_paths
+from bpf.policy.glob import MAX_AUTOMATA
 from bpf.policy.limits import MAX_PATH_DEPTH
 from bpf.policy.ruleset import RuleAlert
 from bpf.policy.yaml_loader import parse_policy_text
@@ -123,6 +124,10 @@ MIRRORED_VALUES: dict[str, int] = {
     "WARDEN_EV_TRUNCATED": events.EV_TRUNCATED,
     "WARDEN_EV_INCOMPLETE": events.EV_INCOMPLETE,
     "SELF_NAME_LEN": self_protect.NAME_LEN,
+    "WARDEN_SCOPE_PATTERNS": patterns.SCOPE_PATTERNS,
+    "WARDEN_PAT_MAX_AUTOMATA": MAX_AUTOMATA,
+    "WARDEN_PAT_CHUNK": patterns.CHUNK,
+    "WARDEN_PAT_POOL_CHUNKS": patterns.POOL_CHUNKS,
     "sizeof(struct warden_meta_key)": maps.META_KEY_SIZE,
     "sizeof(struct warden_meta_val)": maps.META_VAL_SIZE,
 }
@@ -180,6 +185,12 @@ MIRRORED_STRUCTS: dict[str, tuple[struct.Struct, list[str]]] = {
                                     "alert", "retval", "hook", "category", "action", "flags", "arg[0]", "arg[1]",
                                     "arg[2]", "arg[3]", "path_len", "source_len", "ns_tgid", "comm", "path",
                                     "source", "ns_ppid"]),
+    "warden_pat_key": (patterns.PAT_KEY, ["scope", "gen", "category", "automaton", "verdict"]),
+    "warden_pat_head": (patterns.HEAD, ["gen", "count"]),
+    "warden_pat_dfa": (patterns.DFA, ["base", "nstates", "width", "start", "pad", "pad2", "classes"]),
+    "warden_pat_verdict": (patterns.VERDICT, [*(f"alert[{i}]" for i in range(4)), *(f"action[{i}]" for i in range(4)),
+                                             "needs_owner"]),
+    "warden_pat_chunk": (patterns.CHUNK_VALUE, [f"cell[{i}]" for i in range(patterns.CHUNK)]),
     "self_config": (self_protect.SELF_CONFIG, ["unit_cgroup", "parent_cgroup", "pin_dir"]),
     "inode_key": (self_protect.INODE_KEY, ["ino", "dev", "pad"]),
     "self_event": (self_protect.SELF_EVENT, ["ts_ns", "attack", "pid", "uid", "target_pid", "detail", "pad",

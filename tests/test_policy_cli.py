@@ -39,11 +39,17 @@ def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_check_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "check", str(SEED), str(DATA / "examples")) == (0, "ok: 6 policies\n", "")
+    code, out, err = run(capsys, "check", str(SEED), str(DATA / "examples"))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[-1] == "ok: 6 policies" and len(lines) == 7
+    assert all(": KubeArmor" in line and line.endswith(("rule", "rules")) for line in lines[:-1])
 
 
 def test_check_one_policy_singular(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "check", str(SEED / "net-raw-block.yaml")) == (0, "ok: 1 policy\n", "")
+    path = SEED / "net-raw-block.yaml"
+    assert run(capsys, "check", str(path)) == (
+        0, f"{path}:3: KubeArmorPolicy net-raw-block (no namespace): 1 rule\nok: 1 policy\n", "")
 
 
 def test_check_reports_one_line_per_problem(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,7 +62,7 @@ def test_check_reports_one_line_per_problem(capsys: pytest.CaptureFixture[str]) 
         [f"{INVALID}:14", "spec.file.matchDirectories[0].dir"],
         [f"{INVALID}:17", "spec.network.matchProtocols[0].protocol"],
     ]
-    assert "not glob/regex patterns" in lines[0]
+    assert "is not absolute" in lines[0] and "regular expression" in lines[0]
 
 
 def test_check_missing_path_is_a_problem_naming_the_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -156,3 +162,15 @@ def test_registering_the_command_does_not_import_the_compiler() -> None:
              "print(sorted(m for m in sys.modules if m.startswith(('bpf', 'yaml'))))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_compile_shows_patterns_and_their_automata(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "compile", "--scope", "container:pat-own", str(DATA / "patterns"))
+    assert (code, err) == (0, "")
+    assert re.search(r"^  Block\s+pattern\s+/etc/\*hado\?\s+-\s+-\s+own-file-star-question-block", out, re.MULTILINE)
+    assert re.search(r"^  Block\s+pattern\s+/srv/data/secret_data\*\s+read-only,owner-only\s", out, re.MULTILINE)
+    assert re.search(r"^  Audit\s+pattern\s+/\*\*/chmod\s", out, re.MULTILINE)
+    assert re.search(r"^matchPatterns automata: 2 \(\d+ states\), sha256:[0-9a-f]{64}$", out, re.MULTILINE)
+    code, out, _ = run(capsys, "compile", "--json", "--scope", "container:pat-own", str(DATA / "patterns"))
+    data = json.loads(out)
+    assert data["automata"].startswith("sha256:") and len(data["file_patterns"]) == 4

@@ -28,7 +28,7 @@ from bpf.policy.model import (
     Selector,
     normalise_path,
 )
-from bpf.policy.yaml_loader import MAX_TEXT_BYTES, MAX_YAML_NODES, parse_policy_text
+from bpf.policy.yaml_loader import MAX_TEXT_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, parse_policy_text
 
 SEED = Path(__file__).parent / "data" / "policies" / "seed"
 NO_ALERT = AlertFields(None, (), None)
@@ -240,26 +240,35 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
     ("capability", {"capabilities": {"matchCapabilities": [{"capability": "bpf_everything"}]}},
      "spec.capabilities.matchCapabilities[0].capability", "unknown capability"),
     ("missing path", {"file": {"matchPaths": [{"readOnly": True}]}}, f"{R}.path", "is required"),
-    ("pattern", {"file": {"matchPatterns": [{"pattern": "/etc/*.conf"}]}}, "spec.file.matchPatterns[0].pattern",
-     "BPF-LSM engine matches exact paths and directory prefixes"),
+    ("relative pattern", {"file": {"matchPatterns": [{"pattern": "etc/*.conf"}]}}, "spec.file.matchPatterns[0].pattern",
+     "is not absolute"),
+    ("regex pattern", {"file": {"matchPatterns": [{"pattern": "^/proc/\\*/mem$"}]}},
+     "spec.file.matchPatterns[0].pattern", "looks like a regular expression"),
+    ("regex escape in a pattern", {"file": {"matchPatterns": [{"pattern": "/[a-z]+\\Wssh/"}]}},
+     "spec.file.matchPatterns[0].pattern", "'\\W' is not a glob escape"),
     ("pattern with other problems", {"file": {"matchPatterns": [{"pattern": "/a*", "severity": 99}]}},
-     "spec.file.matchPatterns[0].pattern", "cannot be enforced"),
-    ("process pattern", {"process": {"matchPatterns": [{"pattern": "/**/sh", "ownerOnly": True}]}},
-     "spec.process.matchPatterns[0].pattern", "cannot be enforced"),
-    ("syscalls", {"syscalls": {"matchSyscalls": [{"syscall": ["unlink"]}]}}, "spec.syscalls", "not supported"),
-    ("execname", {"process": {"matchPaths": [{"execname": "sh"}]}}, "spec.process.matchPaths[0].execname",
-     "not supported"),
-    ("dns", {"network": {"matchDNSQueries": [{"domain": "x.io"}]}}, "spec.network.matchDNSQueries",
-     "not supported"),
+     "spec.file.matchPatterns[0].severity", "must be 1 to 10"),
+    ("process pattern unclosed", {"process": {"matchPatterns": [{"pattern": "/**/{sh,bash", "ownerOnly": True}]}},
+     "spec.process.matchPatterns[0].pattern", "'{' is never closed"),
+    ("process pattern readOnly", {"process": {"matchPatterns": [{"pattern": "/**/sh", "readOnly": True}]}},
+     "spec.process.matchPatterns[0].readOnly", "unknown field"),
+    ("syscall name", {"syscalls": {"matchSyscalls": [{"syscall": ["unlinkk"]}]}},
+     "spec.syscalls.matchSyscalls[0].syscall[0]", "unknown syscall 'unlinkk'"),
+    ("execname fromSource", {"process": {"matchPaths": [{"execname": "sh", "fromSource": [{"path": "/bin/x"}]}]}},
+     "spec.process.matchPaths[0].fromSource", "patterns have no fromSource"),
+    ("execname too long", {"process": {"matchPaths": [{"execname": "x" * 252}]}},
+     "spec.process.matchPaths[0].execname", "the engine's limit is 255"),
+    ("dns", {"network": {"matchDNSQueries": [{"domain": "x.io"}]}}, "spec.network.matchDNSQueries[0].domain",
+     "ignoring a Block rule for 'x.io' would let through what it stops"),
     ("no rules", {"action": "Block"}, "spec", "no rules"),
     ("empty selector", {"selector": {}, "file": {"matchPaths": [{"path": "/a"}]}}, "spec.selector",
      "matchLabels or matchExpressions"),
     ("bad regex", {"selector": {"matchLabels": {"kubearmor.io/container.name": "(["}},
                    "file": {"matchPaths": [{"path": "/a"}]}}, "spec.selector.matchLabels.kubearmor.io/container.name",
      "regular expression"),
-    ("bracketed container list", {"selector": {"matchLabels": {"kubearmor.io/container.name": "[web, db]"}},
-                                  "file": {"matchPaths": [{"path": "/a"}]}},
-     "spec.selector.matchLabels.kubearmor.io/container.name", "not supported; write the regex 'web|db'"),
+    ("regex in a container list", {"selector": {"matchLabels": {"kubearmor.io/container.name": "[web, d.*]"}},
+                                   "file": {"matchPaths": [{"path": "/a"}]}},
+     "spec.selector.matchLabels.kubearmor.io/container.name", "'d.*' in the container list"),
     ("label not string", {"selector": {"matchLabels": {"version": 2}}, "file": {"matchPaths": [{"path": "/a"}]}},
      "spec.selector.matchLabels.version", "must be a string"),
     ("expression key", {"selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a=b"]}]},
@@ -440,8 +449,12 @@ def test_oversized_by_utf8_bytes_not_characters() -> None:
 
 
 def test_deep_nesting_refused_without_recursion_error() -> None:
-    problems = problems_of("a: " + "[" * 5000 + "]" * 5000 + "\n")
-    assert "nested deeper" in problems[0].message
+    # Past MAX_YAML_DEPTH the composer refuses; far past it libyaml's own nesting limit refuses first.
+    problems = problems_of("a: " + "[" * (MAX_YAML_DEPTH + 5) + "]" * (MAX_YAML_DEPTH + 5) + "\n")
+    assert f"nested deeper than {MAX_YAML_DEPTH}" in problems[0].message
+    (problem,) = problems_of("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert (problem.line, problem.field) == (1, "yaml")
+    assert "nesting depth" in problem.message
 
 
 def test_node_count_bounded() -> None:

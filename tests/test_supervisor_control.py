@@ -155,6 +155,44 @@ def test_concurrent_clients(server: tuple[Path, Recorder]) -> None:
     assert results == [True] * 8
 
 
+def test_a_burst_of_clients_queues_before_the_accept_thread_runs(tmp_path: Path) -> None:
+    # What made test_concurrent_clients fail under load: clients connecting faster than the accept thread
+    # runs found socketserver's 5-deep listen queue full, and a connect with a timeout failed at once (EAGAIN).
+    # Here the accept thread has not started at all while MAX_CONNECTIONS clients connect.
+    path = tmp_path / "warden.sock"
+    srv = ControlServer(path, Recorder())
+    conns = [control.connect(path, 2.0) for _ in range(control.MAX_CONNECTIONS)]
+    try:
+        srv.start()
+        for conn in conns:
+            conn.sendall(b'{"op": "status"}\n')
+        for conn in conns:
+            assert json.loads(conn.recv(65536).split(b"\n")[0])["ok"] is True
+    finally:
+        for conn in conns:
+            conn.close()
+        srv.close()
+
+
+def test_a_full_queue_is_waited_out_then_reported(tmp_path: Path) -> None:
+    path = tmp_path / "busy.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(0)  # room for one queued connection; nobody accepts
+        queued = control.connect(path, 1.0)
+        try:
+            with pytest.raises(ControlUnavailable, match=r"queue stayed full for 0\.2s"):
+                call(path, {"op": "status"}, timeout=0.2)
+            # Room appears while a client waits: the wait ends in a connection, not an error.
+            accepter = threading.Thread(target=lambda: listener.accept()[0].close())
+            accepter.start()
+            waiting = control.connect(path, 10.0)
+            accepter.join()
+            waiting.close()
+        finally:
+            queued.close()
+
+
 def test_stale_socket_is_replaced_but_a_regular_file_is_not(tmp_path: Path) -> None:
     stale = tmp_path / "stale.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -47,7 +47,9 @@ def test_status_document_before_the_gate_and_with_kept_pins() -> None:
 def test_status_document_after_acceptance() -> None:
     policy = verified(insecure=True)
     state = SupervisorState(phase=Phase.READY, verified=policy)
-    state.enforced = Enforced(EnforcedOrigin.GATE, 3, policy.bundle_digest, "sha256:" + "c" * 64, adopted=True)
+    warning = "KubeArmorPolicy p: accepted, not enforced as written: spec.syscalls (not monitored)"
+    state.enforced = Enforced(EnforcedOrigin.GATE, 3, policy.bundle_digest, "sha256:" + "c" * 64, adopted=True,
+                              policy_warnings=(warning,))
     aael = {"ruleset": "sha256:" + "c" * 64, "bundle_version": 3, "recorded": False, "attempts": 2,
             "last_error": "unix:///x: connect: nothing listens", "recorded_after_s": None}
     document = status_document(state, engine={"links": 4}, agent=None, containers=[], aael=aael)
@@ -55,7 +57,7 @@ def test_status_document_after_acceptance() -> None:
     assert document["gate"]["initdata_digest"] == f"sha256:{policy.initdata_digest}"
     assert document["enforcement"] == {"origin": "gate", "bundle_version": 3, "bundle_digest": policy.bundle_digest,
                                        "ruleset_digest": "sha256:" + "c" * 64, "adopted": True,
-                                       "recorded_in_aael": False}
+                                       "recorded_in_aael": False, "policy_warnings": [warning]}
     assert document["aael"] == aael
     other = dict(aael, ruleset="sha256:" + "d" * 64, recorded=True)  # an older RuleSet's record says nothing
     assert status_document(state, engine=None, agent=None, containers=[],

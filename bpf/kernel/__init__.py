@@ -3,6 +3,7 @@
 - `libbpf`: the ctypes binding over the system libbpf.so.1 (objects, programs, links, maps, ring buffers);
 - `objects`: where the compiled CO-RE objects live, and their digests;
 - `maps`: the byte layouts of the engine's maps (progs/warden_types.h) and RuleSet -> map contents;
+- `patterns`: matchPatterns automata in the maps (progs/warden_patterns_types.h), written make-before-break;
 - `events`: ring-buffer events -> KubeArmor alerts;
 - `pins`: where the engine pins everything under bpffs, and the bookkeeping of those pins;
 - `manifest`: the engine's record in /run/warden (objects, program tags, scopes, alert metadata);

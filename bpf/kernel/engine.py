@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from bpf.kernel import maps
+from bpf.kernel import maps, patterns
 from bpf.kernel.errors import EngineLoadError, EngineRuleError, EngineStateError, one_line
 from bpf.kernel.events import Alert, EventContext, ScopeInfo, decode_event
 from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, Link, MapHandle, MapSet, RingBuffer
@@ -132,6 +132,7 @@ class Engine:
         self._policies: tuple[Policy, ...] = ()
         self._postures = Postures()
         self._host_postures = Postures()
+        self._node_labels: Mapping[str, str] | None = None
         self._have_policies = False
 
     @property
@@ -163,7 +164,7 @@ class Engine:
         for sc in manifest.scopes.values():
             scope: HostScope | ContainerScope | AnyContainerScope | PodUnionScope
             if sc.kind == "host":
-                scope = HostScope()
+                scope = HostScope(self._node_labels)
             elif sc.kind == "any-container":
                 scope = AnyContainerScope()
             elif sc.kind == CONTAINER_UNION:
@@ -176,7 +177,7 @@ class Engine:
                 postures = self._host_postures if sc.kind == "host" else self._postures
                 ruleset = compile(self._policies, scope, postures=postures)
                 tables = maps.encode_scope(sc.id, ruleset, maps.resolve_in_root("/"))
-            except (PolicyError, maps.EncodingError) as exc:
+            except (PolicyError, maps.EncodingError, ValueError) as exc:
                 raise EngineRuleError(f"scope {scope}: {one_line(exc)}") from None
             sc.ruleset_digest = ruleset.digest
             sc.table_digest = tables.digest()
@@ -187,10 +188,13 @@ class Engine:
     # -- load / adopt --------------------------------------------------------------------------
 
     def load_or_adopt(self, policies: Sequence[Policy], postures: Postures = DEFAULT_POSTURES,
-                      host_postures: Postures | None = None) -> EngineReport:
+                      host_postures: Postures | None = None,
+                      node_labels: Mapping[str, str] | None = None) -> EngineReport:
         """Enforce `policies`: adopt the pinned programs when they are the shipped ones, else load (or
         upgrade make-before-break); sync every scope's rules (host, any-container, registered containers).
-        `postures` apply to container scopes, `host_postures` (default: the same) to the host scope."""
+        `postures` apply to container scopes, `host_postures` (default: the same) to the host scope.
+        `node_labels`: this VM's node labels, when known, for host policies' nodeSelector (HostScope)."""
+        self._node_labels = node_labels
         with self.manifest_file.locked():
             return self._load_or_adopt(policies, postures, host_postures or postures)
 
@@ -313,7 +317,14 @@ class Engine:
         until the switch is over (events of either may be in flight)."""
         handles["warden_config"].update(maps.SCOPE_ID.pack(0), manifest.host_mnt_ns.to_bytes(8, "little"))
         tables = [c.tables for c in compiled.values()]
-        added, removed = sync_scopes(handles, tables, compiled)
+        pattern_tables = [t.patterns for t in tables if t.patterns is not None]
+        try:
+            added = patterns.write_patterns(handles, pattern_tables)  # before any scope's flag says they exist
+        except patterns.PatternPoolError as exc:
+            raise EngineRuleError(one_line(exc)) from None
+        written, removed = sync_scopes(handles, tables, compiled)
+        added += written
+        removed += patterns.prune_patterns(handles, pattern_tables, compiled)
         removed += prune_sources(handles, tables)
         manifest.alerts = {**(previous.alerts if previous else {}),
                            **{k: v for t in tables for k, v in t.alerts.items()}}
@@ -392,7 +403,10 @@ class Engine:
                          identity.pod, identity.namespace)
         tables = self._compile(Manifest(scopes={scope_id: sc}))[scope_id].tables
         with self._open_maps() as handles:
+            pattern_tables = [tables.patterns] if tables.patterns is not None else []
+            patterns.write_patterns(handles, pattern_tables)
             sync_scopes(handles, [tables], [scope_id])
+            patterns.prune_patterns(handles, pattern_tables, [scope_id])
             manifest.scopes[scope_id] = sc
             manifest.alerts.update(tables.alerts)
             handles["warden_meta"].update(maps.meta_key(f"rs/{scope_id}"), maps.digest_bytes(sc.ruleset_digest))
@@ -415,6 +429,7 @@ class Engine:
                 return
             sync_scopes(handles, [], [sc.id])
             handles["warden_scopes"].delete(maps.SCOPE_ID.pack(sc.id))
+            patterns.prune_patterns(handles, [], [sc.id])
             handles["warden_meta"].delete(maps.meta_key(f"rs/{sc.id}"))
             del manifest.scopes[sc.id]
             self.manifest_file.write(manifest)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from bpf.kernel.patterns import SCOPE_PATTERNS, PatternTables, encode_patterns
 from bpf.policy.limits import MAX_PATH_BYTES
 from bpf.policy.model import Action, PathKind
 from bpf.policy.ruleset import Posture, RuleAlert, RuleSet
@@ -181,13 +182,19 @@ class ScopeTables:
     sources: dict[bytes, bytes] = field(default_factory=dict)
     cfg: bytes = bytes(SCOPE_CFG.size)
     alerts: dict[int, RuleAlert] = field(default_factory=dict)  # alert id -> the rule's alert
+    patterns: PatternTables | None = None  # matchPatterns automata (bpf.kernel.patterns)
+    patterns_digest: str | None = None  # as read back from the kernel (health), when `patterns` is not given
 
     def digest(self) -> str:
-        """sha256 over the sorted (key, value) pairs of the scope's rule nodes and its configuration."""
+        """sha256 over the sorted (key, value) pairs of the scope's rule nodes and its configuration, then
+        (scopes with matchPatterns only) the digest of the pattern tables."""
         h = hashlib.sha256(self.cfg)
         for key in sorted(self.nodes):
             h.update(key)
             h.update(self.nodes[key])
+        patterns = self.patterns.digest() if self.patterns and self.patterns.categories else self.patterns_digest
+        if patterns:
+            h.update(patterns.encode())
         return "sha256:" + h.hexdigest()
 
 
@@ -278,6 +285,11 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
         tables.nodes[key] = n.encode()
     for (category, src, code), slot in coded.items():
         tables.nodes[RULE_KEY.pack(code, src, scope, category)] = _Node(b"", exact=slot).encode()
+
+    tables.patterns = encode_patterns(scope, ruleset, {"file": CAT_FILE, "process": CAT_PROCESS}, alert_id)
+    tables.alerts.update(tables.patterns.alerts)
+    for code in tables.patterns.categories:
+        rules_bits[code] |= SCOPE_PATTERNS
 
     for category, posture in ((CAT_FILE, ruleset.postures.file), (CAT_PROCESS, ruleset.postures.process),
                               (CAT_NETWORK, ruleset.postures.network),

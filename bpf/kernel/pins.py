@@ -24,7 +24,9 @@ from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, MapSet
 
 DEFAULT_PIN_DIR: Final = Path("/sys/fs/bpf/warden")
 SHARED_MAPS: Final = ("warden_rules", "warden_sources", "warden_scopes", "warden_ctrs", "warden_config",
-                      "warden_meta", "warden_drops", "warden_task_scope")
+                      "warden_meta", "warden_drops", "warden_task_scope",
+                      # matchPatterns (bpf/progs/warden_patterns.h, bpf.kernel.patterns)
+                      "warden_pat_heads", "warden_pat_dfas", "warden_pat_verdicts", "warden_pat_pool")
 EVENTS_MAP: Final = "warden_events"
 BPF_FS_MAGIC: Final = 0xCAFE4A11
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf.kernel import maps
+from bpf.kernel import maps, patterns
 from bpf.kernel.libbpf import BpfError, Libbpf, Link, MapHandle
 from bpf.kernel.manifest import Manifest
 from bpf.kernel.pins import EnginePins
@@ -113,9 +113,11 @@ def health_problems(lib: Libbpf, pins: EnginePins, manifest: Manifest) -> list[s
         nodes = handles["warden_rules"].contents()
         cfgs = handles["warden_scopes"].contents()
         meta = handles["warden_meta"].contents()
+        pattern_digests = {sc.id: patterns.kernel_digest(handles, sc.id) for sc in manifest.scopes.values()}
     for sc in manifest.scopes.values():
         tables = maps.ScopeTables(sc.id, cfg=cfgs.get(maps.SCOPE_ID.pack(sc.id), b""))
         tables.nodes = {k: v for k, v in nodes.items() if maps.RULE_KEY.unpack(k)[2] == sc.id}
+        tables.patterns_digest = pattern_digests[sc.id]
         if tables.digest() != sc.table_digest:
             problems.append(f"scope {sc.name}: map contents differ from RuleSet {sc.ruleset_digest}")
         if meta.get(maps.meta_key(f"rs/{sc.id}")) != maps.digest_bytes(sc.ruleset_digest):

@@ -4,6 +4,7 @@
 - `yaml_loader`: policy text -> policies (bounded YAML loading, duplicate names);
 - `nodes`: typed access to YAML nodes with one problem per finding; `reader`: one KubeArmor document;
 - `files`: policy files and directories -> policies;
+- `glob`: matchPatterns (AppArmor globs): parsing, a reference matcher, compilation into byte automata;
 - `compiler`: the policies that select a scope -> its RuleSet; `ruleset`: the canonical, measured rule table;
 - `limits`: what the engine can hold, refused here so the kernel side never truncates.
 

@@ -3,7 +3,8 @@
 Scopes:
 - `HostScope(node_labels=None)`: the KubeArmorHostPolicy policies whose nodeSelector selects this VM. The
   VM is the only node, so by default every nodeSelector selects it (whatever its matchLabels say); give
-  `node_labels` to require that each matchLabels entry be present in that map with the same value.
+  `node_labels` to require that each matchLabels entry be present in that map with the same value. The
+  supervisor gives the `node_labels` of its (measured) configuration, supervisor.config.
 - `ContainerScope(name, labels)`: the KubeArmorPolicy policies whose selector selects a container with this
   name and these labels (see bpf.policy.model.Selector: container.name is a full-match regex, other labels exact,
   matchExpressions In/NotIn on "key=value" identities).
@@ -25,6 +26,9 @@ wins, chosen by, in order:
      broken by value, never by input order.
 The winner keeps its own alert metadata. Nothing depends on the order of policies, files or documents.
 
+Warnings: the RuleSet carries, sorted, one line per selected policy that has fields accepted but not enforced
+as written (Policy.warning_summary), so that what a scope does not enforce is in its digest and status.
+
 Default posture per category (KubeArmor's whitelist mode): when any selected policy has an Allow rule in a
 category (counted before conflict resolution, so an Audit or Block on the same object does not switch the
 whitelist off), that category's posture is the configured one (`Postures`, KubeArmor's default "audit"),
@@ -39,12 +43,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
+from bpf.policy.glob import AutomatonLimitError
 from bpf.policy.limits import MAX_RULES_PER_SCOPE
 from bpf.policy.model import (
     Action,
     AlertFields,
     CapabilityMatch,
     PathMatch,
+    PatternMatch,
     Policy,
     PolicyError,
     PolicyKind,
@@ -56,6 +62,7 @@ from bpf.policy.ruleset import (
     CategoryPostures,
     FileRule,
     NetworkRule,
+    PatternRule,
     Posture,
     ProcessRule,
     RuleAlert,
@@ -63,6 +70,7 @@ from bpf.policy.ruleset import (
     capability_rule_key,
     file_rule_key,
     network_rule_key,
+    pattern_rule_key,
     process_rule_key,
 )
 
@@ -179,7 +187,13 @@ def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Po
     processes: list[ProcessRule] = []
     networks: list[NetworkRule] = []
     capabilities: list[CapabilityRule] = []
+    file_patterns: list[PatternRule] = []
+    process_patterns: list[PatternRule] = []
     for policy in selected:
+        file_patterns.extend(PatternRule(m.pattern, m.read_only, m.owner_only, m.action, _rule_alert(policy, m.alert))
+                             for m in policy.file_patterns)
+        process_patterns.extend(PatternRule(m.pattern, False, m.owner_only, m.action, _rule_alert(policy, m.alert))
+                                for m in policy.process_patterns)
         for match in policy.file:
             files.extend(FileRule(match.path, match.kind, match.read_only, match.owner_only, source,
                                   match.action, _rule_alert(policy, match.alert))
@@ -197,8 +211,10 @@ def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Po
                                                _rule_alert(policy, capability.alert))
                                 for source in _sources(capability.sources))
 
-    file_posture = postures.file if _has_allow(m for p in selected for m in p.file) else None
-    process_posture = postures.file if _has_allow(m for p in selected for m in p.process) else None
+    file_posture = postures.file if (_has_allow(m for p in selected for m in p.file)
+                                     or _has_allow(m for p in selected for m in p.file_patterns)) else None
+    process_posture = postures.file if (_has_allow(m for p in selected for m in p.process)
+                                        or _has_allow(m for p in selected for m in p.process_patterns)) else None
     network_posture = postures.network if _has_allow(m for p in selected for m in p.network) else None
     capabilities_posture = (postures.capabilities if _has_allow(m for p in selected for m in p.capabilities)
                             else None)
@@ -213,15 +229,23 @@ def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Po
             network=network_posture,
             capabilities=capabilities_posture,
         ),
+        file_patterns=_resolve(file_patterns, pattern_rule_key, _path_rule_preference),
+        process_patterns=_resolve(process_patterns, pattern_rule_key, _path_rule_preference),
+        warnings=tuple(sorted({w for p in selected if (w := p.warning_summary()) is not None})),
     )
     if ruleset.rule_count > MAX_RULES_PER_SCOPE:
         raise RuleLimitError([Problem(f"<scope {scope}>", 0, "rules",
                                       f"{ruleset.rule_count} rules; the engine's limit is "
                                       f"{MAX_RULES_PER_SCOPE} per scope (MAX_RULES_PER_SCOPE)")])
+    for category in ("file", "process"):
+        try:
+            getattr(ruleset, f"{category}_automata")
+        except AutomatonLimitError as exc:
+            raise RuleLimitError([Problem(f"<scope {scope}>", 0, f"{category}.matchPatterns", str(exc))]) from None
     return ruleset
 
 
-def _has_allow(matches: Iterable[PathMatch | ProtocolMatch | CapabilityMatch]) -> bool:
+def _has_allow(matches: Iterable[PathMatch | PatternMatch | ProtocolMatch | CapabilityMatch]) -> bool:
     return any(m.action is Action.ALLOW for m in matches)
 
 
@@ -235,7 +259,7 @@ def _rule_alert(policy: Policy, alert: AlertFields) -> RuleAlert:
 
 _ACTION_STRENGTH = {Action.BLOCK: 0, Action.AUDIT: 1, Action.ALLOW: 2}  # lower sorts first, wins
 
-_R = TypeVar("_R", FileRule, ProcessRule, NetworkRule, CapabilityRule)
+_R = TypeVar("_R", FileRule, ProcessRule, NetworkRule, CapabilityRule, PatternRule)
 
 
 def _alert_order(alert: RuleAlert) -> tuple[str, bool, int, tuple[str, ...], bool, str]:
@@ -250,8 +274,8 @@ def _preference(rule: NetworkRule | CapabilityRule) -> _Preference:
     return (_ACTION_STRENGTH[rule.action], (False, False), _alert_order(rule.alert))
 
 
-def _path_rule_preference(rule: FileRule | ProcessRule) -> _Preference:
-    read_only = rule.read_only if isinstance(rule, FileRule) else False
+def _path_rule_preference(rule: FileRule | ProcessRule | PatternRule) -> _Preference:
+    read_only = rule.read_only if isinstance(rule, FileRule | PatternRule) else False
     # Allow: permit less, so the narrowing flags sort first. Block/Audit: deny more, so they sort last.
     narrowing = (read_only, rule.owner_only)
     flags = (not narrowing[0], not narrowing[1]) if rule.action is Action.ALLOW else narrowing

@@ -1,10 +1,12 @@
 """KubeArmor policies as typed, frozen values: what the reader (bpf.policy.reader) produces and the
 compiler (bpf.policy.compiler) consumes.
 
-Selectors (see `Selector`): `kubearmor.io/container.name` in matchLabels is a regular expression (Python
-`re`) on the container name, as in KubeArmor's unorchestrated mode. It must match the whole name: `web`
-selects the container `web`, not `webserver`; write `web.*` or `.*web.*` for more. Other labels must match
-exactly; matchExpressions use KubeArmor's form `{key: label, operator: In|NotIn, values: ["k=v", ...]}`.
+Selectors (see `Selector`): `kubearmor.io/container.name` in matchLabels takes both of KubeArmor's forms
+(see `container_name_matches`): a bracketed list `"[c1,c2]"` (Kubernetes mode: exact names; `"[]"` and
+`""` mean every container of the pod, as in KubeArmor), else a regular expression (Python `re`) on the
+container name, as in KubeArmor's unorchestrated mode. A regex must match the whole name: `web` selects the
+container `web`, not `webserver`; write `web.*` or `.*web.*` for more. Other labels must match exactly;
+matchExpressions use KubeArmor's form `{key: label, operator: In|NotIn, values: ["k=v", ...]}`.
 
 Paths (see `normalise_path`) follow the CRD patterns (`^/+.*[^/]$` for paths, `^/$|^/.*/$` for
 directories), are normalised by collapsing repeated slashes, and are refused when they contain `.` or `..`
@@ -29,6 +31,29 @@ CONTAINER_NAME_LABEL: Final = "kubearmor.io/container.name"
 # deciding in general whether a regex matches every string is not something to do by guesswork.
 MATCH_ALL_CONTAINER_REGEXES: Final = frozenset({".*", "^.*$", ".+", "^.+$"})
 
+
+def container_name_list(value: str) -> tuple[str, ...] | None:
+    """KubeArmor's Kubernetes-mode container list: `"[c1, c2]"` -> ("c1", "c2"); `"[]"` and `""` -> ()
+    (every container); None when `value` is not in that form (then it is a regular expression).
+
+    As KubeArmor (core/kubeUpdate.go): the brackets are stripped, the rest split on ",", each name
+    stripped of spaces, empty names dropped, so `"[container-1,,]"` is ("container-1",)."""
+    if value == "":
+        return ()
+    if len(value) >= 2 and value.startswith("[") and value.endswith("]"):
+        return tuple(dict.fromkeys(name.strip() for name in value[1:-1].split(",") if name.strip()))
+    return None
+
+
+def container_name_matches(value: str, name: str) -> bool:
+    """Whether the matchLabels value `value` of kubearmor.io/container.name selects the container `name`:
+    a bracketed list names containers exactly (empty: every container), anything else is a regex that
+    must match the whole name."""
+    names = container_name_list(value)
+    if names is not None:
+        return not names or name in names
+    return re.fullmatch(value, name) is not None
+
 PROTOCOLS: Final = frozenset(
     {"tcp", "udp", "icmp", "icmpv6", "raw", "sctp", "stream", "dgram", "rdm", "seqpacket", "dccp", "packet",
      "all"}
@@ -42,6 +67,55 @@ CAPABILITIES: Final = frozenset(
      "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
      "setfcap", "mac_override", "mac_admin"}
 )
+
+
+# The syscall names KubeArmor's CRD enumerates for syscalls.matchSyscalls / matchPaths `syscall`: the x86_64
+# table from read (0) to rseq (334), as in Linux's arch/x86/entry/syscalls/syscall_64.tbl.
+SYSCALLS: Final = frozenset({
+    "read", "write", "open", "close", "stat", "fstat", "lstat", "poll", "lseek", "mmap", "mprotect", "munmap",
+    "brk", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "ioctl", "pread64", "pwrite64", "readv",
+    "writev", "access", "pipe", "select", "sched_yield", "mremap", "msync", "mincore", "madvise", "shmget",
+    "shmat", "shmctl", "dup", "dup2", "pause", "nanosleep", "getitimer", "alarm", "setitimer", "getpid",
+    "sendfile", "socket", "connect", "accept", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown", "bind",
+    "listen", "getsockname", "getpeername", "socketpair", "setsockopt", "getsockopt", "clone", "fork",
+    "vfork", "execve", "exit", "wait4", "kill", "uname", "semget", "semop", "semctl", "shmdt", "msgget",
+    "msgsnd", "msgrcv", "msgctl", "fcntl", "flock", "fsync", "fdatasync", "truncate", "ftruncate", "getdents",
+    "getcwd", "chdir", "fchdir", "rename", "mkdir", "rmdir", "creat", "link", "unlink", "symlink", "readlink",
+    "chmod", "fchmod", "chown", "fchown", "lchown", "umask", "gettimeofday", "getrlimit", "getrusage",
+    "sysinfo", "times", "ptrace", "getuid", "syslog", "getgid", "setuid", "setgid", "geteuid", "getegid",
+    "setpgid", "getppid", "getpgrp", "setsid", "setreuid", "setregid", "getgroups", "setgroups", "setresuid",
+    "getresuid", "setresgid", "getresgid", "getpgid", "setfsuid", "setfsgid", "getsid", "capget", "capset",
+    "rt_sigpending", "rt_sigtimedwait", "rt_sigqueueinfo", "rt_sigsuspend", "sigaltstack", "utime", "mknod",
+    "uselib", "personality", "ustat", "statfs", "fstatfs", "sysfs", "getpriority", "setpriority",
+    "sched_setparam", "sched_getparam", "sched_setscheduler", "sched_getscheduler", "sched_get_priority_max",
+    "sched_get_priority_min", "sched_rr_get_interval", "mlock", "munlock", "mlockall", "munlockall",
+    "vhangup", "modify_ldt", "pivot_root", "_sysctl", "prctl", "arch_prctl", "adjtimex", "setrlimit",
+    "chroot", "sync", "acct", "settimeofday", "mount", "umount2", "swapon", "swapoff", "reboot",
+    "sethostname", "setdomainname", "iopl", "ioperm", "create_module", "init_module", "delete_module",
+    "get_kernel_syms", "query_module", "quotactl", "nfsservctl", "getpmsg", "putpmsg", "afs_syscall",
+    "tuxcall", "security", "gettid", "readahead", "setxattr", "lsetxattr", "fsetxattr", "getxattr",
+    "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr", "removexattr", "lremovexattr",
+    "fremovexattr", "tkill", "time", "futex", "sched_setaffinity", "sched_getaffinity", "set_thread_area",
+    "io_setup", "io_destroy", "io_getevents", "io_submit", "io_cancel", "get_thread_area", "lookup_dcookie",
+    "epoll_create", "epoll_ctl_old", "epoll_wait_old", "remap_file_pages", "getdents64", "set_tid_address",
+    "restart_syscall", "semtimedop", "fadvise64", "timer_create", "timer_settime", "timer_gettime",
+    "timer_getoverrun", "timer_delete", "clock_settime", "clock_gettime", "clock_getres", "clock_nanosleep",
+    "exit_group", "epoll_wait", "epoll_ctl", "tgkill", "utimes", "vserver", "mbind", "set_mempolicy",
+    "get_mempolicy", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    "kexec_load", "waitid", "add_key", "request_key", "keyctl", "ioprio_set", "ioprio_get", "inotify_init",
+    "inotify_add_watch", "inotify_rm_watch", "migrate_pages", "openat", "mkdirat", "mknodat", "fchownat",
+    "futimesat", "newfstatat", "unlinkat", "renameat", "linkat", "symlinkat", "readlinkat", "fchmodat",
+    "faccessat", "pselect6", "ppoll", "unshare", "set_robust_list", "get_robust_list", "splice", "tee",
+    "sync_file_range", "vmsplice", "move_pages", "utimensat", "epoll_pwait", "signalfd", "timerfd_create",
+    "eventfd", "fallocate", "timerfd_settime", "timerfd_gettime", "accept4", "signalfd4", "eventfd2",
+    "epoll_create1", "dup3", "pipe2", "inotify_init1", "preadv", "pwritev", "rt_tgsigqueueinfo",
+    "perf_event_open", "recvmmsg", "fanotify_init", "fanotify_mark", "prlimit64", "name_to_handle_at",
+    "open_by_handle_at", "clock_adjtime", "syncfs", "sendmmsg", "setns", "getcpu", "process_vm_readv",
+    "process_vm_writev", "kcmp", "finit_module", "sched_setattr", "sched_getattr", "renameat2", "seccomp",
+    "getrandom", "memfd_create", "kexec_file_load", "bpf", "execveat", "userfaultfd", "membarrier", "mlock2",
+    "copy_file_range", "preadv2", "pwritev2", "pkey_mprotect", "pkey_alloc", "pkey_free", "statx",
+    "io_pgetevents", "rseq"
+})
 
 
 class PolicyKind(enum.StrEnum):
@@ -115,6 +189,18 @@ class PathMatch:
 
 
 @dataclass(frozen=True)
+class PatternMatch:
+    """A process or file rule from matchPatterns: `pattern` is an AppArmor glob, already checked by
+    bpf.policy.glob.parse. The CRD gives patterns no fromSource."""
+
+    pattern: str
+    read_only: bool  # always False for process rules
+    owner_only: bool
+    action: Action
+    alert: AlertFields
+
+
+@dataclass(frozen=True)
 class ProtocolMatch:
     protocol: str  # lowercase, one of PROTOCOLS
     sources: tuple[str, ...]
@@ -157,7 +243,7 @@ class Selector:
     def matches_container(self, name: str, labels: Mapping[str, str]) -> bool:
         for key, value in self.match_labels:
             if key == CONTAINER_NAME_LABEL:
-                if re.fullmatch(value, name) is None:
+                if not container_name_matches(value, name):
                     return False
             elif labels.get(key) != value:
                 return False
@@ -191,17 +277,16 @@ class Selector:
         return True
 
     def selects_every_container(self) -> bool:
-        """True only for `matchLabels: {kubearmor.io/container.name: R}` alone, with R one of
-        MATCH_ALL_CONTAINER_REGEXES.
+        """True only for `matchLabels: {kubearmor.io/container.name: V}` alone, with V one of
+        MATCH_ALL_CONTAINER_REGEXES or an empty list (`""`, `"[]"`).
 
         Container names are never empty, so `.+` selects every container as `.*` does.
         """
-        return (
-            not self.match_expressions
-            and len(self.match_labels) == 1
-            and self.match_labels[0][0] == CONTAINER_NAME_LABEL
-            and self.match_labels[0][1] in MATCH_ALL_CONTAINER_REGEXES
-        )
+        if self.match_expressions or len(self.match_labels) != 1:
+            return False
+        key, value = self.match_labels[0]
+        return key == CONTAINER_NAME_LABEL and (value in MATCH_ALL_CONTAINER_REGEXES
+                                                or container_name_list(value) == ())
 
     def matches_node(self, node_labels: Mapping[str, str] | None) -> bool:
         """Host policies: without a node label map (the usual case: the VM is the only node), any
@@ -213,16 +298,44 @@ class Selector:
 
 @dataclass(frozen=True)
 class Policy:
+    """One KubeArmor document. `warnings` names, one entry per field, what the document says that warden
+    accepts but does not enforce as written (never something whose absence would weaken a Block: that
+    is refused); `warden policy check`, the supervisor's log and `warden status` show them."""
+
     kind: PolicyKind
     name: str
-    namespace: str | None  # recorded, not used for selection: a confidential VM runs one pod
+    # metadata.namespace as written (None when absent). Kept for the trust side: in KubeArmor a policy
+    # applies only to pods of its namespace, and which namespace the pod is in is signed data.
+    namespace: str | None
     selector: Selector  # spec.selector, or spec.nodeSelector for host policies
     process: tuple[PathMatch, ...]
     file: tuple[PathMatch, ...]
     network: tuple[ProtocolMatch, ...]
     capabilities: tuple[CapabilityMatch, ...]
+    file_patterns: tuple[PatternMatch, ...] = ()
+    process_patterns: tuple[PatternMatch, ...] = ()
     origin: str = field(default="", compare=False)  # file the policy came from
     line: int = field(default=0, compare=False)  # line of its document
+    warnings: tuple[str, ...] = ()  # "field: what happens instead", see the class docstring
+
+    @property
+    def rule_count(self) -> int:
+        return (len(self.process) + len(self.file) + len(self.network) + len(self.capabilities)
+                + len(self.file_patterns) + len(self.process_patterns))
+
+    def warning_summary(self) -> str | None:
+        """`KIND NAME: accepted, not enforced as written: ...` or None; no file name, so that a RuleSet
+        carrying it (bpf.policy.ruleset.RuleSet.warnings) does not depend on where the policy was read."""
+        if not self.warnings:
+            return None
+        return f"{self.kind} {self.name}: accepted, not enforced as written: {'; '.join(self.warnings)}"
+
+    def warning_line(self) -> str | None:
+        """The one warning line for this policy, or None: `FILE:LINE: warning: KIND NAME: ...`."""
+        summary = self.warning_summary()
+        if summary is None:
+            return None
+        return f"{printable(self.origin)}:{self.line}: warning: {printable(summary)}"
 
 
 

@@ -5,6 +5,12 @@ the value, or None after recording a `Problem` (FILE:LINE: field: message) sayin
 what was found, so one pass reports every problem of a document. Only plain YAML is accepted: strings,
 integers and booleans by their resolved tags (an unquoted `yes` is a boolean, not a string, and is
 reported as such), mappings and lists by theirs (no `!!set`, `!!omap` or application tags).
+
+Duplicate mapping keys: YAML forbids them, yet go-yaml and `kubectl apply` keep the last value, so KubeArmor
+reads such a policy as its last occurrence says. Warden reads a duplicate whose value is identical (same
+tags and values, recursively; only the position differs) as the one entry it means, and refuses one whose
+value differs, with both lines: which of two different values the author meant is exactly what a security
+policy must not guess, and refusing is the safer reading of the same text.
 """
 
 from __future__ import annotations
@@ -39,6 +45,30 @@ def line_of(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+def same_node(a: Node, b: Node) -> bool:
+    """Whether two nodes say the same thing: same kind, tag and value, recursively (positions and scalar
+    style ignored: 'a' and a are the same string)."""
+    if type(a) is not type(b) or a.tag != b.tag:
+        return False
+    if isinstance(a, ScalarNode):
+        return bool(a.value == b.value)
+    if len(a.value) != len(b.value):
+        return False
+    if isinstance(a, MappingNode):
+        return all(same_node(ka, kb) and same_node(va, vb)
+                   for (ka, va), (kb, vb) in zip(a.value, b.value, strict=True))
+    return all(same_node(x, y) for x, y in zip(a.value, b.value, strict=True))
+
+
+def _duplicate_message(first: Node, again: Node) -> str | None:
+    """None when a repeated key's value is the same as the first one's (the entry is read once), else why
+    the duplicate is refused."""
+    if same_node(first, again):
+        return None
+    return (f"duplicate key with a different value (first given at line {line_of(first)}); KubeArmor would "
+            f"keep the last value, warden refuses to guess which one was meant")
+
+
 def _is_mapping(node: Node) -> bool:
     # The tag check refuses !!set, !!omap-like and application tags on collections: only plain mappings.
     return isinstance(node, MappingNode) and node.tag == _MAP
@@ -58,7 +88,7 @@ def _describe(node: Node) -> str:
     short = {_STR: "a string", _INT: "an integer", _BOOL: "a boolean", _NULL: "null", _FLOAT: "a float",
              _TIMESTAMP: "a timestamp"}
     described = short.get(node.tag, f"a scalar tagged {node.tag}")
-    if node.tag != _STR and node.style is None:
+    if node.tag != _STR and not node.style:  # plain: None from PyYAML, "" from libyaml events
         # YAML 1.1 reads yes/no/on/off, 1.0, 2024-01-01 as non-strings; quoting is the usual fix.
         described += f" ({node.value!r} unquoted; quote it for a string)"
     return described
@@ -87,7 +117,7 @@ class NodeReader:
             self.problem(node, where, f"must be a mapping, not {_describe(node)}")
             return None
         entries: dict[str, Node] = {}
-        seen: set[str] = set()
+        seen: dict[str, Node] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode) or key_node.tag != _STR:
                 self.problem(key_node, where, f"keys must be strings, not {_describe(key_node)}")
@@ -95,9 +125,11 @@ class NodeReader:
             key = key_node.value
             child = f"{where}.{key}" if where else key
             if key in seen:
-                self.problem(key_node, child, "duplicate key")
+                why = _duplicate_message(seen[key], value_node)
+                if why is not None:
+                    self.problem(key_node, child, why)
                 continue
-            seen.add(key)
+            seen[key] = value_node
             if key not in allowed:
                 why = self.unsupported.get(key)
                 extra = (hint or {}).get(key)
@@ -161,16 +193,20 @@ class NodeReader:
             self.problem(node, where, f"must be a mapping, not {_describe(node)}")
             return None
         result: dict[str, tuple[Node, str]] = {}
+        values: dict[str, Node] = {}
         ok = True
         for key_node, value_node in node.value:
             key = self.string(key_node, where)
             if key is None:
                 ok = False
                 continue
-            if key in result:
-                self.problem(key_node, f"{where}.{key}", "duplicate key")
-                ok = False
+            if key in values:
+                why = _duplicate_message(values[key], value_node)
+                if why is not None:
+                    self.problem(key_node, f"{where}.{key}", why)
+                    ok = False
                 continue
+            values[key] = value_node
             value = self.string(value_node, f"{where}.{key}")
             if value is None:
                 ok = False

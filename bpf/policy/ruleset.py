@@ -11,8 +11,18 @@ JSON shape (format "coco-warden/ruleset/v1"):
      "format": "coco-warden/ruleset/v1",
      "network": [{"action", "alert", "protocol", "source"}],
      "postures": {"capabilities", "file", "network", "process"},   # null, "audit" or "block"
-     "process": [{"action", "alert", "kind", "owner_only", "path", "source"}]}
-with "alert" = {"message", "policy", "severity", "tags"}. `source` is null for "any program".
+     "process": [{"action", "alert", "kind", "owner_only", "path", "source"}],
+     "warnings": ["KIND NAME: accepted, not enforced as written: ...", ...]}   # sorted, one per policy
+with "alert" = {"message", "policy", "severity", "tags"}. `source` is null for "any program". `warnings`
+names what the scope's policies say that is not enforced as written (bpf.policy.model.Policy.warnings): it
+is part of the digest, so a measured RuleSet also says what it does not enforce. The key is present only
+when there is a warning (still one encoding per RuleSet), so a RuleSet without warnings keeps the digest
+it had before warnings existed.
+A RuleSet with matchPatterns rules also has "file_patterns": [{"action", "alert", "owner_only", "pattern",
+"read_only"}] and "process_patterns": [{"action", "alert", "owner_only", "pattern"}] (each present only
+when not empty, so RuleSets without patterns keep their digests), and "automata": the digest of the
+automata those patterns compile to (bpf.policy.glob.compile_automata), so the measured RuleSet names the
+exact tables the kernel walks.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from bpf.policy.glob import Automaton, Outcome, PatternEntry, Verdict, automata_digest, compile_automata, parse
 from bpf.policy.limits import MAX_RULES_PER_SCOPE
 from bpf.policy.model import CAPABILITIES, PROTOCOLS, Action, PathKind, normalise_path
 
@@ -71,6 +82,45 @@ class ProcessRule:
 
 
 @dataclass(frozen=True)
+class PatternRule:
+    """A matchPatterns rule (file or process; read_only is False for process rules)."""
+
+    pattern: str  # an AppArmor glob, as written (bpf.policy.glob)
+    read_only: bool
+    owner_only: bool
+    action: Action
+    alert: RuleAlert
+
+
+_ACTION_OUTCOME: Final = {Action.ALLOW: 1, Action.AUDIT: 2, Action.BLOCK: 3}
+
+
+def pattern_verdict(rule: PatternRule, number: int) -> Verdict:
+    """What a path matching `rule` alone gets, per operation (write | owner << 1), as bpf/progs decide()
+    treats a matched rule: an Allow passes when its readOnly/ownerOnly hold, else the posture decides; a
+    Block or Audit with readOnly/ownerOnly passes what those flags exempt. `number` is the rule's 1-based
+    position, standing for its alert (the kernel encoder turns it into the alert id)."""
+    outcomes = []
+    for op in range(4):
+        write, owner = bool(op & 1), bool(op & 2)
+        ok = (not rule.read_only or not write) and (not rule.owner_only or owner)
+        if rule.action is Action.ALLOW:
+            outcomes.append(Outcome(1, number) if ok else Outcome(0, 0))
+        elif (rule.read_only or rule.owner_only) and ok:
+            outcomes.append(Outcome(1, number))
+        else:
+            outcomes.append(Outcome(_ACTION_OUTCOME[rule.action], number))
+    return Verdict((outcomes[0], outcomes[1], outcomes[2], outcomes[3]), rule.owner_only)
+
+
+def pattern_automata(rules: tuple[PatternRule, ...]) -> tuple[Automaton, ...]:
+    """The automata for one category's pattern rules (raises glob.AutomatonLimitError past the limits).
+    Rules are in canonical order, so equal outcomes resolve to the same rule whatever the input order."""
+    return compile_automata([PatternEntry(parse(r.pattern), pattern_verdict(r, i + 1))
+                             for i, r in enumerate(rules)])
+
+
+@dataclass(frozen=True)
 class NetworkRule:
     protocol: str  # lowercase, bpf.policy.model.PROTOCOLS
     source: str | None
@@ -111,6 +161,9 @@ class RuleSet:
     network: tuple[NetworkRule, ...] = ()
     capabilities: tuple[CapabilityRule, ...] = ()
     postures: CategoryPostures = CategoryPostures()
+    file_patterns: tuple[PatternRule, ...] = ()
+    process_patterns: tuple[PatternRule, ...] = ()
+    warnings: tuple[str, ...] = ()  # sorted, unique: one line per policy with accepted-not-enforced fields
 
     def __post_init__(self) -> None:
         # Canonical means one rule per conflict key, in key order. compile() builds it that way; checking
@@ -118,13 +171,33 @@ class RuleSet:
         for category, keys in (("file", [file_rule_key(r) for r in self.file]),
                                ("process", [process_rule_key(r) for r in self.process]),
                                ("network", [network_rule_key(r) for r in self.network]),
-                               ("capabilities", [capability_rule_key(r) for r in self.capabilities])):
+                               ("capabilities", [capability_rule_key(r) for r in self.capabilities]),
+                               ("file_patterns", [pattern_rule_key(r) for r in self.file_patterns]),
+                               ("process_patterns", [pattern_rule_key(r) for r in self.process_patterns])):
             if not _strictly_increasing(keys):
                 raise RuleSetOrderError(f"{category}: rules not in canonical order, or two rules with one key")
+        if not _strictly_increasing(list(self.warnings)):
+            raise RuleSetOrderError("warnings: not sorted, or one given twice")
 
     @property
     def rule_count(self) -> int:
-        return len(self.file) + len(self.process) + len(self.network) + len(self.capabilities)
+        return (len(self.file) + len(self.process) + len(self.network) + len(self.capabilities)
+                + len(self.file_patterns) + len(self.process_patterns))
+
+    @functools.cached_property
+    def file_automata(self) -> tuple[Automaton, ...]:
+        return pattern_automata(self.file_patterns)
+
+    @functools.cached_property
+    def process_automata(self) -> tuple[Automaton, ...]:
+        return pattern_automata(self.process_patterns)
+
+    @functools.cached_property
+    def automata_digest(self) -> str | None:
+        """sha256 over the file automata, then the process automata; None without patterns."""
+        if not self.file_patterns and not self.process_patterns:
+            return None
+        return automata_digest((*self.file_automata, *self.process_automata))
 
     def to_json(self) -> str:
         return _canonical_json(self)
@@ -165,6 +238,10 @@ def process_rule_key(rule: ProcessRule) -> tuple[str, str, tuple[bool, str]]:
     return (rule.path, rule.kind.value, _source_key(rule.source))
 
 
+def pattern_rule_key(rule: PatternRule) -> tuple[str]:
+    return (rule.pattern,)
+
+
 def network_rule_key(rule: NetworkRule) -> tuple[str, tuple[bool, str]]:
     return (rule.protocol, _source_key(rule.source))
 
@@ -179,7 +256,7 @@ def _alert_data(alert: RuleAlert) -> dict[str, Any]:
 
 
 def _canonical_json(ruleset: RuleSet) -> str:
-    data = {
+    data: dict[str, Any] = {
         "format": FORMAT,
         "file": [{"path": r.path, "kind": r.kind.value, "read_only": r.read_only, "owner_only": r.owner_only,
                   "source": r.source, "action": r.action.value, "alert": _alert_data(r.alert)}
@@ -193,6 +270,17 @@ def _canonical_json(ruleset: RuleSet) -> str:
         "postures": {name: getattr(ruleset.postures, name) and getattr(ruleset.postures, name).value
                      for name in ("file", "process", "network", "capabilities")},
     }
+    if ruleset.warnings:
+        data["warnings"] = list(ruleset.warnings)
+    if ruleset.file_patterns:
+        data["file_patterns"] = [{"pattern": r.pattern, "read_only": r.read_only, "owner_only": r.owner_only,
+                                  "action": r.action.value, "alert": _alert_data(r.alert)}
+                                 for r in ruleset.file_patterns]
+    if ruleset.process_patterns:
+        data["process_patterns"] = [{"pattern": r.pattern, "owner_only": r.owner_only, "action": r.action.value,
+                                     "alert": _alert_data(r.alert)} for r in ruleset.process_patterns]
+    if ruleset.automata_digest is not None:
+        data["automata"] = ruleset.automata_digest
     # ensure_ascii: the bytes are plain ASCII whatever the paths and messages hold, so there is exactly one
     # encoding of any RuleSet.
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -252,7 +340,9 @@ def _strictly_increasing(keys: list[Any]) -> bool:
 
 
 def _ruleset_from_data(data: Any) -> RuleSet:
-    top = _keys(data, {"format", "file", "process", "network", "capabilities", "postures"}, "ruleset")
+    optional = ({"warnings", "file_patterns", "process_patterns", "automata"} & set(data)
+                if isinstance(data, dict) else set())
+    top = _keys(data, {"format", "file", "process", "network", "capabilities", "postures"} | optional, "ruleset")
     _expect(top["format"] == FORMAT, f"format: expected {FORMAT!r}")
     for category in ("file", "process", "network", "capabilities"):
         _expect(isinstance(top[category], list), f"{category}: expected a list")
@@ -286,10 +376,30 @@ def _ruleset_from_data(data: Any) -> RuleSet:
         _expect(r["capability"] in CAPABILITIES, f"{where}.capability: unknown")
         capabilities.append(CapabilityRule(r["capability"], _source(r["source"], where), Action(r["action"]),
                                            _alert(r["alert"], f"{where}.alert")))
+    patterns: dict[str, list[PatternRule]] = {"file_patterns": [], "process_patterns": []}
+    for category, fields in (("file_patterns", {"pattern", "read_only", "owner_only", "action", "alert"}),
+                             ("process_patterns", {"pattern", "owner_only", "action", "alert"})):
+        items = top.get(category, [])
+        _expect(isinstance(items, list), f"{category}: expected a list")
+        for i, item in enumerate(items):
+            where = f"{category}[{i}]"
+            r = _keys(item, fields, where)
+            pattern = _text(r["pattern"], f"{where}.pattern")
+            try:
+                parse(pattern)
+            except ValueError as exc:
+                raise RuleSetFormatError(f"{where}.pattern: {exc}") from None
+            patterns[category].append(PatternRule(
+                pattern, _bool(r["read_only"], where) if "read_only" in r else False,
+                _bool(r["owner_only"], where), Action(r["action"]), _alert(r["alert"], f"{where}.alert")))
     p = _keys(top["postures"], {"file", "process", "network", "capabilities"}, "postures")
     postures = CategoryPostures(**{k: None if v is None else Posture(v) for k, v in p.items()})
+    warnings = top.get("warnings", [])
+    _expect(isinstance(warnings, list) and all(isinstance(w, str) for w in warnings), "warnings: strings")
     try:
-        ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures)
+        ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures,
+                          tuple(patterns["file_patterns"]), tuple(patterns["process_patterns"]),
+                          warnings=tuple(warnings))
     except RuleSetOrderError as exc:
         raise RuleSetFormatError(str(exc)) from None
     _expect(ruleset.rule_count <= MAX_RULES_PER_SCOPE, f"more than {MAX_RULES_PER_SCOPE} rules")

@@ -1,8 +1,14 @@
 """Policy text -> policies: bounded YAML loading, one DocumentReader per document, unique names.
 
-The text is untrusted. `yaml.SafeLoader` only; anchors and aliases are refused outright (no alias bombs),
-nesting depth and node count are bounded, duplicate mapping keys are refused (YAML would silently keep the
-last one; see bpf.policy.nodes), and a text over `MAX_TEXT_BYTES` (1 MiB) is refused before it is parsed.
+The text is untrusted. It is scanned and parsed by libyaml (PyYAML's C binding, `yaml._yaml.CParser`, the
+parser `yaml.CSafeLoader` uses), the same C code go-yaml was ported from, so text KubeArmor's apiserver reads
+(e.g. a tab before a comment, which pure-Python PyYAML refuses) reads here too. The nodes are composed in
+Python from libyaml's events (`yaml.composer.Composer` with the safe resolver) so that the limits hold and
+every node keeps its line: anchors and aliases are refused outright (no alias bombs), nesting depth and node
+count are bounded, and a text over `MAX_TEXT_BYTES` (1 MiB) is refused before it is parsed. A PyYAML built
+without libyaml is refused with one clear problem (`make setup` checks for it), never replaced silently by
+the pure-Python scanner, which reads some valid documents differently. Duplicate mapping keys: see
+bpf.policy.nodes.
 `parse_policy_text` raises `PolicyError` listing every problem as `FILE:LINE: field: message`.
 """
 
@@ -13,10 +19,11 @@ from typing import Final, cast
 
 import yaml
 import yaml.reader
-from yaml.composer import ComposerError
+from yaml.composer import Composer, ComposerError
 from yaml.error import Mark
 from yaml.events import AliasEvent, CollectionStartEvent, Event, ScalarEvent
 from yaml.nodes import Node
+from yaml.resolver import Resolver
 
 from bpf.policy.model import Policy, PolicyError, PolicyKind, Problem
 from bpf.policy.nodes import is_null
@@ -27,6 +34,17 @@ from bpf.policy.reader import DocumentReader
 MAX_TEXT_BYTES: Final = 1 << 20
 MAX_YAML_NODES: Final = 100_000
 MAX_YAML_DEPTH: Final = 64
+
+# libyaml is part of PyYAML's binary wheels and of Debian's python3-yaml. Without it the loader class below
+# has no parser and parse_text refuses every text with LIBYAML_MISSING.
+HAVE_LIBYAML: Final = bool(getattr(yaml, "__with_libyaml__", False))
+if HAVE_LIBYAML:
+    from yaml._yaml import CParser
+else:  # pragma: no cover - a broken installation; tests/test_policy_compat.py checks the refusal
+    CParser = object  # type: ignore[misc,assignment]
+
+LIBYAML_MISSING: Final = ("PyYAML has no libyaml (yaml.__with_libyaml__ is False); warden reads policies "
+                          "with libyaml only (run `make setup`, or install a PyYAML wheel built with it)")
 
 
 def parse_policy_text(text: str, *, origin: str) -> tuple[Policy, ...]:
@@ -60,16 +78,20 @@ def duplicate_problems(policies: Sequence[Policy]) -> list[Problem]:
     return problems
 
 
-class BoundedSafeLoader(yaml.SafeLoader):
-    """SafeLoader composing nodes (for line numbers); refuses aliases and anchors, bounds size and depth."""
+class BoundedCSafeLoader(Composer, Resolver, CParser):
+    """libyaml events, composed into nodes in Python (for line numbers and limits) with the safe resolver
+    (the tags yaml.CSafeLoader gives); refuses aliases and anchors, bounds size and depth. Composer comes
+    first in the MRO so that its compose_node (bounded below), not CParser's C composer, builds the nodes."""
 
     def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+        CParser.__init__(self, stream)
+        Composer.__init__(self)
+        Resolver.__init__(self)
         self._node_count = 0
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event: Event = self.peek_event()  # type: ignore[no-untyped-call]
+        event = cast(Event, self.peek_event())
         mark = cast(Mark | None, event.start_mark)
         if isinstance(event, AliasEvent) or (
             isinstance(event, ScalarEvent | CollectionStartEvent) and event.anchor is not None
@@ -112,9 +134,12 @@ def _parse_text_unsorted(text: str, origin: str, problems: list[Problem]) -> tup
         problems.append(Problem(origin, 0, "file", too_large_message()))
         return ()
 
+    if not HAVE_LIBYAML:
+        problems.append(Problem(origin, 0, "yaml", LIBYAML_MISSING))
+        return ()
     policies: list[Policy] = []
     try:
-        loader = BoundedSafeLoader(text)  # the reader checks for non-printable characters here
+        loader = BoundedCSafeLoader(text)
     except yaml.reader.ReaderError as exc:
         problems.append(_reader_problem(origin, text, exc))
         return ()
@@ -140,7 +165,8 @@ def _parse_text_unsorted(text: str, origin: str, problems: list[Problem]) -> tup
 
 
 def _reader_problem(origin: str, text: str, error: yaml.reader.ReaderError) -> Problem:
-    # ReaderError is not a MarkedYAMLError: it has a character position, not a line.
-    line = text.count("\n", 0, max(error.position, 0)) + 1
+    # ReaderError is not a MarkedYAMLError: it has a position, not a line. libyaml's position is a byte
+    # offset into the UTF-8 text (the text was checked to encode above).
+    line = text.encode("utf-8")[:max(error.position, 0)].count(b"\n") + 1
     character = error.character if isinstance(error.character, int) else 0
     return Problem(origin, line, "yaml", f"unacceptable character U+{character:04X}: {error.reason}")

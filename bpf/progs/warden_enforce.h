@@ -8,6 +8,7 @@
 
 #include "warden_scope.h"
 #include "warden_match.h"
+#include "warden_patterns.h"
 
 #define EPERM 1
 #define S_IFMT 00170000
@@ -198,6 +199,8 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 			inode = d->d_parent->d_inode;
 		r.owner = is_owner(inode);
 	}
+	if (rules & WARDEN_SCOPE_PATTERNS)
+		warden_match_patterns(s, op | ((__u64)r.scope << 32), d, inode, &best);
 	return decide(s, &r, &best, posture);
 }
 

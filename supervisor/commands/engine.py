@@ -64,6 +64,10 @@ def run_apply(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_FAILURE
+    for policy in policies:  # accepted, not enforced as written: said, never silent
+        warning = policy.warning_line()
+        if warning is not None:
+            print(warning, file=sys.stderr)
     postures = Postures(file=Posture(args.file_posture), network=Posture(args.network_posture),
                         capabilities=Posture(args.capabilities_posture))
     try:

@@ -2,6 +2,11 @@
 
 Exit codes: 0 valid; 1 the policies were refused (one `FILE:LINE: field: message` line per problem on
 stderr; a missing path is such a problem); 2 usage errors.
+
+`check` prints one line per policy (`FILE:LINE: KIND NAME (namespace NS): N rules`) and, on stderr, one
+`FILE:LINE: warning: ...` line per policy that has fields accepted but not enforced as written (see
+bpf.policy.model.Policy.warnings), then `ok: N policies`. `compile` shows the scope's warnings under its
+table (they are part of the RuleSet and its digest).
 """
 
 from __future__ import annotations
@@ -71,6 +76,14 @@ def run_check(args: argparse.Namespace) -> int:
         policies = load_policy_paths(args.paths)
     except PolicyError as exc:
         return _report(exc)
+    for policy in policies:
+        namespace = f"namespace {_show(policy.namespace)}" if policy.namespace is not None else "no namespace"
+        noun = "rule" if policy.rule_count == 1 else "rules"
+        print(f"{_show(policy.origin)}:{policy.line}: {policy.kind} {_show(policy.name)} ({namespace}): "
+              f"{policy.rule_count} {noun}")
+        warning = policy.warning_line()
+        if warning is not None:
+            print(warning, file=sys.stderr)
     noun = "policy" if len(policies) == 1 else "policies"
     print(f"ok: {len(policies)} {noun}")
     return EXIT_OK
@@ -188,15 +201,24 @@ def render_table(ruleset: RuleSet, scope: Scope | str) -> str:
     section("file", ruleset.postures.file, ("ACTION", "KIND", "PATH", "FLAGS", "SOURCE", "POLICY"),
             [(r.action.value, r.kind.value, _show(r.path),
               flags(("read-only", r.read_only), ("owner-only", r.owner_only)), _show(r.source),
-              _alert_cell(r.alert)) for r in ruleset.file])
+              _alert_cell(r.alert)) for r in ruleset.file]
+            + [(r.action.value, "pattern", _show(r.pattern),
+                flags(("read-only", r.read_only), ("owner-only", r.owner_only)), "-", _alert_cell(r.alert))
+               for r in ruleset.file_patterns])
     section("process", ruleset.postures.process, ("ACTION", "KIND", "PATH", "FLAGS", "SOURCE", "POLICY"),
             [(r.action.value, r.kind.value, _show(r.path), flags(("owner-only", r.owner_only)),
-              _show(r.source), _alert_cell(r.alert)) for r in ruleset.process])
+              _show(r.source), _alert_cell(r.alert)) for r in ruleset.process]
+            + [(r.action.value, "pattern", _show(r.pattern), flags(("owner-only", r.owner_only)), "-",
+                _alert_cell(r.alert)) for r in ruleset.process_patterns])
     section("network", ruleset.postures.network, ("ACTION", "PROTOCOL", "SOURCE", "POLICY"),
             [(r.action.value, r.protocol, _show(r.source), _alert_cell(r.alert)) for r in ruleset.network])
     section("capabilities", ruleset.postures.capabilities, ("ACTION", "CAPABILITY", "SOURCE", "POLICY"),
             [(r.action.value, r.capability, _show(r.source), _alert_cell(r.alert))
              for r in ruleset.capabilities])
+    lines.extend(f"warning: {_show(w)}" for w in ruleset.warnings)
     lines.append(f"rules: {ruleset.rule_count}")
+    if ruleset.automata_digest is not None:
+        states = [a.nstates for a in (*ruleset.file_automata, *ruleset.process_automata)]
+        lines.append(f"matchPatterns automata: {len(states)} ({sum(states)} states), {ruleset.automata_digest}")
     lines.append(f"digest: {ruleset.digest}")
     return "\n".join(lines)

@@ -53,6 +53,8 @@ from tests.guest.vm import REPO_ROOT, GuestOptions, GuestVM
 PROBE_DIR = "/var/tmp/warden-probe"
 BASELINE_DIR = "/var/tmp/warden-baseline"
 V2_DIR = "/var/tmp/warden-v2"
+OTHER_NODE_DIR = "/var/tmp/warden-other-node"  # blocked by a host policy for another node: never enforced here
+NODE_LABELS = {"kubernetes.io/hostname": "pod-vm"}  # the configuration's node_labels
 ALERTS = "/var/log/warden/alerts.json"  # LogsDirectory=warden: writable under ProtectSystem=strict
 MARKER = f"{PROBE_DIR}/marker-while-agent-down"
 UPDATE = "/var/tmp/warden-update.bundle.json"  # signed, so it needs no protection (and gets none)
@@ -68,7 +70,8 @@ AGENT_WRAPPER = [
 ]
 
 
-def host_block(name: str, directory: str) -> PolicyFile:
+def host_block(name: str, directory: str, node: str | None = None) -> PolicyFile:
+    labels = "{}" if node is None else json.dumps({"kubernetes.io/hostname": node})
     text = textwrap.dedent(f"""\
         apiVersion: security.kubearmor.com/v1
         kind: KubeArmorHostPolicy
@@ -76,7 +79,7 @@ def host_block(name: str, directory: str) -> PolicyFile:
           name: {name}
         spec:
           nodeSelector:
-            matchLabels: {{}}
+            matchLabels: {labels}
           severity: 7
           message: "guest test: {name}"
           action: Block
@@ -117,7 +120,24 @@ def bundle(version: int, policies: list[PolicyFile], key: str = "owner-ed25519",
     return sign_envelope(payload, BUNDLE_PAYLOAD_TYPE, [signing_key(key)]).to_json().decode()
 
 
+# Accepted, but its syscalls section is not monitored: named in the log and in `warden status`.
+SYSCALLS_AUDIT = PolicyFile("syscalls-audit.yaml", textwrap.dedent("""\
+    apiVersion: security.kubearmor.com/v1
+    kind: KubeArmorPolicy
+    metadata:
+      name: syscalls-audit
+    spec:
+      selector:
+        matchLabels:
+          kubearmor.io/container.name: ".*"
+      syscalls:
+        matchSyscalls:
+          - syscall: [unlink]
+    """))
+
 V1 = [host_block("probe-block", PROBE_DIR), CONTAINER_SECRET, MYSQL_BLOCK]
+V2 = [*V1, host_block("v2-block", V2_DIR), host_block("other-node-block", OTHER_NODE_DIR, node="other-vm"),
+      SYSCALLS_AUDIT]
 INITDATA = make_initdata(bundle(1, V1, pod=POD).encode()).decode()
 INITDATA_DIGEST = parse_initdata(INITDATA.encode(), origin="test").digest_hex
 
@@ -133,6 +153,7 @@ def config_yaml(**agent: object) -> str:
         "update_bundle": UPDATE,
         "gate_failure_exit_s": 8,
         "record_ruleset": False,
+        "node_labels": NODE_LABELS,
         "agent": agent_settings,
     }, indent=2)
 
@@ -149,6 +170,7 @@ def guest_options() -> GuestOptions:
         MARKER: "read while the agent is down\n",
         f"{BASELINE_DIR}/secret": "baseline secret\n",
         f"{V2_DIR}/secret": "v2 secret\n",
+        f"{OTHER_NODE_DIR}/secret": "other node's secret\n",
     })
 
 
@@ -441,13 +463,21 @@ def test_reload_refuses_an_untrusted_bundle_and_applies_a_newer_one(guest: Guest
     assert readable(guest, f"{V2_DIR}/secret")
     assert "bundle v1" in show(guest, "StatusText")["StatusText"]
 
-    good = bundle(2, [*V1, host_block("v2-block", V2_DIR)], pod=POD)
+    good = bundle(2, V2, pod=POD)
     guest.run(f"cat > {UPDATE} < {guest.write_shared('v2.json', good)}", check=True)
     guest.run("systemctl reload warden.service", check=True)
     wait_until("bundle v2", lambda: "bundle v2" in show(guest, "StatusText")["StatusText"], 60, guest)
     assert not readable(guest, f"{V2_DIR}/secret")
     assert not readable(guest, f"{PROBE_DIR}/secret")
     assert is_ready(guest)
+    # node_labels say this VM is pod-vm: the host policy for other-vm selects nothing here.
+    assert readable(guest, f"{OTHER_NODE_DIR}/secret")
+    # Nothing accepted is silently not enforced: the syscalls section is named in the status and the log.
+    warning = ("KubeArmorPolicy syscalls-audit: accepted, not enforced as written: spec.syscalls (not monitored: "
+               "warden has no syscall hook; KubeArmor only audits syscalls, it never blocks them)")
+    assert warden_status(guest)["enforcement"]["policy_warnings"] == [warning]  # type: ignore[index]
+    journal = guest.run("journalctl -u warden.service --no-pager -o cat", check=True).stdout
+    assert f"policy {warning}" in journal
 
     # A restart resumes v2: the boot bundle (v1) alone is now a rollback and must not come back.
     old_pid = show(guest, "MainPID")["MainPID"]

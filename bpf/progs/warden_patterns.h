@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * warden_patterns.h: KubeArmor matchPatterns (AppArmor globs), decided in BPF-LSM.
+ *
+ * The compiler (bpf/policy/glob.py) turns a scope's patterns of one category into a few minimal
+ * DFAs; the kernel walks the object's path through each once, byte by byte: O(path length), however
+ * many patterns. A DFA stops at its dead state, so a pattern whose literal prefix the path leaves
+ * costs the bytes up to the first difference. A scope without patterns pays one bit test in
+ * enforce_path_op (WARDEN_SCOPE_PATTERNS). The outcome combines with the exact and directory rules'
+ * by strength: block > audit > pass > nothing (then the default posture decides).
+ *
+ * Paths that did not fit the walk (more than WARDEN_PATH_MAX - 1 bytes or WARDEN_MAX_DEPTH deep) are
+ * not matched against patterns; the event flag WARDEN_EV_TRUNCATED marks them when an alert is sent.
+ */
+#ifndef WARDEN_PATTERNS_H
+#define WARDEN_PATTERNS_H
+
+#include "warden_path.h"
+#include "warden_patterns_types.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct warden_pat_key);
+	__type(value, struct warden_pat_head);
+} warden_pat_heads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct warden_pat_key);
+	__type(value, struct warden_pat_dfa);
+} warden_pat_dfas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 17);
+	__type(key, struct warden_pat_key);
+	__type(value, struct warden_pat_verdict);
+} warden_pat_verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WARDEN_PAT_POOL_CHUNKS);
+	__type(key, __u32);
+	__type(value, struct warden_pat_chunk);
+} warden_pat_pool SEC(".maps");
+
+/*
+ * Where one decision collects the automata's outcomes. Map memory, not the stack: what a loop body
+ * merges there is a value the verifier does not track, so the branches of the merge do not multiply
+ * the states it explores (per automaton, the four outcomes could each be merged or not).
+ */
+struct warden_pat_acc {
+	struct warden_pat_key key; /* scope, gen and category set once; automaton per walk */
+	__u32 len;                 /* bytes to walk: the path, plus its trailing '/' for a directory */
+	__u32 alert[4];
+	__u8 action[4];
+	__u8 needs_owner;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct warden_pat_acc);
+} warden_pat_acc_map SEC(".maps");
+
+/*
+ * The walk of one automaton over the first `len` bytes of pb's path: its verdict number, 0 for none.
+ * A global function: the verifier checks it once per program, not at each call. For a directory the
+ * walk includes the '/' after the last name, which the path walk wrote there (warden_walk.h put_done).
+ */
+__noinline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct pathbuf *pb, __u32 len)
+{
+	struct warden_pat_chunk *chunk;
+	__u32 state, width, base, cell, key, i;
+	__u8 c;
+
+	if (!dfa || !pb || len > WARDEN_PATH_MAX)
+		return 0;
+	state = dfa->start;
+	width = dfa->width;
+	base = dfa->base;
+	for (i = 0; i < WARDEN_PATH_MAX; i++) {
+		if (i >= len)
+			break;
+		c = pb->buf[(pb->start & (PATH_RIGHT - 1)) + (i & (WARDEN_PATH_MAX - 1))];
+		cell = base + state * width + dfa->classes[c];
+		key = cell / WARDEN_PAT_CHUNK;
+		chunk = bpf_map_lookup_elem(&warden_pat_pool, &key);
+		if (!chunk)
+			return 0;
+		state = chunk->cell[cell & (WARDEN_PAT_CHUNK - 1)];
+		if (!state)
+			return 0; /* dead: no pattern of this automaton can match any more */
+	}
+	cell = base + state * width + width - 1;
+	key = cell / WARDEN_PAT_CHUNK;
+	chunk = bpf_map_lookup_elem(&warden_pat_pool, &key);
+	if (!chunk)
+		return 0;
+	return chunk->cell[cell & (WARDEN_PAT_CHUNK - 1)];
+}
+
+/* Walk automaton acc->key.automaton and merge its verdict into acc (the stronger outcome per
+ * operation). A global function too: verified once, its branches never reach the caller's states. */
+__noinline int warden_pat_one(struct warden_pat_acc *acc, struct pathbuf *pb)
+{
+	struct warden_pat_verdict *rec;
+	struct warden_pat_dfa *dfa;
+	struct warden_pat_key key;
+	int v;
+
+	if (!acc || !pb)
+		return 0;
+	key = acc->key;
+	key.verdict = 0;
+	dfa = bpf_map_lookup_elem(&warden_pat_dfas, &key);
+	if (!dfa)
+		return 0;
+	v = warden_dfa_walk(dfa, pb, acc->len);
+	if (v <= 0)
+		return 0;
+	key.verdict = v;
+	rec = bpf_map_lookup_elem(&warden_pat_verdicts, &key);
+	if (!rec)
+		return 0;
+	if (rec->action[0] > acc->action[0]) {
+		acc->action[0] = rec->action[0];
+		acc->alert[0] = rec->alert[0];
+	}
+	if (rec->action[1] > acc->action[1]) {
+		acc->action[1] = rec->action[1];
+		acc->alert[1] = rec->alert[1];
+	}
+	if (rec->action[2] > acc->action[2]) {
+		acc->action[2] = rec->action[2];
+		acc->alert[2] = rec->alert[2];
+	}
+	if (rec->action[3] > acc->action[3]) {
+		acc->action[3] = rec->action[3];
+		acc->alert[3] = rec->alert[3];
+	}
+	acc->needs_owner |= rec->needs_owner;
+	return 1;
+}
+
+/*
+ * Combine the patterns' outcome for this operation with the exact/directory rule in `best`: when a
+ * pattern's is stronger, `best` becomes it, without flags (the compiler resolved them). `op` is
+ * enforce_path_op's (hook, category, write) with the scope in bits 32-63.
+ */
+static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct dentry *d, struct inode *inode,
+					     struct warden_rule_slot *best)
+{
+	struct warden_pat_key key = {};
+	struct warden_pat_head *head;
+	struct warden_pat_acc *acc;
+	struct pathbuf *pb = &s->obj;
+	struct inode *owned, *obj = d->d_inode;
+	__u8 owner = 0, f, eff, act, write = (op >> 24) & 1;
+	__u32 zero = 0, len, count, i, alert;
+	int ok, dir;
+
+	key.scope = op >> 32;
+	key.category = (op >> 16) & 0xff;
+	head = bpf_map_lookup_elem(&warden_pat_heads, &key);
+	acc = bpf_map_lookup_elem(&warden_pat_acc_map, &zero);
+	if (!head || !acc || !pb->complete)
+		return;
+	count = head->count;
+	len = pb->len;
+	if (obj) /* the dentry's own inode: `inode` may be the parent's for a name being created */
+		dir = (obj->i_mode & 00170000) == 0040000;
+	else
+		dir = (op & 0xffff) == WARDEN_HOOK_PATH_MKDIR;
+	if (dir && len > 1) /* AppArmor's path of a directory ends with '/'; the root is "/" */
+		len += 1;
+	acc->key = key;
+	acc->key.gen = head->gen;
+	acc->len = len;
+	acc->action[0] = acc->action[1] = acc->action[2] = acc->action[3] = 0;
+	acc->needs_owner = 0;
+	for (i = 0; i < WARDEN_PAT_MAX_AUTOMATA; i++) {
+		if (i >= count)
+			break;
+		acc->key.automaton = i;
+		warden_pat_one(acc, pb);
+	}
+	if (!(acc->action[0] | acc->action[1] | acc->action[2] | acc->action[3]))
+		return;
+	f = best->flags;
+	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY)) {
+		owned = inode ? inode : d->d_parent->d_inode; /* a name being created: its directory's */
+		owner = owned && owned->i_uid.val ==
+			BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), cred, fsuid.val);
+	}
+	/* the outcome of this operation, index write | owner << 1 (constant offsets: clang drops a mask
+	 * it can prove redundant, the verifier cannot) */
+	if (owner) {
+		act = write ? acc->action[3] : acc->action[2];
+		alert = write ? acc->alert[3] : acc->alert[2];
+	} else {
+		act = write ? acc->action[1] : acc->action[0];
+		alert = write ? acc->alert[1] : acc->alert[0];
+	}
+	/* what the exact rule gives this operation, as decide() would apply it */
+	ok = (!(f & WARDEN_RULE_READ_ONLY) || !write) && (!(f & WARDEN_RULE_OWNER_ONLY) || owner);
+	if (best->action == WARDEN_ACT_ALLOW)
+		eff = ok ? WARDEN_ACT_ALLOW : WARDEN_ACT_NONE;
+	else if (best->action == WARDEN_ACT_BLOCK || best->action == WARDEN_ACT_AUDIT)
+		eff = (f && ok) ? WARDEN_ACT_ALLOW : best->action;
+	else
+		eff = WARDEN_ACT_NONE;
+	if (act > eff) {
+		best->alert = alert;
+		best->action = act;
+		best->flags = 0;
+	}
+}
+
+#endif /* WARDEN_PATTERNS_H */
