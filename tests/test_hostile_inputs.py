@@ -315,7 +315,7 @@ class RecordingEngine:
     def is_loaded(self) -> bool:
         return False
 
-    def load(self, policies: tuple[Any, ...], *_postures: Any) -> Any:
+    def load(self, policies: tuple[Any, ...], *_postures: Any, **_options: Any) -> Any:
         from supervisor.enforcement import LoadSummary
 
         self.loaded.append(policies)

@@ -149,7 +149,8 @@ def test_empty_container_list_selects_every_container_of_the_pod(name: str) -> N
         assert compile([policy], ContainerScope(container, labels)).rule_count == 1
     # Only container.name: every container, including one nobody registered.
     assert policy.selector.selects_every_container() is (name == "container-name-empty")
-    assert compile([policy], AnyContainerScope()).rule_count == (1 if name == "container-name-empty" else 0)
+    # A container nobody registered gets every container policy either way (fail closed, issue 14).
+    assert compile([policy], AnyContainerScope()).rule_count == 1
 
 
 def test_malformed_list_read_as_kubearmor_reads_it() -> None:

@@ -238,7 +238,7 @@ def test_own_policies_compile_into_a_ruleset_with_an_automata_digest() -> None:
 def test_encode_scope_sets_the_pattern_bit_and_alerts() -> None:
     ruleset = compile(load_policy_paths([OWN]), ContainerScope("pat-own"))
     tables = maps.encode_scope(maps.SCOPE_FIRST_CONTAINER, ruleset)
-    _postures, rules = maps.SCOPE_CFG.unpack(tables.cfg)
+    _postures, rules, _strict = maps.SCOPE_CFG.unpack(tables.cfg)
     assert rules[maps.CAT_FILE] & patterns.SCOPE_PATTERNS and rules[maps.CAT_PROCESS] & patterns.SCOPE_PATTERNS
     assert tables.patterns is not None and set(tables.patterns.categories) == {maps.CAT_FILE, maps.CAT_PROCESS}
     assert {a.policy for a in tables.alerts.values()} >= {"own-file-star-question-block", "own-process-audit"}
