@@ -130,9 +130,6 @@ def applied(guest: GuestVM, mysql: Container) -> dict[str, Any]:
         time.sleep(0.5)
     result: dict[str, Any] = json.loads(guest.run(f"cat {ready}", check=True).stdout)
     print(f"engine load timings: {result['timings']}")
-    progs = json.loads(guest.run("bpftool -j prog show", check=True).stdout)
-    print("verified insns:", {p["name"]: p.get("verified_insns") for p in progs
-                              if p.get("name", "").startswith("warden_")})
     guest.run(f"kill -9 {result['pid']}", check=True)  # the applying process is gone before any attempt
     for _ in range(50):
         if guest.run(f"kill -0 {result['pid']}").returncode != 0:
