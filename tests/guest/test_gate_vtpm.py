@@ -104,6 +104,7 @@ def test_sha384_initdata_is_refused_on_vtpm(guest: GuestVM, extended: str) -> No
 # real AA (our nonce, zero-padded, in the quote's REPORTDATA): only the listener's owner betrays it.
 FAKE_AA = textwrap.dedent("""
     import base64, json, os, sys
+    import encodings.idna  # noqa: F401  (HTTPServer's getfqdn needs it; the stdlib is not readable after setuid)
     from http.server import BaseHTTPRequestHandler, HTTPServer
     from urllib.parse import parse_qs, urlsplit
     evidence = json.load(open(sys.argv[1]))
