@@ -49,7 +49,7 @@ ALERTS = "/var/log/warden/alerts.json"
 AGENT_SOCKET = "/run/kata-standin/agent.sock"
 KATA_AGENT_CLIENT = f"/usr/bin/python3 {STANDINS / 'kata_agent.py'} run --socket {AGENT_SOCKET}"
 NOT_IN_A_POD_VM = "[Unit]\nConditionPathExists=/nonexistent/warden-testbed\n"
-WAIT_FOR_TPM = "for i in $(seq 300); do [ -e /dev/tpmrm0 ] && exit 0; sleep 0.1; done; exit 1"
+WAIT_FOR_TPM = "for i in $(seq 300); do [ -e /dev/tpmrm0 ] && break; sleep 0.1; done; [ -e /dev/tpmrm0 ]"
 
 # kata-containers src/agent/kata-containers.target, without `Requires=tmp.mount` (the test bed's
 # /tmp is the host's, where a CI checkout may live) and chronyd (not installed).
@@ -85,7 +85,7 @@ Before=warden.service kata-agent.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/sh -c '{wait}; tpm2_pcrextend 8:sha256={digest}'
+ExecStart=/bin/sh -c '{wait} && tpm2_pcrextend 8:sha256={digest}'
 """
 
 # An init that did not mount bpffs and securityfs (systemd 252 always does): undo it before

@@ -27,7 +27,8 @@ def mounted_by_warden_mounts(guest: GuestVM) -> None:
 
 class TestRefusedGate:
     @pytest.fixture(scope="class")
-    def guest(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
+    @classmethod
+    def guest(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
         image = pod.pod_image(signed_by=pod.FOREIGN_KEY)
         yield from pod.boot(kata(image, tmp_path_factory.mktemp("disk")), tmp_path_factory)
 
@@ -38,7 +39,8 @@ class TestRefusedGate:
 
 class TestAcceptedGate:
     @pytest.fixture(scope="class")
-    def guest(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
+    @classmethod
+    def guest(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
         image = pod.pod_image(signed_by=pod.TRUSTED_KEY)
         yield from pod.boot(kata(image, tmp_path_factory.mktemp("disk")), tmp_path_factory)
 

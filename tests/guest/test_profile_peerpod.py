@@ -34,7 +34,8 @@ def check_process_user_data_first(guest: GuestVM, digest: str) -> None:
 
 class TestRefusedGate:
     @pytest.fixture(scope="class")
-    def guest(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
+    @classmethod
+    def guest(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
         yield from pod.boot(peerpod(pod.pod_image(signed_by=pod.FOREIGN_KEY)), tmp_path_factory)
 
     def test_kata_agent_never_starts_and_no_container_runs(self, guest: GuestVM) -> None:
@@ -45,7 +46,8 @@ class TestRefusedGate:
 
 class TestAcceptedGate:
     @pytest.fixture(scope="class")
-    def guest(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
+    @classmethod
+    def guest(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
         yield from pod.boot(peerpod(ACCEPTED), tmp_path_factory)
 
     def test_kata_agent_starts_after_ready_with_initdata_from_process_user_data(self, guest: GuestVM) -> None:
