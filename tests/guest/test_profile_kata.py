@@ -49,9 +49,13 @@ class TestAcceptedGate:
         mounted_by_warden_mounts(guest)
         disk = guest.run("readlink -f /dev/disk/by-id/virtio-initdata").stdout.strip()
         assert disk.startswith("/dev/vd"), disk
-        # warden read it before kata-agent existed; kata-agent then made its own copy, byte for byte.
-        assert disk in pod.journal(guest, "warden.service", 200), pod.journal(guest, "warden.service")
+        # warden read the disk before kata-agent existed (through udev's by-id link); kata-agent then
+        # found it by its magic and made its own copy: the same bytes, the same digest.
+        warden_log = pod.journal(guest, "warden.service", 200)
+        assert "initdata: /dev/disk/by-id/virtio-initdata " in warden_log, warden_log
         assert f"initdata from {disk} written" in pod.journal(guest, "kata-agent.service")
+        copy = guest.run("sha256sum /run/confidential-containers/initdata/initdata.toml", check=True).stdout.split()[0]
+        assert f"sha256 {copy})" in warden_log, (copy, warden_log)
 
     def test_seed_policies_hold_in_kata_agent_containers(self, guest: GuestVM) -> None:
         pod.check_seed_policies(guest)
