@@ -151,9 +151,14 @@ def wait_for(pid: int, timeout_s: float) -> int:
     """The exit status of the container's init, which crun left to us (we are its subreaper)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        reaped, status = os.waitpid(pid, os.WNOHANG)
-        if reaped == pid:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not ours after all: no exit status, only that it ended
+            if not Path(f"/proc/{pid}").exists():
+                return 255
+        else:
+            if reaped == pid:
+                return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         time.sleep(0.05)
     raise TimeoutError(pid)
 
