@@ -147,8 +147,8 @@ def check_seed_policies(guest: GuestVM) -> None:
 
 
 def check_warden_crash_keeps_kata_agent(guest: GuestVM) -> None:
-    """Requires= stops kata-agent when warden is stopped on purpose, not when it crashes: systemd's
-    automatic restart of warden leaves kata-agent (and the pod) running."""
+    """systemd's automatic restart of a crashed warden leaves kata-agent (and the pod) running: the
+    drop-in only Wants= warden (a Requires= would restart kata-agent with it)."""
     agent_pid = props(guest, "kata-agent.service", "MainPID")["MainPID"]
     restarts = int(show(guest, "NRestarts")["NRestarts"])
     guest.run("systemctl kill --signal=SIGKILL warden.service", check=True)
