@@ -30,6 +30,7 @@ test: setup lint
 bench: setup
 	@bash scripts/install-bench-deps.sh
 	$(PY) -m bench
+	$(PY) -m bench.boot
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check supervisor trust attest bpf initdata tests $(wildcard bench)

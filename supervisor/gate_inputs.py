@@ -144,6 +144,8 @@ def start_gate(
     """The supervisor's gate at start-up: the guest's initdata, and the update a reload accepted
     earlier in this boot if there is one (a restart must not fall back to the older boot bundle)."""
     document = locate_initdata(config.initdata)
+    log.info("initdata: %s (%d bytes, %s %s)", document.origin, len(document.raw), document.algorithm.value,
+             document.digest_hex)
     return gate_initdata(document, config.gate, sources=sources, now=now, resume=read_accepted_update(config))
 
 

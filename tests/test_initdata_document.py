@@ -306,7 +306,7 @@ def test_locate_prefers_explicit_then_kata_then_peerpod(tmp_path: Path) -> None:
     kata = tmp_path / "kata" / "initdata.toml"
     peer = tmp_path / "peerpod" / "initdata"
     digest_file = tmp_path / "peerpod" / "initdata.digest"
-    paths = {"kata_path": kata, "peerpod_path": peer, "peerpod_digest_path": digest_file}
+    paths = {"dev_dir": None, "kata_path": kata, "peerpod_path": peer, "peerpod_digest_path": digest_file}
     with pytest.raises(InitdataNotFound, match="none of"):
         locate_initdata(**paths)
 
@@ -333,7 +333,8 @@ def test_peerpod_digest_file_must_agree(tmp_path: Path) -> None:
     peer.write_text(encode_annotation(example("initdata-sha256.toml")))
     digest_file.write_text("00" * 32)
     with pytest.raises(MalformedInitdata) as caught:
-        locate_initdata(kata_path=tmp_path / "absent", peerpod_path=peer, peerpod_digest_path=digest_file)
+        locate_initdata(dev_dir=None, kata_path=tmp_path / "absent", peerpod_path=peer,
+                        peerpod_digest_path=digest_file)
     assert caught.value.origin == str(digest_file)
     assert caught.value.field == "digest"
 

@@ -1,15 +1,21 @@
-"""`make demo`: the whole story of coco-warden in Kata-like guest VMs, one progress line per step.
+"""`make demo`: the whole story of coco-warden in peer-pod VMs, one progress line per step.
+
+The VMs are the test bed's peer-pod profile (tests/guest/profiles.py `peerpod`): the shipped units
+unchanged, process-user-data writing /run/peerpod/initdata and extending PCR8 of a swtpm vTPM,
+kata-agent (stand-in: crun and kata-agent's guest-hook semantics) gated on warden.service.
 
 1. The pod owner signs the seed's three policies, builds the CoCo initdata, and gets the Kata
    annotation and the reference values a Trustee operator registers (TDX, SNP, vTPM).
-2. A guest boots with a swtpm vTPM; at launch PCR8 is extended with the initdata digest (what the
-   firmware and kata-agent do in a CoCo VM); warden.service, enabled, gates and enforces.
-3. Real crun containers, started through the OCI hook: raw socket, /bin write and the MySQL data are
-   blocked; the alert JSON the agent wrote is shown.
+2. A pod VM boots; process-user-data provisions the initdata and extends PCR8; warden.service gates
+   and enforces; kata-agent starts only after warden's READY.
+3. Containers started by kata-agent: raw socket, /bin write and the MySQL data are blocked, also in
+   a container whose guest hook failed (kata-agent ignores hook failures; warden does not need it);
+   the alert JSON the agent wrote is shown.
 4. Root in the VM cannot kill the supervisor or the agent; systemd (PID 1) can, and enforcement holds
-   through the gap while systemd brings them back.
+   through the gap while systemd brings them back; kata-agent keeps running.
 5. An unrestricted pod (its own VM, its own initdata) can do all of it. Then the initdata that pod
-   reads is swapped for a tampered one: the gate refuses it and the workload never starts.
+   reads is swapped for a tampered one and warden and kata-agent restarted: the gate refuses it, and
+   kata-agent waits for a READY that never comes, so no workload can start.
 
 Exit 0 only when every expectation held. Output is plain text (no colour), one line per check.
 """
@@ -27,20 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpf.kernel.objects import object_dir
+from initdata.encoding import encode_annotation
 from supervisor.enforcement import shipped_objects
+from tests.guest import pod
+from tests.guest.profiles import ALERTS, KATA_AGENT_CLIENT, PodImage, peerpod
 from tests.guest.service import (
-    ALERTS,
-    INITDATA,
     host_warden,
     is_ready,
     lsm_link_ids,
     make_container,
-    pod_image_files,
-    run_checks,
     show,
     wait_until,
 )
-from tests.guest.vm import REPO_ROOT, GuestError, GuestOptions, GuestVM
+from tests.guest.vm import REPO_ROOT, GuestError, GuestVM
 
 SEED_POLICIES = REPO_ROOT / "tests" / "data" / "policies" / "seed"
 PROBE_SCRIPT = "while :; do if touch /bin/probe 2>/dev/null; then echo OK; else echo DENIED; fi; sleep 0.1; done"
@@ -140,16 +145,18 @@ def owner_side(work: Path, report: Report) -> Artifacts:
 
 
 @contextmanager
-def booted(work: Path, name: str, files: dict[str, str], report: Report) -> Iterator[GuestVM]:
-    vm = GuestVM(GuestOptions(tpm=True, files=files), work / name)
-    report.progress(f"booting the {name} pod VM (QEMU, swtpm vTPM, systemd as PID 1)")
+def booted(work: Path, name: str, artifacts: Artifacts, initdata: str, report: Report) -> Iterator[GuestVM]:
+    image = PodImage(owner_pem=artifacts.owner_pem, baseline=artifacts.baseline, initdata=initdata.encode())
+    vm = GuestVM(peerpod(image), work / name)
+    report.progress(f"booting the {name} peer-pod VM (QEMU, swtpm vTPM, systemd as PID 1, multi-user.target)")
     try:
         vm.start()
         report.progress(f"guest up after {vm.boot_seconds:.1f}s ({vm.accel}); waiting for warden.service READY")
         yield vm
     except (GuestError, AssertionError):
         # What warden said, for whoever reads the failure (the serial tail comes with the error).
-        for command in ("journalctl -u warden.service -n 15 --no-pager -o cat", f"tail -n 5 {ALERTS}"):
+        for command in ("journalctl -u warden.service -n 15 --no-pager -o cat",
+                        "journalctl -u kata-agent.service -n 10 --no-pager -o cat", f"tail -n 5 {ALERTS}"):
             print(f"    $ {command}\n" + vm.run(command).stdout, file=sys.stderr)
         raise
     finally:
@@ -167,6 +174,19 @@ def blocked(outcome: str) -> bool:
     return outcome.startswith("denied") and "Operation not permitted" in outcome
 
 
+def kata_agent_after_ready(vm: GuestVM, report: Report) -> None:
+    digest = vm.run("cat /run/peerpod/initdata.digest", check=True).stdout.strip()
+    report.show(f"process-user-data: /run/peerpod/initdata, digest {digest[:16]}..., PCR8 extended (tpm2_pcrextend)")
+    try:
+        times = pod.check_kata_agent_after_ready(vm)
+    except AssertionError as exc:
+        report.expect(f"kata-agent started after warden's READY ({exc})", False)
+        return
+    gap = (times["kata_agent_start_us"] - times["warden_ready_us"]) / 1e6
+    report.expect(f"kata-agent started {gap:.2f}s after warden's READY (its drop-in waits for warden.service)",
+                  gap >= 0)
+
+
 def restricted_pod(vm: GuestVM, report: Report) -> None:
     wait_ready(vm, report)
     pcr8 = vm.run("cat /sys/class/tpm/tpm0/pcr-sha256/8", check=True).stdout.strip().lower()
@@ -175,19 +195,24 @@ def restricted_pod(vm: GuestVM, report: Report) -> None:
                   "measured by vtpm" in show(vm, "StatusText")["StatusText"])
     report.expect("the status says INSECURE plainly: swtpm is a TPM no TEE vouches for (opted in)",
                   "INSECURE(vtpm)" in show(vm, "StatusText")["StatusText"])
+    kata_agent_after_ready(vm, report)
 
-    report.step(3, "Restricted containers (real crun, registered through the OCI hook)")
-    mysql = run_checks(vm, "mysql", {"app": "mysql"})
-    web = run_checks(vm, "web", None)
-    report.table(("action", "container mysql (signed, app=mysql)", "container web (not in the signed pod)"),
-                 [(action, mysql[action], web.get(action, "?")) for action in mysql])
-    report.expect("raw socket blocked in both (net-raw-block)",
-                  blocked(mysql["raw socket"]) and blocked(web["raw socket"]))
-    report.expect("write to /bin blocked in both (file-integrity-monitoring)",
-                  blocked(mysql["write /bin/evil"]) and blocked(web["write /bin/evil"]))
-    report.expect("/var/lib/mysql denied to mysql, and to a container the signed pod does not list (it gets "
-                  "the union of the pod's rules: the host cannot pick rules by naming or labelling)",
-                  blocked(mysql["cat /var/lib/mysql/any-file"]) and blocked(web["cat /var/lib/mysql/any-file"]))
+    report.step(3, "Containers started by kata-agent (crun; guest hooks register them)")
+    mysql, _ = pod.run_in_pod(vm, "mysql", labels={"app": "mysql"})
+    web, _ = pod.run_in_pod(vm, "web")
+    rogue, rogue_hooks = pod.run_in_pod(vm, "rogue", annotations=pod.ROGUE_ANNOTATIONS)
+    report.table(("action", "mysql (app=mysql)", "web", "rogue (hook failed)"),
+                 [(action, mysql[action], web.get(action, "?"), rogue.get(action, "?")) for action in mysql])
+    report.expect("raw socket blocked in all three (net-raw-block)",
+                  all(blocked(c["raw socket"]) for c in (mysql, web, rogue)))
+    report.expect("write to /bin blocked in all three (file-integrity-monitoring)",
+                  all(blocked(c["write /bin/evil"]) for c in (mysql, web, rogue)))
+    report.expect(f"rogue's guest hook failed ({rogue_hooks['prestart']}) and kata-agent started it anyway; "
+                  "warden confined it as an unregistered container", rogue_hooks["prestart"] != "ok")
+    report.expect("/var/lib/mysql denied to mysql, to web (not in the signed pod: the union of the pod's rules) and "
+                  "to rogue (unregistered: every container policy): the host cannot pick rules by naming, "
+                  "labelling or breaking the hook",
+                  all(blocked(c["cat /var/lib/mysql/any-file"]) for c in (mysql, web, rogue)))
     time.sleep(1)  # the agent polls the ring buffer every 250 ms
     alerts = [json.loads(line) for line in vm.run(f"cat {ALERTS}", check=True).stdout.splitlines()]
     matched = [a for a in alerts if a.get("Type") == "MatchedPolicy"]
@@ -227,6 +252,8 @@ def restricted_pod(vm: GuestVM, report: Report) -> None:
     report.expect("systemd restarted the supervisor and it is READY again", is_ready(vm))
     report.expect("no probe write succeeded while the supervisor was down", log.count("OK") == 0 and len(log) > 5)
     report.expect("the same LSM links are attached (adopted, never detached)", lsm_link_ids(vm) == links)
+    report.expect("kata-agent kept running through warden's restart",
+                  pod.props(vm, "kata-agent.service", "ActiveState")["ActiveState"] == "active")
     self_alerts = [json.loads(line) for line in vm.run(f"cat {ALERTS}", check=True).stdout.splitlines()
                    if "warden-self-protection" in line]
     report.expect(f"the kill attempts were alerted ({len(self_alerts)} self-protection alerts)",
@@ -235,23 +262,32 @@ def restricted_pod(vm: GuestVM, report: Report) -> None:
 
 def unrestricted_pod(vm: GuestVM, report: Report, tampered: str) -> None:
     wait_ready(vm, report)
-    free = run_checks(vm, "app", None)
+    kata_agent_after_ready(vm, report)
+    free, _ = pod.run_in_pod(vm, "app")
     report.table(("action", "container app (another pod's policy)"), list(free.items()))
     report.expect("everything is allowed in the unrestricted pod", set(free.values()) == {"allowed"})
 
-    report.progress("the initdata this pod reads is swapped for a tampered one; warden restarts")
-    vm.run("systemctl stop warden.service", check=True)
-    vm.run(f"cat > {INITDATA} < {vm.write_shared('tampered.toml', tampered)}", check=True)
-    vm.run("systemctl start --no-block warden.service", check=True)
+    report.progress("root swaps /run/peerpod/initdata (and its digest) for a tampered one, restarts warden and "
+                    "kata-agent")
+    vm.run("systemctl stop kata-agent.service warden.service", check=True)
+    tampered_bytes = tampered.encode()
+    vm.run(f"cat > /run/peerpod/initdata < {vm.write_shared('tampered.b64', encode_annotation(tampered_bytes))}",
+           check=True)
+    digest = host_warden("initdata", "digest", str(vm.host_path(vm.write_shared("tampered.toml", tampered)))).strip()
+    vm.run(f"printf %s {digest} > /run/peerpod/initdata.digest", check=True)
+    vm.run("systemctl start --no-block kata-agent.service", check=True)  # pulls warden.service in (Wants=)
     wait_until("the refusal", lambda: "gate refused" in show(vm, "StatusText")["StatusText"], 120, vm)
     report.show(f"STATUS={show(vm, 'StatusText')['StatusText']}")
-    report.expect("the gate refused the tampered initdata (PCR8 holds the launched one) and READY never came",
+    report.expect("the gate refused the tampered initdata (PCR8 holds the provisioned one) and READY never came",
                   "PCR8: measured" in show(vm, "StatusText")["StatusText"] and not is_ready(vm))
-    directory = make_container(vm, "late", ["sh", "-c", "echo started > /started"])
-    result = vm.run(f"crun run -b {directory} late-1", timeout=120)
-    report.show(f"crun run late-1 -> exit {result.returncode}: {result.stderr.strip().splitlines()[-1:]}")
+    agent = pod.props(vm, "kata-agent.service", "ActiveState", "ExecMainPID")
+    agent_state = f"{agent['ActiveState']} (waiting for READY, main process {agent['ExecMainPID']})"
+    directory = make_container(vm, "late", ["sh", "-c", "echo started > /started"], oci_hooks=False)
+    result = vm.run(f"{KATA_AGENT_CLIENT} --id late-1 --bundle {directory}")
     started = vm.run(f"test -e {directory}/rootfs/started").returncode == 0
-    report.expect("the workload never started (the OCI hook failed closed)", result.returncode != 0 and not started)
+    report.show(f"kata-agent.service {agent_state}; asking it to run container late-1 -> {result.stderr.strip()}")
+    report.expect("kata-agent did not start again, and the workload never started",
+                  agent["ExecMainPID"] == "0" and result.returncode != 0 and not started)
 
 
 def main() -> int:
@@ -262,13 +298,11 @@ def main() -> int:
         try:
             report.step(1, "Pod owner: signing key, signed bundle of the seed's policies, initdata")
             artifacts = owner_side(work, report)
-            report.step(2, "Restricted pod: boot with PCR8 extended at launch, warden.service enabled")
-            files = pod_image_files(artifacts.owner_pem, artifacts.initdata, artifacts.baseline)
-            with booted(work, "restricted", files, report) as vm:
+            report.step(2, "Restricted pod: a peer-pod VM with the shipped units")
+            with booted(work, "restricted", artifacts, artifacts.initdata, report) as vm:
                 restricted_pod(vm, report)
             report.step(5, "Unrestricted pod, then tampered initdata")
-            files = pod_image_files(artifacts.owner_pem, artifacts.unrestricted_initdata, artifacts.baseline)
-            with booted(work, "unrestricted", files, report) as vm:
+            with booted(work, "unrestricted", artifacts, artifacts.unrestricted_initdata, report) as vm:
                 unrestricted_pod(vm, report, artifacts.tampered_initdata)
         except (GuestError, AssertionError, RuntimeError) as exc:
             print(f"\n[FAIL] {exc}", file=sys.stderr)

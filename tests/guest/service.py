@@ -117,11 +117,15 @@ def make_container(
     extra_caps: Iterable[str] = (),
     with_usr: bool = False,
     hook_timeout_s: int = 8,
+    oci_hooks: bool = True,
+    annotations: Mapping[str, str] | None = None,
 ) -> str:
     """An OCI bundle for crun: busybox in a writable rootfs, `files` laid into it, the warden hook at
     createRuntime and poststop, the container name and labels as Kata passes them (annotations).
     `with_usr` bind-mounts the guest's /usr read-only (python3 for tests that need real syscalls
-    busybox cannot make). Returns the bundle directory."""
+    busybox cannot make). `oci_hooks=False` leaves the hooks out (a Kata guest's kata-agent adds its
+    guest hooks itself). `annotations` are added as given, after the name and labels. Returns the bundle
+    directory."""
     directory = f"{CONTAINERS_DIR}/{name}"
     guest.run(
         f"set -e; rm -rf {directory}; mkdir -p {directory}/rootfs/bin {directory}/rootfs/usr {directory}/rootfs/tmp; "
@@ -151,12 +155,14 @@ def make_container(
                                       "options": ["rbind", "ro"]}})
         hook = {{"path": "{WARDEN}", "args": ["warden", "hook", "--timeout", "{hook_timeout_s}"],
                  "timeout": {hook_timeout_s + 12}}}
-        config["hooks"] = {{"createRuntime": [hook], "poststop": [hook]}}
+        if {oci_hooks}:
+            config["hooks"] = {{"createRuntime": [hook], "poststop": [hook]}}
         annotations = config.setdefault("annotations", {{}})
         annotations["{NAME_ANNOTATION}"] = "{name}"
         labels = {json.dumps(dict(labels or {}))}
         if labels:
             annotations["{LABELS_ANNOTATION}"] = ",".join(f"{{k}}={{v}}" for k, v in labels.items())
+        annotations.update({json.dumps(dict(annotations or {}))})
         json.dump(config, open(path, "w"), indent=1)
     """)
     guest.python(edit, check=True)

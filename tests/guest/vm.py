@@ -38,6 +38,8 @@ INITRAMFS_MODULES = (
     "virtio_pci_modern_dev",
     "virtio_pci_legacy_dev",
     "virtio_pci",
+    # Kata guest kernels have virtio-blk built in, so the initdata disk is /dev/vdX before userspace.
+    "virtio_blk",
     "netfs",
     "fscache",
     "9pnet",
@@ -80,7 +82,8 @@ rm -f /newroot/.dockerenv
 echo "{SWITCH_ROOT_MARKER}"
 umount /proc /sys
 mount --move /dev /newroot/dev
-exec switch_root /newroot /lib/systemd/systemd --unit=warden-testbed.target
+# The unit to boot comes from the kernel command line (systemd.unit=), as in a Kata guest.
+exec switch_root /newroot /lib/systemd/systemd
 """
 
 TESTBED_TARGET = """[Unit]
@@ -127,6 +130,16 @@ class GuestOptions:
     boot_timeout_s: float = 180.0
     # Extra files laid over the guest root before systemd starts: guest path -> content.
     files: Mapping[str, str] = field(default_factory=dict)
+    # Which of `files` are executable (mode 0755).
+    executables: tuple[str, ...] = ()
+    # Directories copied over the guest root, modes kept: guest directory -> host directory.
+    trees: Mapping[str, Path] = field(default_factory=dict)
+    # Symbolic links laid over the guest root (`systemctl enable` at image build): guest path -> target.
+    links: Mapping[str, str] = field(default_factory=dict)
+    # The unit systemd boots (kernel command line systemd.unit=); the command agent is added to it.
+    boot_unit: str = "warden-testbed.target"
+    # Raw disk images attached read-only as virtio-blk disks: (host image, serial) in /dev/vda, vdb... order.
+    disks: tuple[tuple[Path, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -395,14 +408,27 @@ class GuestVM:
             "/etc/systemd/system/warden-testbed-agent.service": AGENT_UNIT,
             **self.options.files,
         }
+        for guest_dir, host_dir in self.options.trees.items():
+            shutil.copytree(host_dir, self.rootfs / guest_dir.lstrip("/"), dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("README.md"))
+        if self.options.boot_unit != "warden-testbed.target":
+            files[f"/etc/systemd/system/{self.options.boot_unit}.d/warden-testbed.conf"] = (
+                "[Unit]\nWants=warden-testbed-agent.service\n")
         for guest_path, content in files.items():
             target = self.rootfs / guest_path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)
+            if guest_path in self.options.executables:
+                target.chmod(0o755)
+        for guest_path, link_target in self.options.links.items():
+            link = self.rootfs / guest_path.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(link_target)
 
     def _qemu_argv(self, initramfs: Path) -> list[str]:
         append = (
-            "console=ttyS0 panic=-1 quiet loglevel=4 systemd.unit=warden-testbed.target "
+            f"console=ttyS0 panic=-1 quiet loglevel=4 systemd.unit={self.options.boot_unit} "
             "systemd.show_status=false systemd.log_target=console systemd.journald.forward_to_console=0"
         )
         argv = [
@@ -425,6 +451,9 @@ class GuestVM:
         ]
         # `-cpu host` aborts on this machine's KVM (MSR 0x10a); TCG gets every feature it emulates.
         argv += ["-cpu", "kvm64" if self.accel == "kvm" else "max"]
+        for index, (image, serial) in enumerate(self.options.disks):
+            argv += ["-drive", f"file={image},if=none,id=disk{index},format=raw,readonly=on",
+                     "-device", f"virtio-blk-pci,drive=disk{index},serial={serial}"]
         if self.options.tpm:
             argv += self._start_swtpm()
         return argv
