@@ -136,3 +136,74 @@ int warden_path_chown(unsigned long long *ctx)
 		return ret;
 	return FILE_RULES(WARDEN_HOOK_PATH_CHOWN, path->dentry, path->mnt, 1, 0);
 }
+
+/*
+ * readOnly means the metadata too. chmod, chown and truncate reach path_chmod, path_chown and
+ * path_truncate above, with a path; what reaches only inode_setattr is the times (utimensat,
+ * futimens, touch): decided here, on the paths the dentry has in the task's mount namespace.
+ */
+#define ATTR_MODE (1 << 0)
+#define ATTR_UID (1 << 1)
+#define ATTR_GID (1 << 2)
+#define ATTR_SIZE (1 << 3)
+#define ATTR_ATIME (1 << 4)
+#define ATTR_MTIME (1 << 5)
+
+SEC("lsm/inode_setattr")
+int BPF_PROG(warden_inode_setattr, struct dentry *dentry, struct iattr *attr, int ret)
+{
+	unsigned int valid;
+
+	if (ret)
+		return ret;
+	valid = attr->ia_valid;
+	if (!(valid & (ATTR_ATIME | ATTR_MTIME)) || (valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE)))
+		return 0;
+	return enforce_dentry(WARDEN_HOOK_INODE_SETATTR, WARDEN_CAT_FILE, dentry, 1);
+}
+
+/* Extended attributes, security.capability (file capabilities) and ACLs among them. 6.1 passes
+ * the mount's user namespace first (an idmap after 6.3: the pointer is not read). */
+SEC("lsm/inode_setxattr")
+int BPF_PROG(warden_inode_setxattr, void *mnt_userns, struct dentry *dentry, const char *name, const void *value,
+	     size_t size, int flags, int ret)
+{
+	if (ret)
+		return ret;
+	return enforce_dentry(WARDEN_HOOK_INODE_SETXATTR, WARDEN_CAT_FILE, dentry, 1);
+}
+
+SEC("lsm/inode_removexattr")
+int BPF_PROG(warden_inode_removexattr, void *mnt_userns, struct dentry *dentry, const char *name, int ret)
+{
+	if (ret)
+		return ret;
+	return enforce_dentry(WARDEN_HOOK_INODE_REMOVEXATTR, WARDEN_CAT_FILE, dentry, 1);
+}
+
+/* The inode-flag ioctls (immutable, append-only, ...), which need no writable descriptor. The
+ * 32-bit FS_IOC32_SETFLAGS comes through the compat hook, before the kernel translates it. */
+#define FS_IOC_SETFLAGS 0x40086602   /* _IOW('f', 2, long) */
+#define FS_IOC32_SETFLAGS 0x40046602 /* _IOW('f', 2, int) */
+#define FS_IOC_FSSETXATTR 0x401c5820 /* _IOW('X', 32, struct fsxattr) */
+
+static __always_inline int sets_inode_flags(unsigned int cmd)
+{
+	return cmd == FS_IOC_SETFLAGS || cmd == FS_IOC32_SETFLAGS || cmd == FS_IOC_FSSETXATTR;
+}
+
+SEC("lsm/file_ioctl")
+int BPF_PROG(warden_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg, int ret)
+{
+	if (ret || !sets_inode_flags(cmd))
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_FILE_IOCTL, file->f_path.dentry, file->f_path.mnt, 1, file->f_inode);
+}
+
+SEC("lsm/file_ioctl_compat")
+int BPF_PROG(warden_file_ioctl_compat, struct file *file, unsigned int cmd, unsigned long arg, int ret)
+{
+	if (ret || !sets_inode_flags(cmd))
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_FILE_IOCTL, file->f_path.dentry, file->f_path.mnt, 1, file->f_inode);
+}

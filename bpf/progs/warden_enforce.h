@@ -120,11 +120,11 @@ static __always_inline __u8 is_owner(struct inode *inode)
 	return inode && BPF_CORE_READ(inode, i_uid.val) == fsuid;
 }
 
-/* File and process categories: the object is the path (d, vmnt). A subprogram, not inlined, so
- * that each program holds one copy however many times it calls it; static, not global, so that
- * the verifier keeps the arguments' BTF types and the walk reads dentries with direct loads.
- * `op` packs the hook id (bits 0-15), the category (16-23) and whether the operation writes (24). */
-static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmount *vmnt, struct inode *inode)
+/* File and process categories: the object is the path (d, vmnt), or (d, the mount numbered `vmnt_num`,
+ * whose root is `root_num`) when `by_number` (a constant at each use): a mount found by a search has
+ * no typed pointer. */
+static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct vfsmount *vmnt, __u64 vmnt_num,
+					     __u64 root_num, struct inode *inode, int by_number)
 {
 	__u16 hook = op & 0xffff;
 	__u32 category = (op >> 16) & 0xff;
@@ -154,7 +154,10 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	r.arg[0] = write;
 	r.has_path = 1;
 	s->src.len = 0;
-	resolve_path(t, s, &s->obj, d, vmnt);
+	if (by_number)
+		resolve_path_far(t, s, &s->obj, as_number(s, d), vmnt_num, root_num);
+	else
+		resolve_path(t, s, &s->obj, d, vmnt);
 	if (!inode)
 		inode = d->d_inode; /* NULL for a name being created */
 	if (inode && (inode->i_mode & S_IFMT) != S_IFDIR && s->obj.complete && s->obj.ncomp)
@@ -173,12 +176,214 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	return decide(s, &r, &best, posture);
 }
 
+/* A subprogram, not inlined, so that each program holds one copy however many times it calls it;
+ * static, not global, so that the verifier keeps the arguments' BTF types and the walk reads
+ * dentries with direct loads. `op` packs the hook id (bits 0-15), the category (16-23) and whether
+ * the operation writes (24). */
+static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmount *vmnt, struct inode *inode)
+{
+	return enforce_path_body(op, d, vmnt, 0, 0, inode, 0);
+}
+
+static __noinline int enforce_path_num_op(__u64 op, struct dentry *d, __u64 vmnt_num, __u64 root_num)
+{
+	return enforce_path_body(op, d, 0, vmnt_num, root_num, 0, 1);
+}
+
+static __always_inline __u64 path_op(__u16 hook, __u32 category, int write)
+{
+	return hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
+}
+
 static __always_inline int enforce_path(__u16 hook, __u32 category, struct dentry *d, struct vfsmount *vmnt,
 					int write, struct inode *inode)
 {
-	__u64 op = hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
+	return enforce_path_op(path_op(hook, category, write), d, vmnt, inode);
+}
 
-	return enforce_path_op(op, d, vmnt, inode);
+/*
+ * Hooks that get a dentry and no mount (inode_setattr, inode_setxattr, inode_removexattr): the
+ * object's paths are those of the mounts of its superblock in the task's mount namespace under
+ * which it lies. Each is decided (at most DENTRY_MOUNTS of them); any refusal refuses. A dentry
+ * on no mount of the task's namespace (overlayfs's private upper layer, written by the overlay
+ * after the overlay's own hook decided; a detached tree) has no path the rules can name.
+ */
+#define DENTRY_MOUNTS 4
+#define SB_MOUNTS_MAX 256
+
+struct dentry_mounts {
+	__u64 head;   /* &sb->s_mounts */
+	__u64 pos;    /* where sb_mounts_cb goes on */
+	__u64 ns;     /* the task's mount namespace */
+	__u64 d;      /* the object */
+	__u64 sb_root;
+	__u64 vmnt[DENTRY_MOUNTS];
+	__u64 root[DENTRY_MOUNTS];
+	__u32 n;
+	__u32 under;    /* the ancestor walk found the mount's root */
+	__u32 cursor_k; /* whose root the ancestor walk looks for */
+	__u64 cursor;   /* the ancestor walk's dentry */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dentry_mounts);
+} warden_dentry_mounts SEC(".maps");
+
+/* A superblock's mounts: a list through mount.mnt_instance up to 6.12, a singly linked one through
+ * mount.mnt_next_for_sb after (CO-RE picks). */
+struct mount___instance {
+	struct list_head mnt_instance;
+} __attribute__((preserve_access_index));
+
+struct mount___next_for_sb {
+	struct mount *mnt_next_for_sb;
+} __attribute__((preserve_access_index));
+
+struct super_block___list {
+	struct list_head s_mounts;
+} __attribute__((preserve_access_index));
+
+struct super_block___first {
+	struct mount *s_mounts;
+} __attribute__((preserve_access_index));
+
+/* Each layout's offsets in a function of its own, called only where that layout is the kernel's: the
+ * compiler would otherwise compute both (constants) and select, and the one the kernel lacks is an
+ * invalid instruction wherever it is reached. */
+static __noinline __u64 instance_offset(void)
+{
+	return bpf_core_field_offset(struct mount___instance, mnt_instance);
+}
+
+static __noinline __u64 next_for_sb_offset(void)
+{
+	return bpf_core_field_offset(struct mount___next_for_sb, mnt_next_for_sb);
+}
+
+static __noinline __u64 s_mounts_list_offset(void)
+{
+	return bpf_core_field_offset(struct super_block___list, s_mounts);
+}
+
+static __noinline __u64 s_mounts_first_offset(void)
+{
+	return bpf_core_field_offset(struct super_block___first, s_mounts);
+}
+
+/* One mount of the superblock per call. */
+static long sb_mounts_cb(__u32 i, void *data)
+{
+	struct dentry_mounts *dm = *(struct dentry_mounts **)data;
+	__u64 m, next = 0, ns = 0, vmnt, root = 0;
+	__u32 n = dm->n;
+
+	if (n >= DENTRY_MOUNTS || !dm->pos)
+		return 1;
+	if (bpf_core_field_exists(struct mount___instance, mnt_instance)) {
+		/* pos: the list node read last; the head is &sb->s_mounts */
+		if (bpf_probe_read_kernel(&next, sizeof(next), (void *)dm->pos) || !next || next == dm->head)
+			return 1;
+		dm->pos = next;
+		m = next - instance_offset();
+	} else {
+		/* pos: this mount */
+		m = dm->pos;
+		bpf_probe_read_kernel(&next, sizeof(next), (void *)(m + next_for_sb_offset()));
+		dm->pos = next;
+	}
+	bpf_probe_read_kernel(&ns, sizeof(ns), (void *)(m + bpf_core_field_offset(struct mount, mnt_ns)));
+	if (ns != dm->ns)
+		return 0;
+	vmnt = m + bpf_core_field_offset(struct mount, mnt);
+	bpf_probe_read_kernel(&root, sizeof(root), (void *)(vmnt + bpf_core_field_offset(struct vfsmount, mnt_root)));
+	dm->vmnt[n & (DENTRY_MOUNTS - 1)] = vmnt;
+	dm->root[n & (DENTRY_MOUNTS - 1)] = root;
+	dm->n = n + 1;
+	return 0;
+}
+
+/* Whether dm->root[k] is the object or one of its ancestors: one parent per call. */
+static long under_root_cb(__u32 i, void *data)
+{
+	struct dentry_mounts *dm = *(struct dentry_mounts **)data;
+	__u64 parent = 0, d = dm->cursor;
+
+	if (d == dm->root[dm->cursor_k & (DENTRY_MOUNTS - 1)]) {
+		dm->under = 1;
+		return 1;
+	}
+	if (bpf_probe_read_kernel(&parent, sizeof(parent), (void *)(d + bpf_core_field_offset(struct dentry, d_parent)))
+	    || !parent || parent == d)
+		return 1;
+	dm->cursor = parent;
+	return 0;
+}
+
+struct dentry_decide {
+	struct dentry_mounts *dm;
+	struct dentry *d;
+	__u64 op;
+	int ret;
+};
+
+/* Decide the object under mount k: in a loop body, which the verifier checks once (a call per
+ * mount written out would be checked once per call). */
+static long dentry_decide_cb(__u32 k, void *data)
+{
+	struct dentry_decide *c = data;
+	struct dentry_mounts *dm = c->dm;
+	__u32 j = k & (DENTRY_MOUNTS - 1);
+
+	if (k >= dm->n)
+		return 1;
+	if (dm->root[j] != dm->sb_root) { /* a bind mount of a subtree: is the object in it? */
+		dm->under = 0;
+		dm->cursor = dm->d;
+		dm->cursor_k = j;
+		bpf_loop(WALK_MAX, under_root_cb, &c->dm, 0);
+		if (!dm->under)
+			return 0;
+	}
+	c->ret = enforce_path_num_op(c->op, c->d, dm->vmnt[j], dm->root[j]);
+	return c->ret ? 1 : 0;
+}
+
+static __noinline int enforce_dentry_op(__u64 op, struct dentry *d)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct super_block *sb = d->d_sb;
+	struct dentry_decide c = {};
+	struct dentry_mounts *dm;
+	__u32 zero = 0;
+
+	dm = bpf_map_lookup_elem(&warden_dentry_mounts, &zero);
+	if (!dm || !sb)
+		return 0;
+	if (bpf_core_field_exists(struct mount___instance, mnt_instance)) {
+		dm->head = (__u64)sb + s_mounts_list_offset();
+		dm->pos = dm->head;
+	} else {
+		dm->head = 0;
+		bpf_probe_read_kernel(&dm->pos, sizeof(dm->pos), (void *)((__u64)sb + s_mounts_first_offset()));
+	}
+	dm->ns = (__u64)t->nsproxy->mnt_ns;
+	dm->d = (__u64)d;
+	dm->sb_root = (__u64)sb->s_root;
+	dm->n = 0;
+	bpf_loop(SB_MOUNTS_MAX, sb_mounts_cb, &dm, 0); /* 6.1: the context must be on the stack */
+	c.dm = dm;
+	c.d = d;
+	c.op = op;
+	bpf_loop(DENTRY_MOUNTS, dentry_decide_cb, &c, 0);
+	return c.ret;
+}
+
+static __always_inline int enforce_dentry(__u16 hook, __u32 category, struct dentry *d, int write)
+{
+	return enforce_dentry_op(path_op(hook, category, write), d);
 }
 
 /* Network and capability categories: up to `n` codes, the strongest matching rule wins. */

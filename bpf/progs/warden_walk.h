@@ -212,13 +212,40 @@ static long fit_cb(__u32 i, void *data)
 	return 0;
 }
 
+/* What the walk wrote -> the path's start, how many components match, and the length shown. */
+static __always_inline void finish_walk(struct pathbuf *pb)
+{
+	__u32 walked, start;
+
+	start = pb->pos & (PATH_RIGHT - 1);
+	pb->buf[start] = '/';
+	pb->start = start;
+	walked = pb->walked;
+	if (!pb->reached) {
+		pb->ncomp = 0; /* deeper than we follow: the root side is unknown */
+		pb->complete = 0;
+	} else if (!pb->valid_from && walked <= MAX_COMPONENTS && PATH_RIGHT - start <= WARDEN_PATH_MAX) {
+		pb->ncomp = walked;
+		pb->complete = 1;
+	} else {
+		pb->ncomp = 0;
+		pb->complete = 0;
+		bpf_loop(MAX_COMPONENTS, fit_cb, &pb, 0);
+	}
+	pb->nprefix = pb->ncomp + 1;
+	/* The path shown in events: "/a/b" (no trailing slash) or "/" */
+	if (pb->ncomp && pb->complete)
+		pb->len = PATH_RIGHT - start - 1;
+	else
+		pb->len = prefix_end(pb, pb->ncomp);
+}
+
 /* Write the path of (d, vmnt) into `pb`, relative to the task's root. */
 static __always_inline void resolve_path(struct task_struct *t, struct scratch *s, struct pathbuf *pb,
 					 struct dentry *d, struct vfsmount *vmnt)
 {
 	struct near_walk w = {};
 	struct far_walk fw = {};
-	__u32 walked, start;
 
 	w.s = s;
 	w.pb = pb;
@@ -242,27 +269,31 @@ static __always_inline void resolve_path(struct task_struct *t, struct scratch *
 		fw.root_vmnt = as_number(s, w.root_vmnt);
 		bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
 	}
-	start = pb->pos & (PATH_RIGHT - 1);
-	pb->buf[start] = '/';
-	pb->start = start;
-	walked = pb->walked;
-	if (!pb->reached) {
-		pb->ncomp = 0; /* deeper than we follow: the root side is unknown */
-		pb->complete = 0;
-	} else if (!pb->valid_from && walked <= MAX_COMPONENTS && PATH_RIGHT - start <= WARDEN_PATH_MAX) {
-		pb->ncomp = walked;
-		pb->complete = 1;
-	} else {
-		pb->ncomp = 0;
-		pb->complete = 0;
-		bpf_loop(MAX_COMPONENTS, fit_cb, &pb, 0);
-	}
-	pb->nprefix = pb->ncomp + 1;
-	/* The path shown in events: "/a/b" (no trailing slash) or "/" */
-	if (pb->ncomp && pb->complete)
-		pb->len = PATH_RIGHT - start - 1;
-	else
-		pb->len = prefix_end(pb, pb->ncomp);
+	finish_walk(pb);
+}
+
+/*
+ * The same for a mount known only as a number (found by a search of the superblock's mounts, not
+ * handed to the hook as a typed pointer): the far walk from the leaf, every read a probe read.
+ */
+static __always_inline void resolve_path_far(struct task_struct *t, struct scratch *s, struct pathbuf *pb,
+					     __u64 d, __u64 vmnt, __u64 mnt_root)
+{
+	struct far_walk fw = {};
+
+	pb->pos = PATH_RIGHT - 1;
+	pb->walked = 0;
+	pb->valid_from = 0;
+	pb->reached = 0;
+	fw.pb = pb;
+	fw.d = d;
+	fw.vmnt = vmnt;
+	fw.mnt = vmnt - bpf_core_field_offset(struct mount, mnt);
+	fw.mnt_root = mnt_root;
+	fw.root_d = as_number(s, t->fs->root.dentry);
+	fw.root_vmnt = as_number(s, t->fs->root.mnt);
+	bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
+	finish_walk(pb);
 }
 
 #endif /* WARDEN_WALK_H */
