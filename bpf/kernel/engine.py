@@ -297,6 +297,7 @@ class Engine:
         handles["warden_config"].update(maps.SCOPE_ID.pack(0), manifest.host_mnt_ns.to_bytes(8, "little"))
         tables = [c.tables for c in compiled.values()]
         added, removed = sync_scopes(handles, tables, compiled)
+        handles["warden_config"].update(maps.SCOPE_ID.pack(maps.CONFIG_GENERATION), maps.generation_value())
         removed += prune_sources(handles, tables)
         manifest.alerts = {**(previous.alerts if previous else {}),
                            **{k: v for t in tables for k, v in t.alerts.items()}}
@@ -364,6 +365,7 @@ class Engine:
         tables = self._compile(Manifest(scopes={scope_id: sc}))[scope_id].tables
         with self._open_maps() as handles:
             sync_scopes(handles, [tables], [scope_id])
+            handles["warden_config"].update(maps.SCOPE_ID.pack(maps.CONFIG_GENERATION), maps.generation_value())
             manifest.scopes[scope_id] = sc
             manifest.alerts.update(tables.alerts)
             handles["warden_meta"].update(maps.meta_key(f"rs/{scope_id}"), maps.digest_bytes(sc.ruleset_digest))

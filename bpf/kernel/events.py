@@ -44,7 +44,7 @@ HOOK_NAMES: Final = {
     8479: "SOCKET_SENDMSG", 8480: "SOCKET_CONNECT", 8481: "EXEC_MEMFD",
 }
 _CAP_NAMES: Final = {number: f"CAP_{name.upper()}" for name, number in CAPABILITY_NUMBERS.items()}
-_FAMILIES: Final = {2: "AF_INET", 10: "AF_INET6", 17: "AF_PACKET"}
+_FAMILIES: Final = {2: "AF_INET", 10: "AF_INET6", 17: "AF_PACKET", 29: "AF_CAN", 31: "AF_BLUETOOTH", 44: "AF_XDP"}
 _TYPES: Final = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
                  6: "SOCK_DCCP", 10: "SOCK_PACKET"}
 

@@ -35,9 +35,28 @@ int BPF_PROG(warden_file_open, struct file *file, int ret)
 		return ret;
 	if (is_overlay_real_file(file))
 		return 0;
-	/* direct (BTF) loads: no helper call on the hottest hook */
-	return FILE_RULES(WARDEN_HOOK_FILE_OPEN, file->f_path.dentry, file->f_path.mnt,
-			  (file->f_mode & FMODE_WRITE) ? 1 : 0, file->f_inode);
+	/* direct (BTF) loads: no helper call on the hottest hook; what is allowed is remembered for
+	 * the reads and writes through this file (file_permission) */
+	return enforce_file(WARDEN_HOOK_FILE_OPEN, file, (file->f_mode & FMODE_WRITE) ? 1 : 0);
+}
+
+#define MAY_WRITE 0x2
+#define MAY_READ 0x4
+#define MAY_APPEND 0x8
+
+/*
+ * Every read and write through a descriptor, as KubeArmor re-checks them: a descriptor opened
+ * before the policy (a /bin file held open for writing, a secret held open for reading) met no
+ * file_open decision. Files decided at open, and those allowed once, cost one lookup.
+ */
+SEC("lsm/file_permission")
+int BPF_PROG(warden_file_permission, struct file *file, int mask, int ret)
+{
+	if (ret)
+		return ret;
+	if (!(mask & (MAY_READ | MAY_WRITE | MAY_APPEND)) || is_overlay_real_file(file))
+		return 0;
+	return enforce_file(WARDEN_HOOK_FILE_PERMISSION, file, (mask & (MAY_WRITE | MAY_APPEND)) ? 1 : 0);
 }
 
 SEC("lsm/path_unlink")
@@ -105,7 +124,15 @@ int BPF_PROG(warden_path_rename, const struct path *old_dir, struct dentry *old_
 	ret = FILE_RULES(WARDEN_HOOK_PATH_RENAME, old_dentry, old_dir->mnt, 1, 0);
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_RENAME, new_dentry, new_dir->mnt, 1, 0);
+	ret = FILE_RULES(WARDEN_HOOK_PATH_RENAME, new_dentry, new_dir->mnt, 1, 0);
+	if (ret)
+		return ret;
+	/* A directory above a protected path moves the path with it; so does the target of an
+	 * exchange (RENAME_EXCHANGE), and an existing target would be replaced: both ends are checked. */
+	ret = enforce_ancestor(WARDEN_HOOK_PATH_RENAME, old_dentry, old_dir->mnt);
+	if (ret)
+		return ret;
+	return enforce_ancestor(WARDEN_HOOK_PATH_RENAME, new_dentry, new_dir->mnt);
 }
 
 SEC("lsm/path_truncate")

@@ -123,8 +123,10 @@ static __always_inline __u8 is_owner(struct inode *inode)
 /* File and process categories: the object is the path (d, vmnt), or (d, the mount numbered `vmnt_num`,
  * whose root is `root_num`) when `by_number` (a constant at each use): a mount found by a search has
  * no typed pointer. */
+#define OP_BLOCK_ONLY (1ULL << 25) /* only a Block rule acts: no Audit alert, no default posture */
+
 static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct vfsmount *vmnt, __u64 vmnt_num,
-					     __u64 root_num, struct inode *inode, int by_number)
+					     __u64 root_num, struct inode *inode, int by_number, int *cacheable)
 {
 	__u16 hook = op & 0xffff;
 	__u32 category = (op >> 16) & 0xff;
@@ -173,6 +175,10 @@ static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct 
 			inode = d->d_parent->d_inode;
 		r.owner = is_owner(inode);
 	}
+	if ((op & OP_BLOCK_ONLY) && best.action != WARDEN_ACT_BLOCK)
+		return 0;
+	/* an allow that depends on nothing but the path and the scope may be remembered */
+	*cacheable = !(rules & WARDEN_SCOPE_SOURCED) && !(best.flags & WARDEN_RULE_OWNER_ONLY) && s->obj.complete;
 	return decide(s, &r, &best, posture);
 }
 
@@ -182,17 +188,92 @@ static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct 
  * the operation writes (24). */
 static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmount *vmnt, struct inode *inode)
 {
-	return enforce_path_body(op, d, vmnt, 0, 0, inode, 0);
+	int cacheable = 0;
+
+	return enforce_path_body(op, d, vmnt, 0, 0, inode, 0, &cacheable);
 }
 
 static __noinline int enforce_path_num_op(__u64 op, struct dentry *d, __u64 vmnt_num, __u64 root_num)
 {
-	return enforce_path_body(op, d, 0, vmnt_num, root_num, 0, 1);
+	int cacheable = 0;
+
+	return enforce_path_body(op, d, 0, vmnt_num, root_num, 0, 1, &cacheable);
 }
 
 static __always_inline __u64 path_op(__u16 hook, __u32 category, int write)
 {
 	return hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
+}
+
+/*
+ * Reads and writes through a descriptor (file_permission), which may have been opened before the
+ * policy, or under an older one. Deciding the path on every read(2) would cost a walk each; so an
+ * allowed access is remembered per open file, with the rules generation (warden_config[1], which
+ * the engine bumps at every sync) and the scope it was decided in: the common case is one lookup.
+ * A reused struct file at the same address is told apart by its path (dentry, mount).
+ */
+#define HELD_READ 1
+#define HELD_WRITE 2 /* a write allowed implies a read allowed: readOnly and Block refuse writes first */
+
+struct held_file {
+	__u64 generation;
+	__u64 dentry;
+	__u64 mnt;
+	__u32 scope;
+	__u32 allowed; /* HELD_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u64); /* the struct file's address */
+	__type(value, struct held_file);
+} warden_held_files SEC(".maps");
+
+static __always_inline __u64 rules_generation(void)
+{
+	__u32 one = 1;
+	__u64 *gen = bpf_map_lookup_elem(&warden_config, &one);
+
+	return gen ? *gen : 0;
+}
+
+/* `file` was just decided for `level` (HELD_*): remember it, if the decision may be. */
+static __noinline int enforce_file_op(__u64 op, struct file *file, __u32 level)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct dentry *d = file->f_path.dentry;
+	struct vfsmount *vmnt = file->f_path.mnt;
+	struct warden_ns_key nk = {};
+	struct warden_scope_cfg *cfg;
+	struct held_file *held, entry = {};
+	__u64 key = (__u64)file;
+	__u32 scope, category = (op >> 16) & 0xff;
+	int cacheable = 0, ret;
+
+	scope = resolve_scope(t, &nk);
+	cfg = scope_cfg(&scope);
+	if (!cfg || (!cfg->rules[category & 7] && !cfg->posture[category & 7]))
+		return 0; /* no file rule in this scope: nothing to remember either */
+	entry.generation = rules_generation();
+	held = bpf_map_lookup_elem(&warden_held_files, &key);
+	if (held && held->generation == entry.generation && held->scope == scope && held->dentry == (__u64)d &&
+	    held->mnt == (__u64)vmnt && held->allowed >= level)
+		return 0;
+	ret = enforce_path_body(op, d, vmnt, 0, 0, file->f_inode, 0, &cacheable);
+	if (ret || !cacheable)
+		return ret;
+	entry.dentry = (__u64)d;
+	entry.mnt = (__u64)vmnt;
+	entry.scope = scope;
+	entry.allowed = level;
+	bpf_map_update_elem(&warden_held_files, &key, &entry, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int enforce_file(__u16 hook, struct file *file, int write)
+{
+	return enforce_file_op(path_op(hook, WARDEN_CAT_FILE, write), file, write ? HELD_WRITE : HELD_READ);
 }
 
 static __always_inline int enforce_path(__u16 hook, __u32 category, struct dentry *d, struct vfsmount *vmnt,
@@ -223,6 +304,7 @@ struct dentry_mounts {
 	__u32 under;    /* the ancestor walk found the mount's root */
 	__u32 cursor_k; /* whose root the ancestor walk looks for */
 	__u64 cursor;   /* the ancestor walk's dentry */
+	__s32 ret;      /* the decision: in map memory, which the verifier does not take for a constant */
 };
 
 struct {
@@ -326,7 +408,6 @@ struct dentry_decide {
 	struct dentry_mounts *dm;
 	struct dentry *d;
 	__u64 op;
-	int ret;
 };
 
 /* Decide the object under mount k: in a loop body, which the verifier checks once (a call per
@@ -347,8 +428,8 @@ static long dentry_decide_cb(__u32 k, void *data)
 		if (!dm->under)
 			return 0;
 	}
-	c->ret = enforce_path_num_op(c->op, c->d, dm->vmnt[j], dm->root[j]);
-	return c->ret ? 1 : 0;
+	dm->ret = enforce_path_num_op(c->op, c->d, dm->vmnt[j], dm->root[j]);
+	return dm->ret ? 1 : 0;
 }
 
 static __noinline int enforce_dentry_op(__u64 op, struct dentry *d)
@@ -374,11 +455,62 @@ static __noinline int enforce_dentry_op(__u64 op, struct dentry *d)
 	dm->sb_root = (__u64)sb->s_root;
 	dm->n = 0;
 	bpf_loop(SB_MOUNTS_MAX, sb_mounts_cb, &dm, 0); /* 6.1: the context must be on the stack */
+	dm->ret = 0;
 	c.dm = dm;
 	c.d = d;
 	c.op = op;
 	bpf_loop(DENTRY_MOUNTS, dentry_decide_cb, &c, 0);
-	return c.ret;
+	return dm->ret;
+}
+
+/*
+ * Whether the directory (d, vmnt) lies above a Block or Audit file or process rule (an ancestor node):
+ * moving it would carry the protected path out from under its rule (`mv /srv/app /srv/x`, then
+ * x/secrets/key). Decided as that rule decides, with its alert; 0 for anything else.
+ */
+static __noinline int enforce_ancestor_op(__u64 op, struct dentry *d, struct vfsmount *vmnt)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct inode *inode = d->d_inode;
+	struct warden_rule_key key = {};
+	struct warden_rule_node *node;
+	struct warden_scope_cfg *cfg;
+	struct warden_req r = {};
+	struct scratch *s;
+	__u32 len;
+
+	if (!inode || (inode->i_mode & S_IFMT) != S_IFDIR)
+		return 0; /* only a directory has paths below it */
+	r.scope = resolve_scope(t, &r.nk);
+	cfg = scope_cfg(&r.scope);
+	if (!cfg || !cfg->rules[WARDEN_CAT_ANCESTOR])
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	r.category = WARDEN_CAT_FILE;
+	r.hook = op & 0xffff;
+	r.write = 1;
+	r.arg[0] = 1;
+	r.has_path = 1;
+	s->src.len = 0;
+	resolve_path(t, s, &s->obj, d, vmnt);
+	if (!s->obj.complete || !s->obj.ncomp)
+		return 0;
+	hash_words(&s->obj);
+	len = prefix_end(&s->obj, s->obj.ncomp); /* the directory and its '/' */
+	key.hash = prefix_hash(&s->obj, len);
+	key.scope = r.scope;
+	key.category = WARDEN_CAT_ANCESTOR;
+	node = bpf_map_lookup_elem(&warden_rules, &key);
+	if (!node || !warden_same_path((const struct stored_path *)node->path, node->len, &s->obj, len))
+		return 0;
+	return decide(s, &r, &node->exact, 0);
+}
+
+static __always_inline int enforce_ancestor(__u16 hook, struct dentry *d, struct vfsmount *vmnt)
+{
+	return enforce_ancestor_op(hook, d, vmnt);
 }
 
 static __always_inline int enforce_dentry(__u16 hook, __u32 category, struct dentry *d, int write)
@@ -407,7 +539,10 @@ static __always_inline void match_codes(__u32 scope, __u32 category, __u64 sourc
 	}
 }
 
-static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *codes, int n, __u32 *args)
+/* `refuse_only`: a re-check of something already decided once (a socket at send): only a refusal
+ * (a Block rule, or a Block posture with no Allow) acts, and alerts; Audit stays silent. */
+static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *codes, int n, __u32 *args,
+					 int refuse_only)
 {
 	struct warden_rule_slot best = {};
 	struct warden_scope_cfg *cfg;
@@ -440,6 +575,10 @@ static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *code
 		match_codes(r.scope, category, source, codes, n, &best);
 	if (!best.action && (rules & WARDEN_SCOPE_RULES))
 		match_codes(r.scope, category, 0, codes, n, &best);
+	if (refuse_only) {
+		if (best.action == WARDEN_ACT_AUDIT || (best.action != WARDEN_ACT_BLOCK && posture != WARDEN_ACT_BLOCK))
+			return 0;
+	}
 	return decide(s, &r, &best, posture);
 }
 

@@ -28,6 +28,9 @@ enum warden_category {
 	WARDEN_CAT_PROCESS = 2,
 	WARDEN_CAT_NETWORK = 3,
 	WARDEN_CAT_CAPABILITIES = 4,
+	/* not a rule category: a directory above a file or process rule, keyed by its "dir/" string
+	 * (bpf/kernel/maps.py CAT_ANCESTOR); its node's exact slot is the strongest rule below */
+	WARDEN_CAT_ANCESTOR = 5,
 };
 
 enum warden_action {

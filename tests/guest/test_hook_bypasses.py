@@ -31,6 +31,8 @@ POLICIES = [f"{REPO_ROOT}/tests/data/policies/seed/file-integrity-monitoring.yam
 FIM = "file-integrity-monitoring"
 VICTIM = "/bin/warden-victim"  # /usr/bin/warden-victim on a merged-/usr root
 NEIGHBOUR = "/tmp/warden-neighbour"
+SECRET = "/srv/app/secrets/key"
+SECRETS_POLICY = "block-app-secrets"
 
 READ_ALERTS = textwrap.dedent("""
     import json
@@ -80,12 +82,53 @@ def alerted(guest: GuestVM, policy: str, resource_end: str, data: str) -> list[d
             and a["Action"] == "Block"]
 
 
+# Opened in a container's namespace before the policy, used after it when /tmp/holder.go appears.
+HOLDER = textwrap.dedent("""
+    import errno, json, os, socket, time
+    held = {
+        "write-bin": os.open(%(victim)r, os.O_WRONLY),
+        "read-secret": os.open(%(secret)r, os.O_RDONLY),
+        "read-neighbour": os.open("/etc/hostname", os.O_RDONLY),
+    }
+    socks = {
+        "sendto-raw-icmp": socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+        "sendto-packet-dgram": socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0),
+        "sendto-udp-neighbour": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+    }
+    open("/tmp/holder.ready", "w").close()
+    while not os.path.exists("/tmp/holder.go"):
+        time.sleep(0.05)
+    def attempt(fn):
+        try:
+            fn()
+            return "ok"
+        except OSError as exc:
+            return errno.errorcode.get(exc.errno, str(exc.errno))
+    out = {
+        "write-bin": attempt(lambda: os.write(held["write-bin"], b"x")),
+        "read-secret": attempt(lambda: os.read(held["read-secret"], 1)),
+        "read-neighbour": attempt(lambda: os.read(held["read-neighbour"], 1)),
+        "sendto-raw-icmp": attempt(lambda: socks["sendto-raw-icmp"].sendto(b"\\x08" + bytes(7), ("127.0.0.1", 0))),
+        "sendto-packet-dgram": attempt(lambda: socks["sendto-packet-dgram"].sendto(
+            bytes(28), ("lo", 0x0800, 0, 0, bytes(6)))),
+        "sendto-udp-neighbour": attempt(lambda: socks["sendto-udp-neighbour"].sendto(b"x", ("127.0.0.1", 9))),
+    }
+    with open("/tmp/holder.out", "w") as f:
+        json.dump(out, f)
+""")
+
+
 @pytest.fixture(scope="module")
 def applied(guest: GuestVM) -> Iterator[None]:
     guest.run("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf", check=True)
-    prepare = (f"echo original > {VICTIM} && "
+    prepare = (f"echo original > {VICTIM} && mkdir -p /srv/app/secrets /srv/other && echo key > {SECRET} && "
+               "echo readme > /srv/app/readme && "
                f"{PY} -c \"import os; os.setxattr('{VICTIM}', 'security.capability', {CAPABILITY_XATTR})\"")
     guest.run(prepare, check=True)
+    holder = guest.write_shared("holder.py", HOLDER % {"victim": VICTIM, "secret": SECRET})
+    guest.run(f"setsid unshare -m -- {PY} {holder} > /tmp/holder.log 2>&1 &", check=True)
+    guest.run("for i in $(seq 200); do [ -e /tmp/holder.ready ] && exit 0; sleep 0.1; done; cat /tmp/holder.log; "
+              "exit 1", check=True)
     applied = guest.run(f"cd {REPO_ROOT} && {WARDEN} engine apply --no-gate {' '.join(POLICIES)}", timeout=300)
     assert applied.returncode == 0, applied
     assert guest.run(f"pgrep -f {shlex.quote('warden engine apply')}").returncode != 0, "the CLI must be gone"
@@ -135,3 +178,117 @@ def test_removexattr_of_file_capabilities_is_refused(guest: GuestVM, applied: No
     assert alerted(guest, FIM, "/bin/warden-victim", "FILE_REMOVEXATTR")
     assert "security.capability" in guest.run(f"getfattr -d -m - {VICTIM} 2>&1 || "
                                               f"{PY} -c \"import os; print(os.listxattr('{VICTIM}'))\"").stdout
+
+
+# -- 2. renaming a directory above a protected path -----------------------------------------------
+
+
+def test_renaming_an_ancestor_of_a_protected_path_is_refused(guest: GuestVM, applied: None) -> None:
+    assert attack(guest, f"open({SECRET!r}).read()").refused  # the rule itself holds
+    read_alerts(guest)
+    for old, new in (("/srv/app", "/srv/x"), ("/srv", "/srv2")):
+        outcome = attack(guest, f"os.rename({old!r}, {new!r})")
+        assert outcome.refused, (old, outcome)
+        assert alerted(guest, SECRETS_POLICY, old, "FILE_RENAME"), old
+    # the exchange moves the target: an empty directory swapped with /srv/app is refused too
+    exchange = ("import ctypes\nos.mkdir('/tmp/swap')\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "if libc.renameat2(-100, b'/tmp/swap', -100, b'/srv/app', 2):\n"
+                "    raise OSError(ctypes.get_errno(), 'renameat2')")
+    assert attack(guest, exchange).refused
+    assert alerted(guest, SECRETS_POLICY, "/srv/app", "FILE_RENAME")
+    assert guest.run(f"cat {SECRET}").stdout.strip() == "key"
+
+
+def test_renames_beside_a_protected_path_still_work(guest: GuestVM, applied: None) -> None:
+    for old, new in (("/srv/other", "/srv/other2"), ("/srv/app/readme", "/srv/app/readme2")):
+        outcome = attack(guest, f"os.rename({old!r}, {new!r})")
+        assert outcome.code == 0, (old, outcome)
+
+
+# -- 3. descriptors opened before the policy ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def held(guest: GuestVM, applied: None) -> dict[str, str]:
+    read_alerts(guest)
+    guest.run("touch /tmp/holder.go", check=True)
+    guest.run("for i in $(seq 300); do [ -s /tmp/holder.out ] && exit 0; sleep 0.1; done; cat /tmp/holder.log; "
+              "exit 1", check=True)
+    result: dict[str, str] = json.loads(guest.run("cat /tmp/holder.out", check=True).stdout)
+    return result
+
+
+def test_descriptors_held_from_before_the_policy_are_rechecked(guest: GuestVM, held: dict[str, str]) -> None:
+    assert held["write-bin"] == "EPERM" and held["read-secret"] == "EPERM", held
+    assert held["read-neighbour"] == "ok", held
+    alerts = read_alerts(guest)
+    by = {(a["PolicyName"], a["Data"].split()[0]) for a in alerts if a["Result"] == "Permission denied"}
+    assert (FIM, "lsm=FILE_PERMISSION") in by, alerts
+    assert (SECRETS_POLICY, "lsm=FILE_PERMISSION") in by, alerts
+    assert any(a["Resource"] == SECRET for a in alerts), alerts
+    assert guest.run(f"cat {VICTIM}").stdout.strip() == "original"
+
+
+def test_sockets_held_from_before_the_policy_are_rechecked(guest: GuestVM, held: dict[str, str]) -> None:
+    assert held["sendto-raw-icmp"] == "EPERM" and held["sendto-packet-dgram"] == "EPERM", held
+    assert held["sendto-udp-neighbour"] == "ok", held
+
+
+# -- 5. `raw` is every socket that crafts or sniffs packets ---------------------------------------
+
+
+PACKET_SOCKETS = {
+    "inet-raw": "socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)",
+    "inet6-raw": "socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)",
+    "packet-raw": "socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)",
+    "packet-dgram": "socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)",
+    "sock-packet": "socket.socket(socket.AF_INET, 10, 0x0300)",  # SOCK_PACKET, ETH_P_ALL
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PACKET_SOCKETS))
+def test_every_packet_crafting_socket_is_raw(guest: GuestVM, applied: None, kind: str) -> None:
+    read_alerts(guest)
+    outcome = attack(guest, PACKET_SOCKETS[kind])
+    assert outcome.refused, outcome
+    alerts = [a for a in read_alerts(guest) if a["PolicyName"] == "net-raw-block"]
+    assert alerts and alerts[0]["Operation"] == "Network" and alerts[0]["Data"] == "lsm=SOCKET_CREATE", alerts
+
+
+def test_ordinary_sockets_and_netlink_still_work(guest: GuestVM, applied: None) -> None:
+    for code in ("socket.socket(socket.AF_INET, socket.SOCK_STREAM).connect_ex(('127.0.0.1', 9))",
+                 "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))",
+                 "socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)",
+                 "socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)"):
+        outcome = attack(guest, code)
+        assert outcome.code == 0, (code, outcome)
+
+
+# -- 4. exec around a process rule ----------------------------------------------------------------
+
+LDSO = "/lib64/ld-linux-x86-64.so.2"
+
+
+def test_a_blocked_binary_mapped_by_the_loader_is_refused(guest: GuestVM, applied: None) -> None:
+    read_alerts(guest)
+    direct = guest.run("unshare -m -- /usr/bin/id")
+    assert direct.returncode != 0 and "Permission denied" in direct.stderr, direct
+    loader = guest.run(f"unshare -m -- {LDSO} /usr/bin/id")
+    assert loader.returncode != 0 and "uid=" not in loader.stdout, loader
+    alerts = [a for a in read_alerts(guest) if a["PolicyName"] == "block-id" and a["Resource"] == "/usr/bin/id"]
+    assert {a["Data"] for a in alerts} >= {"lsm=SECURITY_BPRM_CHECK", "lsm=FILE_MMAP"}, alerts
+    # mapped read-only, then made executable: refused at mprotect
+    mprotect = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "libc.mmap.restype = ctypes.c_void_p\n"
+                "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, "
+                "ctypes.c_long]\n"
+                "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n"
+                "fd = os.open({p!r}, os.O_RDONLY)\n"
+                "addr = libc.mmap(None, 4096, 1, 2, fd, 0)\n"  # PROT_READ, MAP_PRIVATE
+                "if libc.mprotect(addr, 4096, 5):\n"  # PROT_READ | PROT_EXEC
+                "    raise OSError(ctypes.get_errno(), 'mprotect')")
+    outcome = attack(guest, mprotect.format(p="/usr/bin/id"))
+    assert outcome.refused, outcome
+    assert attack(guest, mprotect.format(p="/usr/bin/true")).code == 0
+    neighbour = guest.run(f"unshare -m -- {LDSO} /usr/bin/true")
+    assert neighbour.returncode == 0, neighbour
