@@ -95,6 +95,7 @@ def engine_results(samples: SyscallSamples) -> dict[str, Any]:
         "fresh_load_timings_s": samples.engine_fresh_s,
         "swap_timings_s": samples.engine_swap_s,
         "rule_counts_10000": samples.rule_counts,
+        "kernel_costs": samples.kernel_costs,
     }
 
 
