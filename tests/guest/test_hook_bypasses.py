@@ -13,6 +13,7 @@ on an unprotected object) must still work.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import textwrap
 from collections.abc import Iterator
@@ -129,7 +130,10 @@ def applied(guest: GuestVM) -> Iterator[None]:
     guest.run(f"setsid unshare -m -- {PY} {holder} > /tmp/holder.log 2>&1 &", check=True)
     guest.run("for i in $(seq 200); do [ -e /tmp/holder.ready ] && exit 0; sleep 0.1; done; cat /tmp/holder.log; "
               "exit 1", check=True)
-    applied = guest.run(f"cd {REPO_ROOT} && {WARDEN} engine apply --no-gate {' '.join(POLICIES)}", timeout=300)
+    # WARDEN_BPF_DIR (objects built with one check broken on purpose) reaches the guest's apply too
+    objects = f"WARDEN_BPF_DIR={shlex.quote(os.environ['WARDEN_BPF_DIR'])} " if "WARDEN_BPF_DIR" in os.environ else ""
+    applied = guest.run(f"cd {REPO_ROOT} && {objects}{WARDEN} engine apply --no-gate {' '.join(POLICIES)}",
+                        timeout=300)
     assert applied.returncode == 0, applied
     assert guest.run(f"pgrep -f {shlex.quote('warden engine apply')}").returncode != 0, "the CLI must be gone"
     read_alerts(guest)  # start from an empty ring buffer
