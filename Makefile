@@ -29,6 +29,7 @@ test: setup lint
 # AppArmor and bcc (with the guest kernel's headers) for the comparisons; the script is idempotent.
 bench: setup
 	@bash scripts/install-bench-deps.sh
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PY) -m bench
 	$(PY) -m bench.boot
 

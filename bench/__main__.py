@@ -116,6 +116,7 @@ def engine_results(samples: SyscallSamples) -> dict[str, Any]:
         "swap_timings_s": samples.engine_swap_s,
         "patterns_swap_timings_s": samples.patterns_swap_s,
         "rule_counts_10000": samples.rule_counts,
+        "kernel_costs": samples.kernel_costs,
     }
 
 

@@ -5,6 +5,8 @@
  *   microbench open PATH N     open(O_RDONLY)+close, N times
  *   microbench exec BINARY N   fork+execve(BINARY)+wait, N times
  *   microbench socket N        socket(AF_INET, SOCK_STREAM)+close, N times
+ *   microbench read PATH N     one open, then pread of 1 byte, N times (file_permission's cost)
+ *   microbench write PATH N    one open for writing, then pwrite of 1 byte, N times
  * Prints the mean nanoseconds per operation.
  */
 #include <fcntl.h>
@@ -68,6 +70,23 @@ int main(int argc, char **argv)
 			}
 			close(fd);
 		}
+	} else if ((!strcmp(argv[1], "read") || !strcmp(argv[1], "write")) && argc == 4) {
+		int writing = !strcmp(argv[1], "write");
+		int fd = open(argv[2], writing ? (O_WRONLY | O_CREAT) : O_RDONLY, 0600);
+		char byte = 'x';
+
+		if (fd < 0) {
+			perror("open");
+			return 1;
+		}
+		start = now_ns(); /* the loop only, not the open */
+		for (i = 0; i < n; i++) {
+			if ((writing ? pwrite(fd, &byte, 1, 0) : pread(fd, &byte, 1, 0)) != 1) {
+				perror(argv[1]);
+				return 1;
+			}
+		}
+		close(fd);
 	} else {
 		return 2;
 	}

@@ -23,7 +23,8 @@ README = REPO_ROOT / "README.md"
 README_BEGIN = "<!-- bench:begin (written by `make bench`) -->"
 README_END = "<!-- bench:end -->"
 
-OP_LABELS = {"open": "open+close", "exec": "fork+exec+wait", "socket": "socket+close"}
+OP_LABELS = {"open": "open+close", "exec": "fork+exec+wait", "socket": "socket+close", "read": "read 1 byte",
+             "write": "write 1 byte"}
 CONFIG_LABELS = {
     "none": "none: no BPF-LSM programs, unconfined",
     "floor": "floor: always-allow BPF",
@@ -34,8 +35,8 @@ CONFIG_LABELS = {
 }
 # Display order (the measurement order is bench.syscalls.CONFIGS).
 SHOWN = ("none", "floor", "warden-10", "warden-10000", "apparmor-10", "apparmor-10000")
-CHART_COLORS = {"floor": (140, 140, 200), "warden-10": (220, 120, 90), "warden-10000": (190, 60, 40),
-                "apparmor-10": (120, 190, 120), "apparmor-10000": (50, 140, 60)}
+CHART_COLORS = {"floor": "#8c8cc8", "warden-10": "#dc785a", "warden-10000": "#be3c28",
+                "apparmor-10": "#78be78", "apparmor-10000": "#328c3c"}
 
 
 def host_machine() -> dict[str, Any]:
@@ -62,17 +63,22 @@ class Section:
     rows: Sequence[tuple[str, ...]]
 
 
+def measured_ops(results: dict[str, Any]) -> list[str]:
+    """The ops a results file has (one from before the read and write loops has three)."""
+    return [op for op in OPS if op in results["syscalls"]["ns_median"]["none"]]
+
+
 def syscall_section(results: dict[str, Any]) -> Section:
     sc = results["syscalls"]
     rows: list[tuple[str, ...]] = []
-    for op in OPS:
+    for op in measured_ops(results):
         for config in SHOWN:
             vs_floor = sc["ratio_vs_floor"].get(config, {}).get(op)
             vs_aa = sc["ratio_warden_vs_apparmor"].get(config, {}).get(op)
             rows.append((OP_LABELS[op] if config == SHOWN[0] else "", CONFIG_LABELS[config],
                          f"{sc['ns_median'][config][op] / 1000:,.1f}", spread(sc["ns_samples"][config][op]),
                          f"{sc['ratio_vs_none'][config][op]:.2f}x", optional_ratio(vs_floor), optional_ratio(vs_aa)))
-    its = ", ".join(f"{OP_LABELS[op]} x{sc['iterations'][op]:,}" for op in OPS)
+    its = ", ".join(f"{OP_LABELS[op]} x{sc['iterations'][op]:,}" for op in measured_ops(results))
     return Section(f"Syscall cost, microseconds per operation: median of {sc['rounds']} interleaved rounds "
                    f"({its} per run)",
                    ("operation", "configuration", "us/op", "rounds' spread", "vs none", "vs floor",
@@ -162,9 +168,30 @@ def patterns_section(results: dict[str, Any]) -> Section:
                    ("configuration", "us/op", "rounds' spread", "vs 10 rules"), rows)
 
 
+def kernel_cost_section(results: dict[str, Any]) -> Section | None:
+    """Each program's kernel-measured cost per invocation (run_time_ns / run_cnt), warden's beside the
+    floor's program on the same hook."""
+    costs = results.get("engine", {}).get("kernel_costs")
+    if not costs:
+        return None
+    floor = {name.removeprefix("floor_"): v for name, v in costs.get("floor", {}).items()}
+    rows = []
+    for name, v in sorted(costs.get("warden-10", {}).items()):
+        own = name.removeprefix("warden_")  # the hook's name, or its first letters (names of 15 bytes)
+        hook = own if own in floor else next((h for h in floor if own.startswith(h[:8]) or h.startswith(own)), None)
+        f = floor.get(hook) if hook else None
+        floor_ns, ratio = (f"{f['ns_per_run']:,.0f}", f"{v['ns_per_run'] / f['ns_per_run']:.1f}x") if f else ("-", "-")
+        rows.append((name, f"{v['ns_per_run']:,.0f}", f"{int(v['runs']):,}", floor_ns, ratio))
+    return Section("Kernel-measured cost per invocation (kernel.bpf_stats_enabled, one pass of every op), warden "
+                   "with 10 rules beside the floor's program on the same hook",
+                   ("program", "ns/run", "runs", "floor ns/run", "vs floor"), rows)
+
+
 def sections(results: dict[str, Any]) -> list[Section]:
     extra = [patterns_section(results)] if "patterns" in results else []
-    return [syscall_section(results), *extra, startup_section(results), load_section(results),
+    kernel = kernel_cost_section(results)
+    return [syscall_section(results), *extra, *([kernel] if kernel else []), startup_section(results),
+            load_section(results),
             memory_section(results)]
 
 
@@ -213,11 +240,21 @@ def update_readme(results: dict[str, Any], readme: Path = README) -> None:
     readme.write_text(text[:begin + len(README_BEGIN)] + "\n" + markdown(results) + "\n" + text[end:])
 
 
+def round_ratios(results: dict[str, Any], config: str, op: str) -> tuple[float, float]:
+    """The lowest and highest round's cost of `config` for `op`, each as a ratio to none's median."""
+    syscalls = results["syscalls"]
+    none = syscalls["ns_median"]["none"][op]
+    samples = syscalls["ns_samples"][config][op]
+    return min(samples) / none, max(samples) / none
+
+
 def chart(results: dict[str, Any]) -> bytes:
     ratio = results["syscalls"]["ratio_vs_none"]
-    groups = [(f"{OP_LABELS[op]} (x none)",
-               [Bar(CONFIG_LABELS[c].replace("floor: ", ""), ratio[c][op], CHART_COLORS[c])
-                for c in SHOWN[1:]]) for op in OPS]
+    ops = measured_ops(results)
+    groups = [(f"{OP_LABELS.get(op, op)} (x none)",
+               [Bar(CONFIG_LABELS[c].replace("floor: ", ""), ratio[c][op], *round_ratios(results, c, op),
+                    CHART_COLORS[c])
+                for c in SHOWN[1:] if c in ratio]) for op in ops]
     m = results["machine"]
     return bar_chart(f"coco-warden syscall cost, guest {m['guest_kernel']} ({m['accel']}), {results['date'][:10]}",
                      groups)

@@ -20,8 +20,9 @@ from bench.compare import MICROBENCH
 from bench.rules import BLOCKED_BINARY, EXEC_BINARY, PATTERN_COUNTS, TARGET, BenchRules, PatternRules
 from tests.guest.vm import REPO_ROOT, GuestVM
 
-OPS = ("open", "exec", "socket")
-ITERATIONS = {"open": 20_000, "exec": 100, "socket": 20_000}
+OPS = ("open", "exec", "socket", "read", "write")
+ITERATIONS = {"open": 20_000, "exec": 100, "socket": 20_000, "read": 1_000_000, "write": 1_000_000}
+RW_TARGET = "/tmp/bench-rw"  # no rule forbids it: the remembered allow's one lookup per read or write
 CONFIGS = ("none", "apparmor-10", "apparmor-10000", "floor", "warden-10", "warden-patterns-10",
            "warden-patterns-1000", "warden-10000")
 ROUNDS = 5
@@ -69,6 +70,8 @@ class SyscallSamples:
     engine_swap_s: list[dict[str, float]] = field(default_factory=list)
     patterns_swap_s: list[dict[str, float]] = field(default_factory=list)  # to 10 exact + 1,000 patterns
     rule_counts: dict[str, int] = field(default_factory=dict)
+    # config -> program -> {"ns_per_run", "runs"}: the kernel's own account (kernel.bpf_stats_enabled)
+    kernel_costs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def median(self, config: str, op: str) -> float:
         return statistics.median(self.samples[config][op])
@@ -76,7 +79,8 @@ class SyscallSamples:
 
 def measure(vm: GuestVM, prefix: str = "") -> dict[str, float]:
     """One run of each microbench op; `prefix` goes between `unshare -m` and the microbench."""
-    args = {"open": f"open {TARGET}", "exec": f"exec {EXEC_BINARY}", "socket": "socket"}
+    args = {"open": f"open {TARGET}", "exec": f"exec {EXEC_BINARY}", "socket": "socket",
+            "read": f"read {TARGET}", "write": f"write {RW_TARGET}"}
     script = "; ".join(f"{prefix}{MICROBENCH} {args[op]} {ITERATIONS[op]} || exit 1" for op in OPS)
     out = vm.run(f"unshare -m sh -c '{script}'", timeout=600, check=True)
     values = [float(v) for v in out.stdout.split()]
@@ -152,7 +156,45 @@ def run_rounds(vm: GuestVM, rounds: int, progress: Callable[[str], None]) -> Sys
             raise RuntimeError("the benchmark rules were not enforced: measurements invalid")
         harness.teardown()
         progress(f"round {index + 1}/{rounds} done")
+    result.kernel_costs = kernel_costs(vm, harness)
+    progress("kernel-measured cost per program done")
     return result
+
+
+def program_stats(vm: GuestVM) -> dict[str, tuple[int, int]]:
+    """(run_time_ns, run_cnt) of every warden and floor program, as the kernel counts them."""
+    progs = json.loads(vm.run("bpftool -j prog show", check=True).stdout)
+    return {str(p["name"]): (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0))) for p in progs
+            if str(p.get("name", "")).startswith(("warden_", "floor_"))}
+
+
+def kernel_costs(vm: GuestVM, harness: Harness) -> dict[str, dict[str, dict[str, float]]]:
+    """One extra pass of every op with kernel.bpf_stats_enabled, for the floor and for warden with
+    10 rules: each program's run_time_ns / run_cnt over the pass, far steadier under TCG than the
+    syscall timings (which this pass does not feed: the stats cost two clock reads per run)."""
+    costs: dict[str, dict[str, dict[str, float]]] = {}
+    vm.run("sysctl -qw kernel.bpf_stats_enabled=1", check=True)
+    try:
+        for config in ("floor", "warden-10"):
+            if config == "floor":
+                harness.floor_on()
+            else:
+                harness.apply(10)
+            before = program_stats(vm)
+            measure(vm)
+            after = program_stats(vm)
+            if config == "floor":
+                harness.floor_off()
+            else:
+                harness.teardown()
+            costs[config] = {}
+            for name, (ns, runs) in sorted(after.items()):
+                ns0, runs0 = before.get(name, (0, 0))
+                if runs > runs0:
+                    costs[config][name] = {"ns_per_run": (ns - ns0) / (runs - runs0), "runs": float(runs - runs0)}
+    finally:
+        vm.run("sysctl -qw kernel.bpf_stats_enabled=0")
+    return costs
 
 
 def record(result: SyscallSamples, config: str, values: dict[str, float]) -> None:

@@ -138,7 +138,8 @@ _ATTACK_BY_NAME = {name: number for number, name in self_protect.ATTACKS.items()
 # C enum -> {enumerator: the Python value that mirrors it}. Every enumerator of each enum must be here.
 MIRRORED_ENUMS: dict[str, dict[str, int]] = {
     "warden_category": {"WARDEN_CAT_FILE": maps.CAT_FILE, "WARDEN_CAT_PROCESS": maps.CAT_PROCESS,
-                        "WARDEN_CAT_NETWORK": maps.CAT_NETWORK, "WARDEN_CAT_CAPABILITIES": maps.CAT_CAPABILITIES},
+                        "WARDEN_CAT_NETWORK": maps.CAT_NETWORK, "WARDEN_CAT_CAPABILITIES": maps.CAT_CAPABILITIES,
+                        "WARDEN_CAT_ANCESTOR": maps.CAT_ANCESTOR},
     "warden_action": {"WARDEN_ACT_NONE": maps.ACT_NONE, "WARDEN_ACT_ALLOW": maps.ACT_ALLOW,
                       "WARDEN_ACT_AUDIT": maps.ACT_AUDIT, "WARDEN_ACT_BLOCK": maps.ACT_BLOCK},
     # the hook ids, and the KubeArmor operation name events.py gives each
@@ -157,6 +158,18 @@ MIRRORED_ENUMS: dict[str, dict[str, int]] = {
         "WARDEN_HOOK_CAPABLE": _HOOK_BY_NAME["CAPABLE"],
         "WARDEN_HOOK_PATH_CHOWN": _HOOK_BY_NAME["FILE_CHOWN"],
         "WARDEN_HOOK_PATH_RENAME": _HOOK_BY_NAME["FILE_RENAME"],
+        "WARDEN_HOOK_INODE_SETATTR": _HOOK_BY_NAME["FILE_SETATTR"],
+        "WARDEN_HOOK_INODE_SETXATTR": _HOOK_BY_NAME["FILE_SETXATTR"],
+        "WARDEN_HOOK_INODE_REMOVEXATTR": _HOOK_BY_NAME["FILE_REMOVEXATTR"],
+        "WARDEN_HOOK_FILE_IOCTL": _HOOK_BY_NAME["FILE_IOCTL"],
+        "WARDEN_HOOK_FILE_PERMISSION": _HOOK_BY_NAME["FILE_PERMISSION"],
+        "WARDEN_HOOK_MMAP_FILE": _HOOK_BY_NAME["FILE_MMAP"],
+        "WARDEN_HOOK_SB_MOUNT": _HOOK_BY_NAME["SB_MOUNT"],
+        "WARDEN_HOOK_MOVE_MOUNT": _HOOK_BY_NAME["MOVE_MOUNT"],
+        "WARDEN_HOOK_SB_PIVOTROOT": _HOOK_BY_NAME["SB_PIVOTROOT"],
+        "WARDEN_HOOK_SOCKET_SENDMSG": _HOOK_BY_NAME["SOCKET_SENDMSG"],
+        "WARDEN_HOOK_SOCKET_CONNECT": _HOOK_BY_NAME["SOCKET_CONNECT"],
+        "WARDEN_HOOK_BPRM_MEMFD": _HOOK_BY_NAME["EXEC_MEMFD"],
     },
     "warden_protocol": {f"WARDEN_PROTO_{name.upper()}": code for name, code in maps.PROTOCOL_CODES.items()},
     "self_attack": {
@@ -382,6 +395,26 @@ def test_aliases_add_the_resolved_paths_and_literals_win() -> None:
     nodes = _nodes(tables)
     assert {(maps.CAT_FILE, 0, p) for p in ("/usr/bin/", "/usr/sbin/", "/usr/", "/var/lib/mysql/")} <= set(nodes)
     assert nodes[(maps.CAT_FILE, 0, "/var/lib/mysql/")][2][1] == maps.ACT_BLOCK  # recursive slot
+
+
+def test_directories_above_block_rules_are_ancestor_nodes_with_the_rule_s_alert() -> None:
+    ruleset = compile(load_policy_paths([SEED]), ContainerScope("db", {"app": "mysql"}))
+    tables = maps.encode_scope(20, ruleset, resolve=lambda p: "/usr" + p if p.startswith(("/bin", "/sbin")) else None)
+    ancestors = {path: slots[0] for (category, src, path), slots in _nodes(tables).items()
+                 if category == maps.CAT_ANCESTOR}
+    mysql = next(maps.alert_id(f.alert) for f in ruleset.file if f.path == "/var/lib/mysql/")
+    fim = next(maps.alert_id(f.alert) for f in ruleset.file if f.path == "/bin/")
+    # "/" is never one (it cannot be moved); the rule's own directory is the rule's, not an ancestor's
+    assert ancestors == {"/var/": (mysql, maps.ACT_BLOCK, 0), "/var/lib/": (mysql, maps.ACT_BLOCK, 0),
+                         "/usr/": (fim, maps.ACT_BLOCK, 0)}
+    assert maps.SCOPE_CFG.unpack(tables.cfg)[1][maps.CAT_ANCESTOR] == maps.SCOPE_RULES
+
+
+def test_allow_rules_make_no_ancestor_nodes() -> None:
+    ruleset = compile(parse_policy_text(POSTURE_POLICY, origin="t"), ContainerScope("w", {"app": "web"}))
+    tables = maps.encode_scope(17, ruleset, resolve=lambda p: None)
+    assert not [k for k in _nodes(tables) if k[0] == maps.CAT_ANCESTOR]
+    assert maps.SCOPE_CFG.unpack(tables.cfg)[1][maps.CAT_ANCESTOR] == 0
 
 
 def test_resolve_in_root_follows_symlinks(tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ class Node:
 
 def decode(tables: maps.ScopeTables) -> dict[str, Node]:
     out = {}
-    for value in tables.nodes.values():
+    for key, value in tables.nodes.items():
+        if maps.RULE_KEY.unpack(key)[3] == maps.CAT_ANCESTOR:
+            continue  # path_rename's nodes, never walked by match_path
         exact, dir_, rec, below, skip, length, _, path = maps.NODE.unpack(value)
         slots = [maps.SLOT.unpack(s)[:3] for s in (exact, dir_, rec)]
         out[path[:length].decode()] = Node(*slots, below=below, skip=skip)

@@ -29,5 +29,17 @@ FLOOR(path_chmod, const struct path *path, umode_t mode)
 FLOOR(bprm_check_security, struct linux_binprm *bprm)
 FLOOR(socket_create, int family, int type, int protocol, int kern)
 FLOOR(capable, const struct cred *cred, struct user_namespace *ns, int cap, unsigned int opts)
+/* issue 14's hooks */
+FLOOR(file_permission, struct file *file, int mask)
+FLOOR(inode_setattr, struct dentry *dentry, struct iattr *attr)
+FLOOR(inode_setxattr, void *mnt_userns, struct dentry *dentry, const char *name, const void *value, size_t size,
+      int flags)
+FLOOR(inode_removexattr, void *mnt_userns, struct dentry *dentry, const char *name)
+FLOOR(file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)
+FLOOR(file_ioctl_compat, struct file *file, unsigned int cmd, unsigned long arg)
+FLOOR(mmap_file, struct file *file, unsigned long reqprot, unsigned long prot, unsigned long flags)
+FLOOR(file_mprotect, struct vm_area_struct *vma, unsigned long reqprot, unsigned long prot)
+FLOOR(socket_sendmsg, struct socket *sock, struct msghdr *msg, int size)
+FLOOR(socket_connect, struct socket *sock, struct sockaddr *address, int addrlen)
 
 char LICENSE[] SEC("license") = "GPL";

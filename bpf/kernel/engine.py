@@ -325,6 +325,7 @@ class Engine:
         written, removed = sync_scopes(handles, tables, compiled)
         added += written
         removed += patterns.prune_patterns(handles, pattern_tables, compiled)
+        handles["warden_config"].update(maps.SCOPE_ID.pack(maps.CONFIG_GENERATION), maps.generation_value())
         removed += prune_sources(handles, tables)
         manifest.alerts = {**(previous.alerts if previous else {}),
                            **{k: v for t in tables for k, v in t.alerts.items()}}
@@ -407,6 +408,7 @@ class Engine:
             patterns.write_patterns(handles, pattern_tables)
             sync_scopes(handles, [tables], [scope_id])
             patterns.prune_patterns(handles, pattern_tables, [scope_id])
+            handles["warden_config"].update(maps.SCOPE_ID.pack(maps.CONFIG_GENERATION), maps.generation_value())
             manifest.scopes[scope_id] = sc
             manifest.alerts.update(tables.alerts)
             handles["warden_meta"].update(maps.meta_key(f"rs/{scope_id}"), maps.digest_bytes(sc.ruleset_digest))

@@ -10,7 +10,7 @@ directory prefix ("/a/b/") carrying a directory rule, a recursive one, `below` (
 it, so the kernel keeps walking) and `skip` (how many components down the next prefix worth a lookup is:
 prefixes on a single chain down to the next rule, with no rule of their own, are never looked up).
 Network rules key on a protocol code, capability rules on the capability number; both use the node's
-`exact` slot.
+`exact` slot. Ancestor nodes (CAT_ANCESTOR) mark the directories above file and process rules.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ SCOPE_ANY_CONTAINER: Final = 2
 SCOPE_FIRST_CONTAINER: Final = 16
 
 CAT_FILE, CAT_PROCESS, CAT_NETWORK, CAT_CAPABILITIES = 1, 2, 3, 4
+# Not a rule category: the directories above a file or process rule's path ("/srv/", "/srv/app/" for a
+# rule on /srv/app/secrets/), each keyed (scope, CAT_ANCESTOR, no source, hash of the "dir/" string)
+# and carrying the strongest Block or Audit rule below it. path_rename refuses to move one, which
+# would carry the protected path out from under its rule.
+CAT_ANCESTOR: Final = 5
 CATEGORY_NAMES: Final = {CAT_FILE: "File", CAT_PROCESS: "Process", CAT_NETWORK: "Network",
                          CAT_CAPABILITIES: "Capabilities"}
 ACT_NONE, ACT_ALLOW, ACT_AUDIT, ACT_BLOCK = 0, 1, 2, 3
@@ -230,7 +235,19 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
     def node(category: int, src: int, path: bytes) -> _Node:
         return nodes.setdefault((category, src, path), _Node(path))
 
+    ancestors: dict[bytes, bytes] = {}  # "dir/" above a Block or Audit rule -> the strongest such rule's slot
+
+    def add_ancestors(path: str, slot: bytes) -> None:
+        action = SLOT.unpack(slot)[1]
+        if action not in (ACT_AUDIT, ACT_BLOCK):
+            return  # moving what an Allow rule names away loses access; it escapes nothing
+        for prefix in prefixes(path):
+            raw = prefix.encode()
+            if raw != b"/" and (raw not in ancestors or SLOT.unpack(ancestors[raw])[1] < action):
+                ancestors[raw] = SLOT.pack(SLOT.unpack(slot)[0], action, 0, 0)
+
     def add_path_rule(category: int, path: str, kind: PathKind, source: str | None, slot: bytes) -> None:
+        add_ancestors(path, slot)  # whatever the source: any process may move the directory
         src = source_hash(source, category)
         raw = encode_path(path)
         target = node(category, src, raw)
@@ -285,6 +302,14 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
         tables.nodes[key] = n.encode()
     for (category, src, code), slot in coded.items():
         tables.nodes[RULE_KEY.pack(code, src, scope, category)] = _Node(b"", exact=slot).encode()
+    for raw_path, slot in ancestors.items():
+        key = RULE_KEY.pack(path_hash(raw_path), 0, scope, CAT_ANCESTOR)
+        if key in seen and seen[key] != raw_path:
+            raise EncodingError(f"paths {seen[key]!r} and {raw_path!r} have the same hash; rename one")
+        seen[key] = raw_path
+        tables.nodes[key] = _Node(raw_path, exact=slot).encode()
+    if ancestors:
+        rules_bits[CAT_ANCESTOR] |= SCOPE_RULES
 
     tables.patterns = encode_patterns(scope, ruleset, {"file": CAT_FILE, "process": CAT_PROCESS}, alert_id)
     tables.alerts.update(tables.patterns.alerts)
@@ -330,6 +355,17 @@ def resolve_in_root(root: str = "/") -> Resolver:
         return rel
 
     return resolve
+
+
+CONFIG_HOST_MNT_NS: Final = 0  # warden_config[0]: the host mount namespace's inode number
+CONFIG_GENERATION: Final = 1  # warden_config[1]: the rules generation (file_permission's remembered allows)
+
+
+def generation_value() -> bytes:
+    """A new rules generation: every sync writes one, so no allow remembered under older rules holds."""
+    import time
+
+    return time.time_ns().to_bytes(8, "little")
 
 
 def ns_key(pid_ns: int, mnt_ns: int) -> bytes:

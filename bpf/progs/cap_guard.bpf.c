@@ -18,5 +18,5 @@ int BPF_PROG(warden_capable, const struct cred *cred, struct user_namespace *ns,
 	codes[0] = (__u32)cap;
 	args[0] = cap;
 	args[1] = opts;
-	return enforce_codes(WARDEN_HOOK_CAPABLE, WARDEN_CAT_CAPABILITIES, codes, 1, args);
+	return enforce_codes(WARDEN_HOOK_CAPABLE, WARDEN_CAT_CAPABILITIES, codes, 1, args, 0);
 }

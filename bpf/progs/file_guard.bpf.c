@@ -35,9 +35,28 @@ int BPF_PROG(warden_file_open, struct file *file, int ret)
 		return ret;
 	if (is_overlay_real_file(file))
 		return 0;
-	/* direct (BTF) loads: no helper call on the hottest hook */
-	return FILE_RULES(WARDEN_HOOK_FILE_OPEN, file->f_path.dentry, file->f_path.mnt,
-			  (file->f_mode & FMODE_WRITE) ? 1 : 0, file->f_inode);
+	/* direct (BTF) loads: no helper call on the hottest hook; what is allowed is remembered for
+	 * the reads and writes through this file (file_permission) */
+	return enforce_file(WARDEN_HOOK_FILE_OPEN, file, (file->f_mode & FMODE_WRITE) ? 1 : 0);
+}
+
+#define MAY_WRITE 0x2
+#define MAY_READ 0x4
+#define MAY_APPEND 0x8
+
+/*
+ * Every read and write through a descriptor, as KubeArmor re-checks them: a descriptor opened
+ * before the policy (a /bin file held open for writing, a secret held open for reading) met no
+ * file_open decision. Files decided at open, and those allowed once, cost one lookup.
+ */
+SEC("lsm/file_permission")
+int BPF_PROG(warden_file_permission, struct file *file, int mask, int ret)
+{
+	if (ret)
+		return ret;
+	if (!(mask & (MAY_READ | MAY_WRITE | MAY_APPEND)) || is_overlay_real_file(file))
+		return 0;
+	return enforce_file(WARDEN_HOOK_FILE_PERMISSION, file, (mask & (MAY_WRITE | MAY_APPEND)) ? 1 : 0);
 }
 
 SEC("lsm/path_unlink")
@@ -105,7 +124,15 @@ int BPF_PROG(warden_path_rename, const struct path *old_dir, struct dentry *old_
 	ret = FILE_RULES(WARDEN_HOOK_PATH_RENAME, old_dentry, old_dir->mnt, 1, 0);
 	if (ret)
 		return ret;
-	return FILE_RULES(WARDEN_HOOK_PATH_RENAME, new_dentry, new_dir->mnt, 1, 0);
+	ret = FILE_RULES(WARDEN_HOOK_PATH_RENAME, new_dentry, new_dir->mnt, 1, 0);
+	if (ret)
+		return ret;
+	/* A directory above a protected path moves the path with it; so does the target of an
+	 * exchange (RENAME_EXCHANGE), and an existing target would be replaced: both ends are checked. */
+	ret = enforce_ancestor(WARDEN_HOOK_PATH_RENAME, old_dentry, old_dir->mnt);
+	if (ret)
+		return ret;
+	return enforce_ancestor(WARDEN_HOOK_PATH_RENAME, new_dentry, new_dir->mnt);
 }
 
 SEC("lsm/path_truncate")
@@ -135,4 +162,75 @@ int warden_path_chown(unsigned long long *ctx)
 	if (ret)
 		return ret;
 	return FILE_RULES(WARDEN_HOOK_PATH_CHOWN, path->dentry, path->mnt, 1, 0);
+}
+
+/*
+ * readOnly means the metadata too. chmod, chown and truncate reach path_chmod, path_chown and
+ * path_truncate above, with a path; what reaches only inode_setattr is the times (utimensat,
+ * futimens, touch): decided here, on the paths the dentry has in the task's mount namespace.
+ */
+#define ATTR_MODE (1 << 0)
+#define ATTR_UID (1 << 1)
+#define ATTR_GID (1 << 2)
+#define ATTR_SIZE (1 << 3)
+#define ATTR_ATIME (1 << 4)
+#define ATTR_MTIME (1 << 5)
+
+SEC("lsm/inode_setattr")
+int BPF_PROG(warden_inode_setattr, struct dentry *dentry, struct iattr *attr, int ret)
+{
+	unsigned int valid;
+
+	if (ret)
+		return ret;
+	valid = attr->ia_valid;
+	if (!(valid & (ATTR_ATIME | ATTR_MTIME)) || (valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE)))
+		return 0;
+	return enforce_dentry(WARDEN_HOOK_INODE_SETATTR, WARDEN_CAT_FILE, dentry, 1);
+}
+
+/* Extended attributes, security.capability (file capabilities) and ACLs among them. 6.1 passes
+ * the mount's user namespace first (an idmap after 6.3: the pointer is not read). */
+SEC("lsm/inode_setxattr")
+int BPF_PROG(warden_inode_setxattr, void *mnt_userns, struct dentry *dentry, const char *name, const void *value,
+	     size_t size, int flags, int ret)
+{
+	if (ret)
+		return ret;
+	return enforce_dentry(WARDEN_HOOK_INODE_SETXATTR, WARDEN_CAT_FILE, dentry, 1);
+}
+
+SEC("lsm/inode_removexattr")
+int BPF_PROG(warden_inode_removexattr, void *mnt_userns, struct dentry *dentry, const char *name, int ret)
+{
+	if (ret)
+		return ret;
+	return enforce_dentry(WARDEN_HOOK_INODE_REMOVEXATTR, WARDEN_CAT_FILE, dentry, 1);
+}
+
+/* The inode-flag ioctls (immutable, append-only, ...), which need no writable descriptor. The
+ * 32-bit FS_IOC32_SETFLAGS comes through the compat hook, before the kernel translates it. */
+#define FS_IOC_SETFLAGS 0x40086602   /* _IOW('f', 2, long) */
+#define FS_IOC32_SETFLAGS 0x40046602 /* _IOW('f', 2, int) */
+#define FS_IOC_FSSETXATTR 0x401c5820 /* _IOW('X', 32, struct fsxattr) */
+
+static __always_inline int sets_inode_flags(unsigned int cmd)
+{
+	return cmd == FS_IOC_SETFLAGS || cmd == FS_IOC32_SETFLAGS || cmd == FS_IOC_FSSETXATTR;
+}
+
+SEC("lsm/file_ioctl")
+int BPF_PROG(warden_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg, int ret)
+{
+	if (ret || !sets_inode_flags(cmd))
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_FILE_IOCTL, file->f_path.dentry, file->f_path.mnt, 1, file->f_inode);
+}
+
+SEC("lsm/file_ioctl_compat")
+int BPF_PROG(warden_file_ioctl_compat, struct file *file, unsigned int cmd, unsigned long arg, int ret)
+{
+	if (ret || !sets_inode_flags(cmd))
+		return ret;
+	return FILE_RULES(WARDEN_HOOK_FILE_IOCTL, file->f_path.dentry, file->f_path.mnt, 1, file->f_inode);
 }

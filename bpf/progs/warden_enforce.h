@@ -144,11 +144,13 @@ static __always_inline __u8 is_owner(struct inode *inode)
 	return inode && BPF_CORE_READ(inode, i_uid.val) == fsuid;
 }
 
-/* File and process categories: the object is the path (d, vmnt). A subprogram, not inlined, so
- * that each program holds one copy however many times it calls it; static, not global, so that
- * the verifier keeps the arguments' BTF types and the walk reads dentries with direct loads.
- * `op` packs the hook id (bits 0-15), the category (16-23) and whether the operation writes (24). */
-static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmount *vmnt, struct inode *inode)
+/* File and process categories: the object is the path (d, vmnt), or (d, the mount numbered `vmnt_num`,
+ * whose root is `root_num`) when `by_number` (a constant at each use): a mount found by a search has
+ * no typed pointer. */
+#define OP_BLOCK_ONLY (1ULL << 25) /* only a Block rule acts: no Audit alert, no default posture */
+
+static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct vfsmount *vmnt, __u64 vmnt_num,
+					     __u64 root_num, struct inode *inode, int by_number, int *cacheable)
 {
 	__u16 hook = op & 0xffff;
 	__u32 category = (op >> 16) & 0xff;
@@ -179,7 +181,10 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	r.arg[0] = write;
 	r.has_path = 1;
 	s->src.len = 0;
-	resolve_path(t, s, &s->obj, d, vmnt);
+	if (by_number)
+		resolve_path_far(t, s, &s->obj, as_number(s, d), vmnt_num, root_num);
+	else
+		resolve_path(t, s, &s->obj, d, vmnt);
 	if (!inode)
 		inode = d->d_inode; /* NULL for a name being created */
 	if (inode && (inode->i_mode & S_IFMT) != S_IFDIR && s->obj.complete && s->obj.ncomp)
@@ -201,15 +206,349 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 	}
 	if (rules & WARDEN_SCOPE_PATTERNS)
 		warden_match_patterns(s, op | ((__u64)r.scope << 32), d, inode, &best);
+	if ((op & OP_BLOCK_ONLY) && best.action != WARDEN_ACT_BLOCK)
+		return 0;
+	/* an allow that depends on nothing but the path and the scope may be remembered (a pattern's
+	 * verdict may depend on the owner: scopes with patterns are decided every time) */
+	*cacheable = !(rules & (WARDEN_SCOPE_SOURCED | WARDEN_SCOPE_PATTERNS)) &&
+		     !(best.flags & WARDEN_RULE_OWNER_ONLY) && s->obj.complete;
 	return decide(s, &r, &best, posture);
+}
+
+/* A subprogram, not inlined, so that each program holds one copy however many times it calls it;
+ * static, not global, so that the verifier keeps the arguments' BTF types and the walk reads
+ * dentries with direct loads. `op` packs the hook id (bits 0-15), the category (16-23) and whether
+ * the operation writes (24). */
+static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmount *vmnt, struct inode *inode)
+{
+	int cacheable = 0;
+
+	return enforce_path_body(op, d, vmnt, 0, 0, inode, 0, &cacheable);
+}
+
+static __noinline int enforce_path_num_op(__u64 op, struct dentry *d, __u64 vmnt_num, __u64 root_num)
+{
+	int cacheable = 0;
+
+	return enforce_path_body(op, d, 0, vmnt_num, root_num, 0, 1, &cacheable);
+}
+
+static __always_inline __u64 path_op(__u16 hook, __u32 category, int write)
+{
+	return hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
+}
+
+/*
+ * Reads and writes through a descriptor (file_permission), which may have been opened before the
+ * policy, or under an older one. Deciding the path on every read(2) would cost a walk each; so an
+ * allowed access is remembered per open file, with the rules generation (warden_config[1], which
+ * the engine bumps at every sync) and the scope it was decided in: the common case is one lookup.
+ * A reused struct file at the same address is told apart by its path (dentry, mount).
+ */
+#define HELD_READ 1
+#define HELD_WRITE 2 /* a write allowed implies a read allowed: readOnly and Block refuse writes first */
+
+struct held_file {
+	__u64 generation;
+	__u64 dentry;
+	__u64 mnt;
+	__u32 scope;
+	__u32 allowed; /* HELD_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u64); /* the struct file's address */
+	__type(value, struct held_file);
+} warden_held_files SEC(".maps");
+
+static __always_inline __u64 rules_generation(void)
+{
+	__u32 one = 1;
+	__u64 *gen = bpf_map_lookup_elem(&warden_config, &one);
+
+	return gen ? *gen : 0;
+}
+
+/* `file` was just decided for `level` (HELD_*): remember it, if the decision may be. */
+static __noinline int enforce_file_op(__u64 op, struct file *file, __u32 level)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct dentry *d = file->f_path.dentry;
+	struct vfsmount *vmnt = file->f_path.mnt;
+	struct warden_ns_key nk = {};
+	struct warden_scope_cfg *cfg;
+	struct held_file *held, entry = {};
+	__u64 key = (__u64)file;
+	__u32 scope, category = (op >> 16) & 0xff;
+	int cacheable = 0, ret;
+
+	scope = resolve_scope(t, &nk);
+	cfg = scope_cfg(&scope);
+	if (!cfg || (!cfg->rules[category & 7] && !cfg->posture[category & 7]))
+		return 0; /* no file rule in this scope: nothing to remember either */
+	entry.generation = rules_generation();
+	held = bpf_map_lookup_elem(&warden_held_files, &key);
+	if (held && held->generation == entry.generation && held->scope == scope && held->dentry == (__u64)d &&
+	    held->mnt == (__u64)vmnt && held->allowed >= level)
+		return 0;
+	ret = enforce_path_body(op, d, vmnt, 0, 0, file->f_inode, 0, &cacheable);
+	if (ret || !cacheable)
+		return ret;
+	entry.dentry = (__u64)d;
+	entry.mnt = (__u64)vmnt;
+	entry.scope = scope;
+	entry.allowed = level;
+	bpf_map_update_elem(&warden_held_files, &key, &entry, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int enforce_file(__u16 hook, struct file *file, int write)
+{
+	return enforce_file_op(path_op(hook, WARDEN_CAT_FILE, write), file, write ? HELD_WRITE : HELD_READ);
 }
 
 static __always_inline int enforce_path(__u16 hook, __u32 category, struct dentry *d, struct vfsmount *vmnt,
 					int write, struct inode *inode)
 {
-	__u64 op = hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
+	return enforce_path_op(path_op(hook, category, write), d, vmnt, inode);
+}
 
-	return enforce_path_op(op, d, vmnt, inode);
+/*
+ * Hooks that get a dentry and no mount (inode_setattr, inode_setxattr, inode_removexattr): the
+ * object's paths are those of the mounts of its superblock in the task's mount namespace under
+ * which it lies. Each is decided (at most DENTRY_MOUNTS of them); any refusal refuses. A dentry
+ * on no mount of the task's namespace (overlayfs's private upper layer, written by the overlay
+ * after the overlay's own hook decided; a detached tree) has no path the rules can name.
+ */
+#define DENTRY_MOUNTS 4
+#define SB_MOUNTS_MAX 256
+
+struct dentry_mounts {
+	__u64 head;   /* &sb->s_mounts */
+	__u64 pos;    /* where sb_mounts_cb goes on */
+	__u64 ns;     /* the task's mount namespace */
+	__u64 d;      /* the object */
+	__u64 sb_root;
+	__u64 vmnt[DENTRY_MOUNTS];
+	__u64 root[DENTRY_MOUNTS];
+	__u32 n;
+	__u32 under;    /* the ancestor walk found the mount's root */
+	__u32 cursor_k; /* whose root the ancestor walk looks for */
+	__u64 cursor;   /* the ancestor walk's dentry */
+	__s32 ret;      /* the decision: in map memory, which the verifier does not take for a constant */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dentry_mounts);
+} warden_dentry_mounts SEC(".maps");
+
+/* A superblock's mounts: a list through mount.mnt_instance up to 6.12, a singly linked one through
+ * mount.mnt_next_for_sb after (CO-RE picks). */
+struct mount___instance {
+	struct list_head mnt_instance;
+} __attribute__((preserve_access_index));
+
+struct mount___next_for_sb {
+	struct mount *mnt_next_for_sb;
+} __attribute__((preserve_access_index));
+
+struct super_block___list {
+	struct list_head s_mounts;
+} __attribute__((preserve_access_index));
+
+struct super_block___first {
+	struct mount *s_mounts;
+} __attribute__((preserve_access_index));
+
+/* Each layout's offsets in a function of its own, called only where that layout is the kernel's: the
+ * compiler would otherwise compute both (constants) and select, and the one the kernel lacks is an
+ * invalid instruction wherever it is reached. */
+static __noinline __u64 instance_offset(void)
+{
+	return bpf_core_field_offset(struct mount___instance, mnt_instance);
+}
+
+static __noinline __u64 next_for_sb_offset(void)
+{
+	return bpf_core_field_offset(struct mount___next_for_sb, mnt_next_for_sb);
+}
+
+static __noinline __u64 s_mounts_list_offset(void)
+{
+	return bpf_core_field_offset(struct super_block___list, s_mounts);
+}
+
+static __noinline __u64 s_mounts_first_offset(void)
+{
+	return bpf_core_field_offset(struct super_block___first, s_mounts);
+}
+
+/* One mount of the superblock per call. */
+static long sb_mounts_cb(__u32 i, void *data)
+{
+	struct dentry_mounts *dm = *(struct dentry_mounts **)data;
+	__u64 m, next = 0, ns = 0, vmnt, root = 0;
+	__u32 n = dm->n;
+
+	if (n >= DENTRY_MOUNTS || !dm->pos)
+		return 1;
+	if (bpf_core_field_exists(struct mount___instance, mnt_instance)) {
+		/* pos: the list node read last; the head is &sb->s_mounts */
+		if (bpf_probe_read_kernel(&next, sizeof(next), (void *)dm->pos) || !next || next == dm->head)
+			return 1;
+		dm->pos = next;
+		m = next - instance_offset();
+	} else {
+		/* pos: this mount */
+		m = dm->pos;
+		bpf_probe_read_kernel(&next, sizeof(next), (void *)(m + next_for_sb_offset()));
+		dm->pos = next;
+	}
+	bpf_probe_read_kernel(&ns, sizeof(ns), (void *)(m + bpf_core_field_offset(struct mount, mnt_ns)));
+	if (ns != dm->ns)
+		return 0;
+	vmnt = m + bpf_core_field_offset(struct mount, mnt);
+	bpf_probe_read_kernel(&root, sizeof(root), (void *)(vmnt + bpf_core_field_offset(struct vfsmount, mnt_root)));
+	dm->vmnt[n & (DENTRY_MOUNTS - 1)] = vmnt;
+	dm->root[n & (DENTRY_MOUNTS - 1)] = root;
+	dm->n = n + 1;
+	return 0;
+}
+
+/* Whether dm->root[k] is the object or one of its ancestors: one parent per call. */
+static long under_root_cb(__u32 i, void *data)
+{
+	struct dentry_mounts *dm = *(struct dentry_mounts **)data;
+	__u64 parent = 0, d = dm->cursor;
+
+	if (d == dm->root[dm->cursor_k & (DENTRY_MOUNTS - 1)]) {
+		dm->under = 1;
+		return 1;
+	}
+	if (bpf_probe_read_kernel(&parent, sizeof(parent), (void *)(d + bpf_core_field_offset(struct dentry, d_parent)))
+	    || !parent || parent == d)
+		return 1;
+	dm->cursor = parent;
+	return 0;
+}
+
+struct dentry_decide {
+	struct dentry_mounts *dm;
+	struct dentry *d;
+	__u64 op;
+};
+
+/* Decide the object under mount k: in a loop body, which the verifier checks once (a call per
+ * mount written out would be checked once per call). */
+static long dentry_decide_cb(__u32 k, void *data)
+{
+	struct dentry_decide *c = data;
+	struct dentry_mounts *dm = c->dm;
+	__u32 j = k & (DENTRY_MOUNTS - 1);
+
+	if (k >= dm->n)
+		return 1;
+	if (dm->root[j] != dm->sb_root) { /* a bind mount of a subtree: is the object in it? */
+		dm->under = 0;
+		dm->cursor = dm->d;
+		dm->cursor_k = j;
+		bpf_loop(WALK_MAX, under_root_cb, &c->dm, 0);
+		if (!dm->under)
+			return 0;
+	}
+	dm->ret = enforce_path_num_op(c->op, c->d, dm->vmnt[j], dm->root[j]);
+	return dm->ret ? 1 : 0;
+}
+
+static __noinline int enforce_dentry_op(__u64 op, struct dentry *d)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct super_block *sb = d->d_sb;
+	struct dentry_decide c = {};
+	struct dentry_mounts *dm;
+	__u32 zero = 0;
+
+	dm = bpf_map_lookup_elem(&warden_dentry_mounts, &zero);
+	if (!dm || !sb)
+		return 0;
+	if (bpf_core_field_exists(struct mount___instance, mnt_instance)) {
+		dm->head = (__u64)sb + s_mounts_list_offset();
+		dm->pos = dm->head;
+	} else {
+		dm->head = 0;
+		bpf_probe_read_kernel(&dm->pos, sizeof(dm->pos), (void *)((__u64)sb + s_mounts_first_offset()));
+	}
+	dm->ns = (__u64)t->nsproxy->mnt_ns;
+	dm->d = (__u64)d;
+	dm->sb_root = (__u64)sb->s_root;
+	dm->n = 0;
+	bpf_loop(SB_MOUNTS_MAX, sb_mounts_cb, &dm, 0); /* 6.1: the context must be on the stack */
+	dm->ret = 0;
+	c.dm = dm;
+	c.d = d;
+	c.op = op;
+	bpf_loop(DENTRY_MOUNTS, dentry_decide_cb, &c, 0);
+	return dm->ret;
+}
+
+/*
+ * Whether the directory (d, vmnt) lies above a Block or Audit file or process rule (an ancestor node):
+ * moving it would carry the protected path out from under its rule (`mv /srv/app /srv/x`, then
+ * x/secrets/key). Decided as that rule decides, with its alert; 0 for anything else.
+ */
+static __noinline int enforce_ancestor_op(__u64 op, struct dentry *d, struct vfsmount *vmnt)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct inode *inode = d->d_inode;
+	struct warden_rule_key key = {};
+	struct warden_rule_node *node;
+	struct warden_scope_cfg *cfg;
+	struct warden_req r = {};
+	struct scratch *s;
+	__u32 len;
+
+	if (!inode || (inode->i_mode & S_IFMT) != S_IFDIR)
+		return 0; /* only a directory has paths below it */
+	r.scope = resolve_scope(t, &r.nk);
+	cfg = scope_cfg(&r.scope);
+	if (!cfg || !cfg->rules[WARDEN_CAT_ANCESTOR])
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	r.category = WARDEN_CAT_FILE;
+	r.hook = op & 0xffff;
+	r.write = 1;
+	r.arg[0] = 1;
+	r.has_path = 1;
+	s->src.len = 0;
+	resolve_path(t, s, &s->obj, d, vmnt);
+	if (!s->obj.complete || !s->obj.ncomp)
+		return 0;
+	hash_words(&s->obj);
+	len = prefix_end(&s->obj, s->obj.ncomp); /* the directory and its '/' */
+	key.hash = prefix_hash(&s->obj, len);
+	key.scope = r.scope;
+	key.category = WARDEN_CAT_ANCESTOR;
+	node = bpf_map_lookup_elem(&warden_rules, &key);
+	if (!node || !warden_same_path((const struct stored_path *)node->path, node->len, &s->obj, len))
+		return 0;
+	return decide(s, &r, &node->exact, 0);
+}
+
+static __always_inline int enforce_ancestor(__u16 hook, struct dentry *d, struct vfsmount *vmnt)
+{
+	return enforce_ancestor_op(hook, d, vmnt);
+}
+
+static __always_inline int enforce_dentry(__u16 hook, __u32 category, struct dentry *d, int write)
+{
+	return enforce_dentry_op(path_op(hook, category, write), d);
 }
 
 /* Network and capability categories: up to `n` codes, the strongest matching rule wins. */
@@ -233,7 +572,10 @@ static __always_inline void match_codes(__u32 scope, __u32 category, __u64 sourc
 	}
 }
 
-static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *codes, int n, __u32 *args)
+/* `refuse_only`: a re-check of something already decided once (a socket at send): only a refusal
+ * (a Block rule, or a Block posture with no Allow) acts, and alerts; Audit stays silent. */
+static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *codes, int n, __u32 *args,
+					 int refuse_only)
 {
 	struct warden_rule_slot best = {};
 	struct warden_scope_cfg *cfg;
@@ -266,6 +608,10 @@ static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *code
 		match_codes(r.scope, category, source, codes, n, &best);
 	if (!best.action && (rules & WARDEN_SCOPE_RULES))
 		match_codes(r.scope, category, 0, codes, n, &best);
+	if (refuse_only) {
+		if (best.action == WARDEN_ACT_AUDIT || (best.action != WARDEN_ACT_BLOCK && posture != WARDEN_ACT_BLOCK))
+			return 0;
+	}
 	return decide(s, &r, &best, posture);
 }
 

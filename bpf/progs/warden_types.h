@@ -28,6 +28,9 @@ enum warden_category {
 	WARDEN_CAT_PROCESS = 2,
 	WARDEN_CAT_NETWORK = 3,
 	WARDEN_CAT_CAPABILITIES = 4,
+	/* not a rule category: a directory above a file or process rule, keyed by its "dir/" string
+	 * (bpf/kernel/maps.py CAT_ANCESTOR); its node's exact slot is the strongest rule below */
+	WARDEN_CAT_ANCESTOR = 5,
 };
 
 enum warden_action {
@@ -127,6 +130,19 @@ enum warden_hook {
 	WARDEN_HOOK_CAPABLE = 464,
 	WARDEN_HOOK_PATH_CHOWN = 466,
 	WARDEN_HOOK_PATH_RENAME = 8458,
+	/* warden's own (KubeArmor has no event for these): metadata, held descriptors, mmap, mounts */
+	WARDEN_HOOK_INODE_SETATTR = 8470,
+	WARDEN_HOOK_INODE_SETXATTR = 8471,
+	WARDEN_HOOK_INODE_REMOVEXATTR = 8472,
+	WARDEN_HOOK_FILE_IOCTL = 8473,
+	WARDEN_HOOK_FILE_PERMISSION = 8474,
+	WARDEN_HOOK_MMAP_FILE = 8475,
+	WARDEN_HOOK_SB_MOUNT = 8476,
+	WARDEN_HOOK_MOVE_MOUNT = 8477,
+	WARDEN_HOOK_SB_PIVOTROOT = 8478,
+	WARDEN_HOOK_SOCKET_SENDMSG = 8479,
+	WARDEN_HOOK_SOCKET_CONNECT = 8480,
+	WARDEN_HOOK_BPRM_MEMFD = 8481,
 };
 
 #define WARDEN_EV_DEFAULT_POSTURE 1 /* no rule matched: the scope's default posture decided */

@@ -210,35 +210,11 @@ static long fit_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* Write the path of (d, vmnt) into `pb`, from the root of its mount tree: the mount namespace's root
- * (a container's root file system as its runtime pivoted into it), or the root of a detached tree.
- * The task's own root (chroot) is not a stop: a chrooted process sees the paths it saw before.
- * `pb->reached` says whether the walk got there within WALK_MAX steps (else the path is incomplete). */
-static __always_inline void resolve_path(struct task_struct *t, struct scratch *s, struct pathbuf *pb,
-					 struct dentry *d, struct vfsmount *vmnt)
+/* What the walk wrote -> the path's start, how many components match, and the length shown. */
+static __always_inline void finish_walk(struct pathbuf *pb)
 {
-	struct near_walk w = {};
-	struct far_walk fw = {};
 	__u32 walked, start;
 
-	w.s = s;
-	w.pb = pb;
-	w.d = d;
-	w.vmnt = vmnt;
-	w.mnt_root = vmnt->mnt_root;
-	pb->pos = PATH_RIGHT - 1;
-	pb->walked = 0;
-	pb->valid_from = 0;
-	pb->reached = 0;
-	bpf_loop(WALK_MAX, near_walk_cb, &w, 0);
-	if (w.crossed) {
-		fw.pb = pb;
-		fw.d = as_number(s, w.d);
-		fw.vmnt = as_number(s, vmnt);
-		fw.mnt = fw.vmnt - bpf_core_field_offset(struct mount, mnt);
-		fw.mnt_root = fw.d;
-		bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
-	}
 	start = pb->pos & (PATH_RIGHT - 1);
 	pb->buf[start] = '/';
 	pb->start = start;
@@ -260,6 +236,59 @@ static __always_inline void resolve_path(struct task_struct *t, struct scratch *
 		pb->len = PATH_RIGHT - start - 1;
 	else
 		pb->len = prefix_end(pb, pb->ncomp);
+}
+
+/* Write the path of (d, vmnt) into `pb`, from the root of its mount tree: the mount namespace's root
+ * (a container's root file system as its runtime pivoted into it), or the root of a detached tree.
+ * The task's own root (chroot) is not a stop: a chrooted process sees the paths it saw before.
+ * `pb->reached` says whether the walk got there within WALK_MAX steps (else the path is incomplete). */
+static __always_inline void resolve_path(struct task_struct *t, struct scratch *s, struct pathbuf *pb,
+					 struct dentry *d, struct vfsmount *vmnt)
+{
+	struct near_walk w = {};
+	struct far_walk fw = {};
+
+	w.s = s;
+	w.pb = pb;
+	w.d = d;
+	w.vmnt = vmnt;
+	w.mnt_root = vmnt->mnt_root;
+	pb->pos = PATH_RIGHT - 1;
+	pb->walked = 0;
+	pb->valid_from = 0;
+	pb->reached = 0;
+	bpf_loop(WALK_MAX, near_walk_cb, &w, 0);
+	if (w.crossed) {
+		fw.pb = pb;
+		fw.d = as_number(s, w.d);
+		fw.vmnt = as_number(s, vmnt);
+		fw.mnt = fw.vmnt - bpf_core_field_offset(struct mount, mnt);
+		fw.mnt_root = fw.d;
+		bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
+	}
+	finish_walk(pb);
+}
+
+/*
+ * The same for a mount known only as a number (found by a search of the superblock's mounts, not
+ * handed to the hook as a typed pointer): the far walk from the leaf, every read a probe read.
+ */
+static __always_inline void resolve_path_far(struct task_struct *t, struct scratch *s, struct pathbuf *pb,
+					     __u64 d, __u64 vmnt, __u64 mnt_root)
+{
+	struct far_walk fw = {};
+
+	pb->pos = PATH_RIGHT - 1;
+	pb->walked = 0;
+	pb->valid_from = 0;
+	pb->reached = 0;
+	fw.pb = pb;
+	fw.d = d;
+	fw.vmnt = vmnt;
+	fw.mnt = vmnt - bpf_core_field_offset(struct mount, mnt);
+	fw.mnt_root = mnt_root;
+	bpf_loop(WALK_MAX, far_walk_cb, &fw, 0);
+	finish_walk(pb);
 }
 
 #endif /* WARDEN_WALK_H */

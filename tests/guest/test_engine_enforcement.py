@@ -27,6 +27,10 @@ SEED = f"{REPO_ROOT}/tests/data/policies/seed"
 PY = f"{REPO_ROOT}/.venv/bin/python"
 WARDEN = f"{REPO_ROOT}/.venv/bin/warden"
 MYSQL_FILE = "/var/lib/mysql/any-file"
+# file_guard 17 (open, permission, 9 path hooks, setattr, setxattr, removexattr, ioctl, ioctl_compat),
+# exec_guard 3 (bprm_check, mmap_file, file_mprotect), net_guard 3 (create, sendmsg, connect), cap_guard 1,
+# scope_guard 1 (task_alloc)
+WARDEN_LINKS = 25
 
 LOADER = textwrap.dedent("""
     import json, os, sys, time
@@ -172,7 +176,7 @@ def test_first_load_is_fresh_and_healthy(first_load: dict[str, Any]) -> None:
     assert first_load["mode"] == "loaded"
     assert first_load["health"] == []
     assert isinstance(first_load["digests"], dict) and first_load["digests"]["mysql"].startswith("sha256:")
-    assert len(first_load["link_ids"]) == 15
+    assert len(first_load["link_ids"]) == WARDEN_LINKS
 
 
 def test_raw_sockets_are_refused_in_containers_only(guest: GuestVM, first_load: dict[str, Any],
@@ -506,7 +510,7 @@ def test_upgrade_is_make_before_break(guest: GuestVM, first_load: dict[str, Any]
     old: dict[str, int] = first_load["link_ids"]
     assert all((links[k] != old[k]) == k.startswith("file_guard/") for k in old)
     after = warden_link_ids(guest)
-    assert len(after) == 15 and after != before  # the old file_guard links are gone
+    assert len(after) == WARDEN_LINKS and after != before  # the old file_guard links are gone
     assert attempts > 20 and bad_write == 0 and bad_read == 0, (attempts, bad_write, bad_read)
     assert mysql.run(guest, f"cat {MYSQL_FILE}")[0] != 0
 
@@ -553,7 +557,7 @@ def test_engine_cli(guest: GuestVM, first_load: dict[str, Any]) -> None:
     refused = guest.run(f"{WARDEN} engine apply {SEED}")
     assert refused.returncode == 2 and "--no-gate" in refused.stderr
     status = json.loads(guest.run(f"{WARDEN} engine status --json", check=True).stdout)
-    assert status["loaded"] and len(status["links"]) == 15 and all(li["attached"] for li in status["links"])
+    assert status["loaded"] and len(status["links"]) == WARDEN_LINKS and all(li["attached"] for li in status["links"])
     assert {li["hook"] for li in status["links"]} >= {"lsm/file_open", "lsm/path_rename", "lsm/socket_create",
                                                       "lsm/capable", "lsm/bprm_check_security"}
     assert status["scopes"]["mysql"]["rule_count"] == 4  # mysql + the three rules for every container

@@ -119,6 +119,14 @@ ATTACKS = [
      "echo $$ > /sys/fs/cgroup/system.slice/warden.service/cgroup.procs", "cgroup-join", True),
     ("write /bin", "touch /bin/evil", "file-integrity-monitoring", False),
     ("open a raw socket", RAW_SOCKET, "net-raw-block", False),
+    # issue 14: readOnly covers metadata, and raw covers packet sockets (test_hook_bypasses has them all)
+    ("touch the times of a /bin file", "touch -c -d 2000-01-01 /bin/true", "file-integrity-monitoring", False),
+    ("setcap a /bin binary",
+     "python3 -c \"import os; os.setxattr('/bin/true', 'security.capability', "
+     "b'\\x01\\x00\\x00\\x02' + (1 << 13).to_bytes(4, 'little') + bytes(12))\"",
+     "file-integrity-monitoring", False),
+    ("open an AF_PACKET dgram socket",
+     "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)'", "net-raw-block", False),
 ]
 
 
