@@ -374,7 +374,9 @@ def test_seed_any_container_scope_encodes_to_the_expected_nodes() -> None:
     # an unregistered container gets every container policy: block-mysql-data-access too
     mysql = maps.alert_id(next(r.alert for r in ruleset.file if r.path == "/var/lib/mysql/"))
     assert nodes[(maps.CAT_FILE, 0, "/var/lib/mysql/")][2] == (mysql, maps.ACT_BLOCK, 0)
-    assert len(nodes) == 7  # "/", "/bin/", "/sbin/", "/var/", "/var/lib/", "/var/lib/mysql/", raw
+    assert len(nodes) == 9  # "/", "/bin/", "/sbin/", "/var/", "/var/lib/", "/var/lib/mysql/", raw,
+    # and the ancestors of /var/lib/mysql/ that a rename could move ("/var/", "/var/lib/")
+    assert {name for (category, _, name) in nodes if category == maps.CAT_ANCESTOR} == {"/var/", "/var/lib/"}
     postures, rules, strict = maps.SCOPE_CFG.unpack(tables.cfg)
     assert postures == bytes(8)
     # the strictest file rule (a Block without readOnly before FIM's readOnly ones) decides a path the
