@@ -263,6 +263,20 @@ struct {
 	__type(value, struct held_file);
 } warden_held_files SEC(".maps");
 
+/* enforce_file_op's key and entry, in map memory: on its stack they would push file_open's call chain
+ * (enforce_file_op, warden_match_patterns, warden_pat_one) towards the 512-byte BPF stack limit. */
+struct held_scratch {
+	__u64 key; /* the struct file's address */
+	struct held_file entry;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct held_scratch);
+} warden_held_scratch SEC(".maps");
+
 static __always_inline __u64 rules_generation(void)
 {
 	__u32 one = 1;
@@ -279,28 +293,37 @@ static __noinline int enforce_file_op(__u64 op, struct file *file, __u32 level)
 	struct vfsmount *vmnt = file->f_path.mnt;
 	struct warden_ns_key nk = {};
 	struct warden_scope_cfg *cfg;
-	struct held_file *held, entry = {};
-	__u64 key = (__u64)file;
-	__u32 scope, category = (op >> 16) & 0xff;
+	struct held_scratch *hs;
+	struct held_file *held;
+	__u32 scope, zero = 0, category = (op >> 16) & 0xff;
+	__u64 generation;
 	int cacheable = 0, ret;
 
 	scope = resolve_scope(t, &nk);
 	cfg = scope_cfg(&scope);
 	if (!cfg || (!cfg->rules[category & 7] && !cfg->posture[category & 7]))
 		return 0; /* no file rule in this scope: nothing to remember either */
-	entry.generation = rules_generation();
-	held = bpf_map_lookup_elem(&warden_held_files, &key);
-	if (held && held->generation == entry.generation && held->scope == scope && held->dentry == (__u64)d &&
+	hs = bpf_map_lookup_elem(&warden_held_scratch, &zero);
+	if (!hs)
+		return 0;
+	generation = rules_generation();
+	hs->key = (__u64)file;
+	held = bpf_map_lookup_elem(&warden_held_files, &hs->key);
+	if (held && held->generation == generation && held->scope == scope && held->dentry == (__u64)d &&
 	    held->mnt == (__u64)vmnt && held->allowed >= level)
 		return 0;
 	ret = enforce_path_body(op, d, vmnt, 0, 0, file->f_inode, 0, &cacheable);
 	if (ret || !cacheable)
 		return ret;
-	entry.dentry = (__u64)d;
-	entry.mnt = (__u64)vmnt;
-	entry.scope = scope;
-	entry.allowed = level;
-	bpf_map_update_elem(&warden_held_files, &key, &entry, BPF_ANY);
+	/* the scratch again: the decision above may have run on this CPU's copy in between (it does not
+	 * sleep or migrate, so it is still ours), but its fields are set here, right before the update */
+	hs->key = (__u64)file;
+	hs->entry.generation = generation;
+	hs->entry.dentry = (__u64)d;
+	hs->entry.mnt = (__u64)vmnt;
+	hs->entry.scope = scope;
+	hs->entry.allowed = level;
+	bpf_map_update_elem(&warden_held_files, &hs->key, &hs->entry, BPF_ANY);
 	return 0;
 }
 

@@ -70,10 +70,11 @@ struct {
 
 /*
  * The walk of one automaton over the first `len` bytes of pb's path: its verdict number, 0 for none.
- * A global function: the verifier checks it once per program, not at each call. For a directory the
+ * Inlined into warden_pat_one, a global function, so it is still verified once per program; a frame
+ * of its own would push file_open's call chain past the 512-byte BPF stack. For a directory the
  * walk includes the '/' after the last name, which the path walk wrote there (warden_walk.h put_done).
  */
-__noinline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct pathbuf *pb, __u32 len)
+static __always_inline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct pathbuf *pb, __u32 len)
 {
 	struct warden_pat_chunk *chunk;
 	__u32 state, width, base, cell, key, i;
