@@ -12,6 +12,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "warden_types.h"
+#include "warden_patterns_types.h"
 
 /* Maps (pinned under /sys/fs/bpf/warden/ by the engine). */
 struct {
@@ -81,5 +82,36 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } warden_drops SEC(".maps");
+
+/* matchPatterns (warden_patterns.h, bpf.kernel.patterns): shared and pinned like the maps above, so
+ * every object declares them, also those that never match a pattern (the engine reuses every pin). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct warden_pat_key);
+	__type(value, struct warden_pat_head);
+} warden_pat_heads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct warden_pat_key);
+	__type(value, struct warden_pat_dfa);
+} warden_pat_dfas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 17);
+	__type(key, struct warden_pat_key);
+	__type(value, struct warden_pat_verdict);
+} warden_pat_verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WARDEN_PAT_POOL_CHUNKS);
+	__type(key, __u32);
+	__type(value, struct warden_pat_chunk);
+} warden_pat_pool SEC(".maps");
 
 #endif /* WARDEN_MAPS_H */

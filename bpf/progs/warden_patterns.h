@@ -18,34 +18,7 @@
 #include "warden_path.h"
 #include "warden_patterns_types.h"
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct warden_pat_key);
-	__type(value, struct warden_pat_head);
-} warden_pat_heads SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct warden_pat_key);
-	__type(value, struct warden_pat_dfa);
-} warden_pat_dfas SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1 << 17);
-	__type(key, struct warden_pat_key);
-	__type(value, struct warden_pat_verdict);
-} warden_pat_verdicts SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, WARDEN_PAT_POOL_CHUNKS);
-	__type(key, __u32);
-	__type(value, struct warden_pat_chunk);
-} warden_pat_pool SEC(".maps");
+/* Its maps (warden_pat_heads, _dfas, _verdicts, _pool) are shared, pinned maps: warden_maps.h. */
 
 /*
  * Where one decision collects the automata's outcomes. Map memory, not the stack: what a loop body
@@ -154,7 +127,7 @@ __noinline int warden_pat_one(struct warden_pat_acc *acc, struct pathbuf *pb)
  * pattern's is stronger, `best` becomes it, without flags (the compiler resolved them). `op` is
  * enforce_path_op's (hook, category, write) with the scope in bits 32-63.
  */
-static __noinline void warden_match_patterns(struct scratch *s, __u64 op, struct dentry *d, struct inode *inode,
+static __always_inline void warden_match_patterns(struct scratch *s, __u64 op, struct dentry *d, struct inode *inode,
 					     struct warden_rule_slot *best)
 {
 	struct warden_pat_key key = {};

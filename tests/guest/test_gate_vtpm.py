@@ -154,10 +154,16 @@ def stop_fake_aa(guest: GuestVM) -> None:
     (65534, True, "port 8006 is held by uid 65534, not 0: not the attestation-agent"),
     (0, False, "evidence.quote.report_data: does not carry the nonce we sent"),
 ])
+def rest_config(guest: GuestVM) -> str:
+    """The AA's REST address: the default is its ttrpc socket, and the forgery here is on the port."""
+    return guest.write_shared("aa-rest.yaml", "attestation_agent_url: http://127.0.0.1:8006\n")
+
+
 def test_a_forged_local_attestation_agent_is_refused(guest: GuestVM, uid: int, embed: bool, refusal: str) -> None:
     run_fake_aa(guest, uid, embed)
     try:
-        code, out, err = verify(guest, str(MEASURED), "--source", "attestation-agent", "--json")
+        code, out, err = verify(guest, str(MEASURED), "--source", "attestation-agent", "--json",
+                                "--config", rest_config(guest))
     finally:
         stop_fake_aa(guest)
     assert code == 1 and out == "", out
@@ -169,7 +175,8 @@ def test_the_same_evidence_from_a_root_agent_with_our_nonce_is_a_tdx_measurement
     """The control case: what the two refusals above differ in is exactly the owner and the nonce."""
     run_fake_aa(guest, 0, True)
     try:
-        code, out, err = verify(guest, str(MEASURED), "--source", "attestation-agent", "--json")
+        code, out, err = verify(guest, str(MEASURED), "--source", "attestation-agent", "--json",
+                                "--config", rest_config(guest))
     finally:
         stop_fake_aa(guest)
     assert code == 0, err
