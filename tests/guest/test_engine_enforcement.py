@@ -545,8 +545,9 @@ def test_unregister_and_register_a_container(guest: GuestVM, first_load: dict[st
                     f"{mysql.pid_ns} {mysql.mnt_ns}", timeout=300, check=True)
     mode, after_unregister, after_register, digest, health = json.loads(out.stdout)
     assert mode == "adopted" and health == []
-    # unregistered: the rules for every container, which include mysql's (their union)
-    assert after_unregister[0] != 0 and after_unregister[1] == ["any-container"]
+    # unregistered: the rules for every container, which include mysql's (their union); its alerts name
+    # no container (no placeholder name: nothing registered it)
+    assert after_unregister[0] != 0 and after_unregister[1] == [""]
     assert after_register[0] != 0 and after_register[1] == ["mysql"] and digest == first_load["digests"]["mysql"]
 
 
