@@ -150,15 +150,15 @@ def stop_fake_aa(guest: GuestVM) -> None:
     guest.run("kill $(cat /run/fake-aa.pid); sleep 0.5")
 
 
-@pytest.mark.parametrize(("uid", "embed", "refusal"), [
-    (65534, True, "port 8006 is held by uid 65534, not 0: not the attestation-agent"),
-    (0, False, "evidence.quote.report_data: does not carry the nonce we sent"),
-])
 def rest_config(guest: GuestVM) -> str:
     """The AA's REST address: the default is its ttrpc socket, and the forgery here is on the port."""
     return guest.write_shared("aa-rest.yaml", "attestation_agent_url: http://127.0.0.1:8006\n")
 
 
+@pytest.mark.parametrize(("uid", "embed", "refusal"), [
+    (65534, True, "port 8006 is held by uid 65534, not 0: not the attestation-agent"),
+    (0, False, "evidence.quote.report_data: does not carry the nonce we sent"),
+])
 def test_a_forged_local_attestation_agent_is_refused(guest: GuestVM, uid: int, embed: bool, refusal: str) -> None:
     run_fake_aa(guest, uid, embed)
     try:

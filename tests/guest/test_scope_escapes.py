@@ -220,4 +220,4 @@ def test_an_unregistered_container_gets_every_container_policy(guest: GuestVM, a
     result = guest.run(f"unshare -m cat {MYSQL_FILE}")
     assert result.returncode != 0 and "Operation not permitted" in result.stderr
     alerts = [a for a in read_alerts(guest) if a["Resource"] == MYSQL_FILE]
-    assert [(a["ContainerName"], a["PolicyName"]) for a in alerts][:1] == [("any-container", "block-mysql-data-access")]
+    assert [(a["ContainerName"], a["PolicyName"]) for a in alerts][:1] == [("", "block-mysql-data-access")]
