@@ -198,7 +198,8 @@ def build_initramfs(kver: str, out_dir: Path = BUILD_DIR) -> Path:
         init.write_text(INIT_SCRIPT)
         init.chmod(0o755)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*"))
-        tmp_image = image.with_suffix(".tmp")
+        # Per-process name: two test runs may build the same image at once; the rename is atomic.
+        tmp_image = image.with_suffix(f".{os.getpid()}.tmp")
         with tmp_image.open("wb") as out:
             subprocess.run(
                 ["cpio", "--quiet", "-o", "-H", "newc"],
