@@ -517,3 +517,30 @@ def test_the_strictest_slot_is_a_block_with_the_fewest_narrowings() -> None:
     assert maps.strictest_slot([audit, both, owner, allow]) == owner
     assert maps.strictest_slot([allow, audit]) == audit
     assert maps.strictest_slot([allow]) == bytes(maps.SLOT.size)  # Allow rules decide nothing here
+
+
+PATTERN_ONLY_POLICY = """
+apiVersion: security.kubearmor.com/v1
+kind: KubeArmorPolicy
+metadata: {name: only-patterns}
+spec:
+  selector: {matchLabels: {app: web}}
+  file:
+    matchPatterns:
+    - pattern: /srv/**/*.key
+      readOnly: true
+  action: Block
+"""
+
+
+def test_patterns_count_in_the_strictest_slot() -> None:
+    """A path too long for the kernel's pattern walk is decided by the strictest rule, patterns included:
+    a scope with only matchPatterns must not fail open there."""
+    ruleset = compile(parse_policy_text(PATTERN_ONLY_POLICY, origin="t"), ContainerScope("w", {"app": "web"}))
+    tables = maps.encode_scope(17, ruleset, resolve=lambda p: None)
+    _postures, rules, strict = maps.SCOPE_CFG.unpack(tables.cfg)
+    assert rules[maps.CAT_FILE] & maps.SCOPE_PATTERNS
+    file_slot = strict[maps.CAT_FILE * maps.SLOT.size:(maps.CAT_FILE + 1) * maps.SLOT.size]
+    alert, action, flags, _ = maps.SLOT.unpack(file_slot)
+    assert (action, flags) == (maps.ACT_BLOCK, maps.RULE_READ_ONLY)
+    assert tables.alerts[alert].policy == "only-patterns"

@@ -320,9 +320,16 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
                               (CAT_NETWORK, ruleset.postures.network),
                               (CAT_CAPABILITIES, ruleset.postures.capabilities)):
         postures[category] = POSTURE_CODES[posture] if posture is not None else 0
+    # Patterns count too: a path too long for the kernel's pattern walk could match any of them.
+    pattern_slots = [(CAT_FILE, _slot(r.alert, r.action, (RULE_READ_ONLY if r.read_only else 0)
+                                      | (RULE_OWNER_ONLY if r.owner_only else 0)))
+                     for r in ruleset.file_patterns]
+    pattern_slots += [(CAT_PROCESS, _slot(r.alert, r.action, RULE_OWNER_ONLY if r.owner_only else 0))
+                      for r in ruleset.process_patterns]
     strict = [bytes(SLOT.size)] * 8
     for category in (CAT_FILE, CAT_PROCESS):
-        strict[category] = strictest_slot(slot for c, *_, slot, _ in path_rules if c == category)
+        strict[category] = strictest_slot([slot for c, *_, slot, _ in path_rules if c == category]
+                                          + [slot for c, slot in pattern_slots if c == category])
     tables.cfg = SCOPE_CFG.pack(bytes(postures), bytes(rules_bits), b"".join(strict))
     return tables
 

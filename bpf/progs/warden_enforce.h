@@ -204,8 +204,14 @@ static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct 
 			inode = d->d_parent->d_inode;
 		r.owner = is_owner(inode);
 	}
-	if (rules & WARDEN_SCOPE_PATTERNS)
+	if (rules & WARDEN_SCOPE_PATTERNS) {
 		warden_match_patterns(s, op | ((__u64)r.scope << 32), d, inode, &best);
+		/* A path that did not fit the pattern walk (longer than WARDEN_PATH_MAX - 1 bytes or deeper
+		 * than WARDEN_MAX_DEPTH) was matched against no pattern: any of them might apply, so the
+		 * scope's strictest rule (patterns included) does. Fail closed, as for an unreached root. */
+		if (!s->obj.complete && strict.action && strict.action >= best.action)
+			best = strict;
+	}
 	if ((op & OP_BLOCK_ONLY) && best.action != WARDEN_ACT_BLOCK)
 		return 0;
 	/* an allow that depends on nothing but the path and the scope may be remembered (a pattern's

@@ -10,7 +10,8 @@
  * by strength: block > audit > pass > nothing (then the default posture decides).
  *
  * Paths that did not fit the walk (more than WARDEN_PATH_MAX - 1 bytes or WARDEN_MAX_DEPTH deep) are
- * not matched against patterns; the event flag WARDEN_EV_TRUNCATED marks them when an alert is sent.
+ * not matched against patterns: the scope's strictest rule decides them instead (enforce_path_body,
+ * fail closed), and the event flag WARDEN_EV_TRUNCATED marks the alert.
  */
 #ifndef WARDEN_PATTERNS_H
 #define WARDEN_PATTERNS_H

@@ -227,3 +227,22 @@ def test_corpus_policies(guest: GuestVM, loaded: dict[str, Any], containers: dic
             "Block") in seen
     assert any(c == "c2" and p == "ksp-audit-stig-v-230456-detect-chmod-process" and r.endswith("/chmod")
                and a == "Audit" for c, p, r, a in seen), seen
+
+
+LONG_DIR = "/srv/long/" + "/".join(["d" * 60] * 5)  # 315 bytes: past the pattern walk's 255
+
+
+def test_a_path_too_long_for_the_pattern_walk_fails_closed(guest: GuestVM, loaded: dict[str, Any],
+                                                          containers: dict[str, int]) -> None:
+    """No pattern names it, but the kernel could not match the path against them: the scope's strictest
+    rule (a Block) decides, alerted; a scope without file patterns and the host still read it."""
+    guest.run(f"mkdir -p {LONG_DIR} && echo x > {LONG_DIR}/plain.txt", check=True)
+    alerts(guest)
+    code, out = in_container(guest, containers["pat-own"], f"cat {LONG_DIR}/plain.txt")
+    assert code != 0 and "Operation not permitted" in out, out
+    assert in_container(guest, containers["c2"], f"cat {LONG_DIR}/plain.txt")[0] == 0
+    assert guest.run(f"cat {LONG_DIR}/plain.txt").returncode == 0
+    # the alert holds the root side of the path, the part that fit, and says it is truncated
+    seen = [a for a in alerts(guest) if a["ContainerName"] == "pat-own"]
+    denied = [a for a in seen if a["Resource"].startswith("/srv/long/") and "truncated=true" in a["Data"]]
+    assert denied and denied[0]["Action"] == "Block", seen
