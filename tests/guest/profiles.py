@@ -21,8 +21,16 @@ with a swtpm vTPM. Neither profile pre-mounts anything: bpffs and securityfs are
   drive, writing /run/peerpod/initdata and its digest, and its drop-in extends PCR8 with
   `tpm2_pcrextend 8:sha256=...` (10-override.conf of the pod-VM image builds, e.g.
   spotlesstofu/coco-podvm-scripts scripts/coco/podvm/podvm_maker.sh); kata-agent.service and
-  kata-agent.path (podvm/files/etc/systemd/system/) start the same kata-agent stand-in. The
-  attestation-agent is left to `extra_files` / `extra_links` (its stand-in is another helper's).
+  kata-agent.path (podvm/files/etc/systemd/system/) start the same kata-agent stand-in.
+
+Both install, not enabled, an attestation-agent and a confidential-data-hub unit running the
+stand-ins (standins/attestation_agent.py, standins/cdh.py) with the configuration each VM gives
+them: in Kata, kata-agent launches both as its children after it started, with the aa.toml / cdh.toml
+it extracted from the initdata (kata-containers src/agent/src/main.rs `init_attestation_components`,
+src/agent/src/initdata.rs AA_CONFIG_PATH); in peer pods they are units reading /run/peerpod/aa.toml /
+cdh.toml that process-user-data wrote (podvm/files/etc/systemd/system/attestation-agent.service,
+confidential-data-hub.service). A test starts them when it wants them up: after warden's READY, as
+kata-agent does. The CDH stand-in serves the KBS's resources from KBS_REPO.
 
 The host's own enabled services mean nothing in a pod VM; the profiles switch them off.
 """
@@ -155,6 +163,64 @@ Unit=kata-agent.service
 WantedBy=multi-user.target
 """
 
+# The KBS's resource repository the CDH stand-in serves, <repo>/<type>/<tag> (trustee's LocalFs layout).
+KBS_REPO = "/var/tmp/kbs-repo"
+STANDIN_PYTHON = f"{VENV_BIN / 'python'} -m"
+
+
+def standin_command(module: str, args: str) -> str:
+    return f"{STANDIN_PYTHON} tests.guest.standins.{module} {args}".rstrip()
+
+
+# Kata: what kata-agent's launch of its guest components amounts to, as units the test starts (the
+# processes kata-agent would spawn: attestation-agent -c <initdata dir>/aa.toml, then the CDH).
+KATA_ATTESTATION_AGENT = f"""[Unit]
+Description=attestation-agent, as kata-agent launches it (test-bed stand-in)
+After=kata-agent.service
+[Service]
+WorkingDirectory={REPO_ROOT}
+ExecStart={standin_command("attestation_agent", "-c /run/confidential-containers/initdata/aa.toml")}
+"""
+KATA_CONFIDENTIAL_DATA_HUB = f"""[Unit]
+Description=confidential-data-hub, as kata-agent launches it (test-bed stand-in)
+After=kata-agent.service attestation-agent.service
+[Service]
+WorkingDirectory={REPO_ROOT}
+ExecStart={standin_command("cdh", f"--resources {KBS_REPO}")}
+"""
+
+# cloud-api-adaptor podvm/files/etc/systemd/system/attestation-agent.service (1fbc636), the stand-in
+# instead of /usr/local/bin/attestation-agent; no [Install]: the test starts it.
+PEERPOD_ATTESTATION_AGENT = f"""[Unit]
+Description=Attestation Agent TTRPC API Server
+After=network.target cloud-init.service process-user-data.service
+
+[Service]
+Type=simple
+WorkingDirectory={REPO_ROOT}
+ExecStartPre=mkdir -p /run/confidential-containers/attestation-agent
+ExecStart=/bin/bash -c \\
+    'if [ -f /run/peerpod/aa.toml ]; \\
+    then {standin_command("attestation_agent", "-c /run/peerpod/aa.toml")}; \\
+    else {standin_command("attestation_agent", "")}; \\
+    fi'
+RestartSec=1
+Restart=always
+"""
+# podvm/files/etc/systemd/system/confidential-data-hub.service (7315618): the stand-in takes no cdh.toml
+# (it has no KBC to configure; it serves KBS_REPO); no [Install]: the test starts it.
+PEERPOD_CONFIDENTIAL_DATA_HUB = f"""[Unit]
+Description=Confidential Data Hub TTRPC API Server
+After=network.target process-user-data.service
+
+[Service]
+Type=simple
+WorkingDirectory={REPO_ROOT}
+ExecStart={standin_command("cdh", f"--resources {KBS_REPO}")}
+RestartSec=1
+Restart=always
+"""
+
 
 @dataclass(frozen=True)
 class PodImage:
@@ -223,6 +289,8 @@ def kata(image: PodImage, disk_dir: Path) -> GuestOptions:
         "/etc/systemd/system/tee-launch-measurement.service":
             TEE_LAUNCH_MEASUREMENT.format(wait=WAIT_FOR_TPM, digest=digest[:64]),
         "/etc/systemd/system/testbed-no-early-mounts.service": NO_EARLY_MOUNTS,
+        "/etc/systemd/system/attestation-agent.service": KATA_ATTESTATION_AGENT,
+        "/etc/systemd/system/confidential-data-hub.service": KATA_CONFIDENTIAL_DATA_HUB,
         **image.extra_files,
     }
     links |= {
@@ -249,6 +317,8 @@ def peerpod(image: PodImage) -> GuestOptions:
         "/etc/systemd/system/process-user-data.service.d/20-testbed-tpm.conf": PROCESS_USER_DATA_TPM,
         "/etc/systemd/system/kata-agent.service": PEERPOD_KATA_AGENT_SERVICE,
         "/etc/systemd/system/kata-agent.path": PEERPOD_KATA_AGENT_PATH,
+        "/etc/systemd/system/attestation-agent.service": PEERPOD_ATTESTATION_AGENT,
+        "/etc/systemd/system/confidential-data-hub.service": PEERPOD_CONFIDENTIAL_DATA_HUB,
         **host_services_off(),
         **image.extra_files,
     }

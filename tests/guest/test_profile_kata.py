@@ -3,7 +3,9 @@ booted to kata-containers.target, initdata on a virtio-blk disk, kata-agent (sta
 
 Two boots, one per class: the pod's bundle signed by a key the image does not trust (the gate
 refuses), then by the image's key (accepted). In both, PID 1's bpffs and securityfs mounts are undone
-before warden-mounts.service, which must mount them again.
+before warden-mounts.service, which must mount them again. The accepted boot then starts the
+attestation-agent (the AAEL record follows) and the CDH (KBS updates: higher enforced, lower and
+foreign-signed refused), as kata-agent launches them after it started.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class TestAcceptedGate:
     @pytest.fixture(scope="class")
     @classmethod
     def guest(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
-        image = pod.pod_image(signed_by=pod.TRUSTED_KEY)
+        image = pod.pod_image(signed_by=pod.TRUSTED_KEY, guest_components=True)
         yield from pod.boot(kata(image, tmp_path_factory.mktemp("disk")), tmp_path_factory)
 
     def test_kata_agent_starts_after_ready_with_initdata_from_the_disk(self, guest: GuestVM) -> None:
@@ -62,3 +64,9 @@ class TestAcceptedGate:
 
     def test_a_warden_crash_leaves_kata_agent_running(self, guest: GuestVM) -> None:
         pod.check_warden_crash_keeps_kata_agent(guest)
+
+    def test_aael_record_written_once_the_attestation_agent_comes_up(self, guest: GuestVM) -> None:
+        pod.check_aael_recorded_once_the_aa_is_up(guest)
+
+    def test_kbs_update_higher_enforced_lower_and_foreign_refused(self, guest: GuestVM) -> None:
+        pod.check_kbs_updates(guest)

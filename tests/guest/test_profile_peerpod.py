@@ -3,7 +3,9 @@ booted to multi-user.target as a cloud-api-adaptor pod VM: process-user-data (st
 /run/peerpod/initdata and extends PCR8, kata-agent (stand-in) is started by its .service and its .path.
 
 Two boots, one per class: the pod's bundle signed by a key the image does not trust (the gate
-refuses), then by the image's key (accepted).
+refuses), then by the image's key (accepted). The accepted boot then starts the podvm's
+attestation-agent.service (the AAEL record follows) and confidential-data-hub.service (KBS updates:
+higher enforced, lower and foreign-signed refused).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tests.guest import pod
 from tests.guest.profiles import peerpod
 from tests.guest.vm import GuestVM
 
-ACCEPTED = pod.pod_image(signed_by=pod.TRUSTED_KEY)
+ACCEPTED = pod.pod_image(signed_by=pod.TRUSTED_KEY, guest_components=True)
 
 
 def check_process_user_data_first(guest: GuestVM, digest: str) -> None:
@@ -60,3 +62,9 @@ class TestAcceptedGate:
 
     def test_a_warden_crash_leaves_kata_agent_running(self, guest: GuestVM) -> None:
         pod.check_warden_crash_keeps_kata_agent(guest)
+
+    def test_aael_record_written_once_the_attestation_agent_comes_up(self, guest: GuestVM) -> None:
+        pod.check_aael_recorded_once_the_aa_is_up(guest)
+
+    def test_kbs_update_higher_enforced_lower_and_foreign_refused(self, guest: GuestVM) -> None:
+        pod.check_kbs_updates(guest)

@@ -5,7 +5,9 @@ What it models, from the upstream sources:
 - kata-containers src/agent/src/initdata.rs (`initialize_initdata`, `detect_initdata_device`,
   `read_initdata`): at start, the first block device in /dev named vd*/sd* whose first 8 bytes are
   b"initdata" is read (u64 LE length, gzip) and its TOML written to
-  /run/confidential-containers/initdata/initdata.toml (`--initdata-device`, Kata guests only).
+  /run/confidential-containers/initdata/initdata.toml, its `[data]` entries `aa.toml` and `cdh.toml`
+  to aa.toml and cdh.toml beside it (AA_CONFIG_PATH, CDH_CONFIG_PATH: the configurations kata-agent
+  then launches the attestation-agent and the CDH with) (`--initdata-device`, Kata guests only).
 - kata-containers src/agent/src/sandbox.rs (`add_hooks`, `find_hooks`): guest hooks are the regular,
   executable, non-symlink files in `<guest_hook_path>/{prestart,poststart,poststop}/`, each run with
   argv `[file name, stage]`.
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,11 @@ def initialize_initdata() -> None:
         INITDATA_TOML.parent.mkdir(parents=True, exist_ok=True)
         INITDATA_TOML.write_bytes(toml)
         log(f"initdata from {entry} written to {INITDATA_TOML} ({len(toml)} bytes)")
+        data = tomllib.loads(toml.decode()).get("data") or {}
+        for key in ("aa.toml", "cdh.toml"):  # AA_CONFIG_KEY, CDH_CONFIG_KEY
+            if isinstance(data.get(key), str):
+                (INITDATA_TOML.parent / key).write_text(data[key])
+                log(f"write {key.split('.')[0].upper()} config from initdata")
         return
     log("Initdata device not found, skip initdata initialization")
 
