@@ -8,10 +8,12 @@ What it does, and where upstream does it (confidential-containers/guest-componen
   GetTeeType (protos/attestation-agent.proto, bin/ttrpc-aa/server.rs); a failure is status INTERNAL
   "[ERROR:attestation-agent] ..." as server.rs sets it;
 - the event log only when aa.toml says `[eventlog_config] enable_eventlog = true` (src/lib.rs
-  `init`); otherwise ExtendRuntimeMeasurement fails ("Extend eventlog not enabled when launching!");
-- the log is /run/attestation-agent/eventlog: an `INIT sha256/<register>` line when it is created
-  (or found empty), then one `<domain> <operation> <content>` line per event, content without a
-  newline (src/eventlog/mod.rs). There is no TEE register here to extend, so INIT is all zeros.
+  `init`); otherwise ExtendRuntimeMeasurement fails ("Extend eventlog not enabled when launching!",
+  src/lib.rs `extend_runtime_measurement`, which also refuses content with a newline: `Content`);
+- the log is /run/attestation-agent/eventlog (EVENTLOG_PATH): an `INIT sha256/<register>` line when
+  it is created (or found empty), then one `<domain> <operation> <content>` line per event, written
+  and flushed before the register is extended (src/eventlog/mod.rs `EventLog::new`, `extend_entry`,
+  `LogEntry`'s Display). There is no TEE register here to extend, so INIT is all zeros.
 - evidence: the sample attester's {"svn": "1", "report_data": base64(runtime data)} and tee "sample"
   (attester/src/sample), or a recorded evidence file (`--evidence`, tests/data/evidence/*.json) with
   the TEE it came from, re-issued with the request's runtime data zero-padded into its report data,
