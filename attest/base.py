@@ -25,6 +25,8 @@ class Measurement:
     # emulates it, so the host can extend or reset PCR8 at will). Such a measurement is compared,
     # but counts as INSECURE and needs opt-in (`insecure_sources: [vtpm]`).
     vouched_by_tee: bool = True
+    # Why no TEE vouches for it (one GateError line, e.g. "no HCL report readable"), for the refusal.
+    unvouched_reason: str = ""
 
     @property
     def insecure(self) -> bool:

@@ -21,7 +21,7 @@ from attest.sample import SampleSource
 from attest.snp import SnpSource
 from attest.tdx import TdxSource
 from attest.tsm import DEFAULT_TSM_REPORT_ROOT, ConfigfsTsm
-from attest.vtpm import VtpmSource
+from attest.vtpm import IMDS, VtpmSource
 from initdata.errors import GateError, MeasurementUnavailable
 
 SOURCE_NAMES = ("tdx", "snp", "vtpm", "attestation-agent", "sample")
@@ -37,12 +37,13 @@ def build_sources(
     sysfs_root: Path = Path("/sys"),
     tsm_root: Path = DEFAULT_TSM_REPORT_ROOT,
     aa_client: AttestationAgentApi | None = None,
+    vtpm_amd_certs: str = IMDS,
 ) -> list[MeasurementSource]:
     tsm = ConfigfsTsm(tsm_root)
     factories: dict[str, Callable[[], MeasurementSource]] = {
         "tdx": lambda: TdxSource(sysfs_root, tsm),
         "snp": lambda: SnpSource(sysfs_root, tsm),
-        "vtpm": lambda: VtpmSource(sysfs_root),
+        "vtpm": lambda: VtpmSource(sysfs_root, amd_certs=vtpm_amd_certs),
         "attestation-agent": lambda: AttestationAgentSource(aa_client),
         "sample": SampleSource,
     }
@@ -59,8 +60,9 @@ def first_measurement(sources: Sequence[MeasurementSource]) -> Measurement:
     """The first measurement a present source gives (see the module docstring for the rule)."""
     failures: list[str] = []
     tee_present = False
+    # vtpm before sample whatever the configured order: a vTPM the TEE vouches for is a TEE.
     ordered = [s for s in sources if s.name not in INSECURE_SOURCE_NAMES] + \
-              [s for s in sources if s.name in INSECURE_SOURCE_NAMES]
+              [s for s in sources if s.name == "vtpm"] + [s for s in sources if s.name == "sample"]
     for source in ordered:
         if source.name in INSECURE_SOURCE_NAMES and tee_present:
             continue

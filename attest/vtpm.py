@@ -1,36 +1,84 @@
-"""vTPM: PCR8 of the sha256 bank, extended once with the sha256 initdata digest.
+"""vTPM: PCR8 of the sha256 bank, extended once with the sha256 initdata digest; vouched for or not.
 
 The pod-VM image extends PCR8 (`tpm2_pcrextend 8:sha256=<digest>`, or the AA's az/tpm attesters do
 it); from a zero PCR that gives sha256(32 zero bytes || digest), which the gate expects. The kernel
 prints PCRs as uppercase hex plus a newline (drivers/char/tpm/tpm-sysfs.c).
 
-Not a TEE on its own: the measurement is marked `vouched_by_tee=False`, so the gate accepts it only
-with `insecure_sources: [vtpm]` and reports it INSECURE (issue 15 item 5).
+A TPM alone is not a TEE: the VMM that emulates it can set PCR8 to anything. It counts as one only
+when the TEE vouches for it (attest.hcl: Azure CVMs' HCL report in NV index 0x01400001, an SNP
+report signed by AMD that names the vTPM's attestation key, and a fresh quote of PCR8 by that key).
+Then the measurement is reported as source `azure-snp-vtpm`, not INSECURE. Otherwise it carries the
+reason it is not vouched for, and the gate accepts it only with `insecure_sources: [vtpm]` and
+reports it INSECURE (issue 15 item 5).
+
+Evidence is read with tpm2-tools (tpm2_nvread, tpm2_quote; the same TPM commands as
+kinvolk/azure-cvm-tooling az-cvm-vtpm/src/vtpm/mod.rs `get_report` and `get_quote`), each call
+bounded in time, on the resource manager device. The VCEK and ASK come from where the configuration
+says (`gate.vtpm_amd_certs`): Azure's IMDS THIM endpoint (az-snp-vtpm/src/imds.rs; the host answers
+it, which is fine, since the chain must end in a pinned AMD root), or a PEM file (VCEK, then ASK).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
+
+from attest.amd_roots import PINNED_ARK_PEMS
 from attest.base import Measurement
+from attest.hcl import (
+    AK_HANDLE,
+    HCL_NV_INDEX,
+    MAX_CERT_PEM,
+    MAX_HCL_REPORT,
+    VouchEvidence,
+    load_certificates,
+    vouch_snp,
+)
 from attest.tee import Tee
-from initdata.errors import MeasurementUnavailable
+from initdata import strict_json
+from initdata.bounded import read_bounded
+from initdata.errors import GateError, MeasurementUnavailable, NotVouched
 
 PCR_INDEX = 8
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
+VOUCHED_SOURCE_NAME = "azure-snp-vtpm"
+IMDS = "imds"
+IMDS_CERT_URL = "http://169.254.169.254/metadata/THIM/amd/certification"
+DEFAULT_TPM_DEVICE = Path("/dev/tpmrm0")
+TOOL_TIMEOUT_S = 10.0
+MAX_QUOTE_FILE = 4096
 
 
 class VtpmSource:
     name = "vtpm"
 
-    def __init__(self, sysfs_root: Path = Path("/sys"), tpm: str = "tpm0") -> None:
+    def __init__(
+        self,
+        sysfs_root: Path = Path("/sys"),
+        tpm: str = "tpm0",
+        *,
+        device: Path = DEFAULT_TPM_DEVICE,
+        amd_certs: str = IMDS,
+        roots: Sequence[bytes] = PINNED_ARK_PEMS,
+        timeout: float = TOOL_TIMEOUT_S,
+    ) -> None:
         self.pcr_path = sysfs_root / "class" / "tpm" / tpm / "pcr-sha256" / str(PCR_INDEX)
+        self.device = device
+        self.amd_certs = amd_certs
+        self.roots = tuple(roots)  # AMD's ARKs; tests pass their own test root here
+        self.timeout = timeout
 
     def tee_detected(self) -> bool:
-        # A TPM alone is not a TEE: without the TEE vouching for it (Azure CVMs: the HCL report in NV
-        # index 0x01400001, read by guest-components' az-snp-vtpm/az-tdx-vtpm attesters; not
-        # implemented here), the VMM that emulates it can set PCR8 to anything.
+        # Stands for a TEE only once measure() has checked the HCL report; until then, a TPM is
+        # not a TEE, and a failure here must not keep `sample` from being refused as usual.
         return False
 
     def available(self) -> bool:
@@ -46,5 +94,78 @@ class VtpmSource:
         text = raw.decode("ascii", errors="replace").strip()
         if not _HEX64.fullmatch(text):
             raise MeasurementUnavailable(origin, "pcr8", "is not 64 hex digits")
-        return Measurement(source=self.name, tee=Tee.VTPM, value=bytes.fromhex(text), detail=origin,
-                           vouched_by_tee=False)
+        pcr8 = bytes.fromhex(text)
+        try:
+            root = self.vouch(pcr8)
+        except GateError as exc:
+            return Measurement(source=self.name, tee=Tee.VTPM, value=pcr8, detail=origin, vouched_by_tee=False,
+                               unvouched_reason=str(exc))
+        return Measurement(source=VOUCHED_SOURCE_NAME, tee=Tee.VTPM, value=pcr8,
+                           detail=f"{origin} (vouched by an SEV-SNP HCL report, VCEK chain to {root})")
+
+    # -- the evidence ------------------------------------------------------------------------------
+
+    def vouch(self, pcr8: bytes) -> str:
+        """Check the TEE's evidence for this TPM; the AMD root's name, or NotVouched."""
+        origin = str(self.device)
+        if not self.device.exists():
+            raise NotVouched(origin, "device", "no TPM resource manager device, so no HCL report to read")
+        nonce = os.urandom(32)
+        with tempfile.TemporaryDirectory(prefix="warden-vtpm-") as scratch:
+            work = Path(scratch)
+            self._tool(["tpm2_nvread", "-C", "o", "-o", str(work / "hcl"), f"{HCL_NV_INDEX:#010x}"],
+                       field=f"nv {HCL_NV_INDEX:#010x}", what="no HCL report readable")
+            hcl = read_bounded(work / "hcl", MAX_HCL_REPORT, field="hcl_report", error=NotVouched)
+            self._tool(["tpm2_quote", "-c", f"{AK_HANDLE:#010x}", "-l", f"sha256:{PCR_INDEX}", "-q", nonce.hex(),
+                        "-g", "sha256", "-m", str(work / "msg"), "-s", str(work / "sig")],
+                       field=f"ak {AK_HANDLE:#010x}", what="no quote from the attestation key")
+            message = read_bounded(work / "msg", MAX_QUOTE_FILE, field="quote", error=NotVouched)
+            signature = read_bounded(work / "sig", MAX_QUOTE_FILE, field="quote_signature", error=NotVouched)
+        vcek, ask = self.certificates()
+        evidence = VouchEvidence(hcl, message, signature, nonce, pcr8, vcek, ask)
+        return vouch_snp(evidence, now=datetime.now(UTC), origin=origin, roots=self.roots)
+
+    def _tool(self, argv: list[str], *, field: str, what: str) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TPM2TOOLS_TCTI": f"device:{self.device}"}
+        try:
+            result = subprocess.run(argv, env=env, capture_output=True, timeout=self.timeout, check=False)
+        except FileNotFoundError:
+            raise NotVouched(str(self.device), field, f"{what}: {argv[0]} is not installed") from None
+        except subprocess.TimeoutExpired:
+            raise NotVouched(str(self.device), field, f"{what}: {argv[0]} took over {self.timeout:g} s") from None
+        if result.returncode != 0:
+            lines = result.stderr[-4096:].decode("utf-8", errors="replace").strip().splitlines()
+            raise NotVouched(str(self.device), field, f"{what} ({argv[0]}: {lines[-1] if lines else 'failed'})")
+
+    def certificates(self) -> tuple[x509.Certificate, x509.Certificate]:
+        """The VCEK and ASK, from IMDS or a PEM file (VCEK first, then ASK; a third, the ARK, is ignored)."""
+        if self.amd_certs == IMDS:
+            vcek_pem, chain_pem = fetch_imds_certificates(timeout=min(self.timeout, 3.0))
+            vceks = load_certificates(vcek_pem, origin=IMDS_CERT_URL)
+            chain = load_certificates(chain_pem, origin=IMDS_CERT_URL)
+            if len(vceks) != 1 or not chain:
+                raise NotVouched(IMDS_CERT_URL, "certificates", "expected one VCEK and an ASK/ARK chain")
+            return vceks[0], chain[0]
+        path = Path(self.amd_certs)
+        certs = load_certificates(read_bounded(path, MAX_CERT_PEM, field="file", error=NotVouched), origin=str(path))
+        if len(certs) < 2:
+            raise NotVouched(str(path), "certificates", f"{len(certs)} certificates, expected the VCEK then the ASK")
+        return certs[0], certs[1]
+
+
+def fetch_imds_certificates(*, timeout: float, url: str = IMDS_CERT_URL) -> tuple[bytes, bytes]:
+    """Azure IMDS THIM: {"vcekCert": PEM, "certificateChain": PEM}. Bounded in time and size."""
+    request = urllib.request.Request(url, headers={"Metadata": "true"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read(MAX_CERT_PEM + 1)
+    except (OSError, ValueError) as exc:
+        raise NotVouched(url, "certificates", f"cannot be fetched ({exc})") from None
+    if len(body) > MAX_CERT_PEM:
+        raise NotVouched(url, "certificates", f"the answer exceeds {MAX_CERT_PEM} bytes")
+    document = strict_json.loads(body, origin=url, field="certificates", error=NotVouched)
+    vcek = document.get("vcekCert") if isinstance(document, dict) else None
+    chain = document.get("certificateChain") if isinstance(document, dict) else None
+    if not isinstance(vcek, str) or not isinstance(chain, str):
+        raise NotVouched(url, "certificates", "vcekCert and certificateChain must be strings")
+    return vcek.encode(), chain.encode()

@@ -113,3 +113,7 @@ class ConfigError(GateError):
 
 class AttestationAgentError(GateError):
     """The attestation-agent / CDH REST API answered with an error or something we cannot parse."""
+
+
+class NotVouched(GateError):
+    """A vTPM's TEE evidence (Azure's HCL report) is missing or does not check out: the vTPM stays INSECURE."""

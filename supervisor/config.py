@@ -117,6 +117,7 @@ GATE_KEYS: dict[str, str] = {
     "state_dir": "rollback state directory (per boot), or null for no rollback memory",
     "attestation_agent_url": "the attestation-agent: its ttrpc socket (unix://...) or api-server-rest (http(s)://...)",
     "attestation_agent_timeout": "seconds per attestation-agent request",
+    "vtpm_amd_certs": "where a vTPM's HCL report's VCEK and ASK come from: imds (Azure THIM) or an absolute PEM path",
 }
 
 POSTURE_KEYS = ("file", "network", "capabilities")
@@ -148,6 +149,7 @@ class GateConfig:
     state_dir: Path | None = DEFAULT_STATE_DIR
     attestation_agent_url: str = DEFAULT_AA_URL
     attestation_agent_timeout: float = 2.0
+    vtpm_amd_certs: str = "imds"
 
     @property
     def rules(self) -> GateRules:
@@ -353,6 +355,10 @@ def _gate(value: Any, reader: _Reader, key: str) -> GateConfig:
             out[name] = () if item == [] else reader.names(item, where, INSECURE_SOURCE_NAMES, "insecure source")
         elif name == "attestation_agent_url":
             out[name] = reader.url(item, where)
+        elif name == "vtpm_amd_certs":
+            if item != "imds" and not (isinstance(item, str) and item.startswith("/") and "\0" not in item):
+                raise reader.fail(where, "must be imds or an absolute path to a PEM file (VCEK, then ASK)")
+            out[name] = item
         elif name == "attestation_agent_timeout":
             out[name] = reader.seconds(item, where, 0, 60)
             if out[name] == 0:

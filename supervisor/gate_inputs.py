@@ -56,7 +56,8 @@ class AcceptedUpdate:
 
 def live_sources(config: GateConfig, *, sysfs_root: Path = Path("/sys")) -> list[MeasurementSource]:
     """The configured measurement sources, in the configured order."""
-    return build_sources(config.measurement_sources, sysfs_root=sysfs_root, aa_client=config.aa_client())
+    return build_sources(config.measurement_sources, sysfs_root=sysfs_root, aa_client=config.aa_client(),
+                         vtpm_amd_certs=config.vtpm_amd_certs)
 
 
 def gate_initdata(

@@ -143,9 +143,11 @@ def test_vtpm_pcr8_sysfs_format(tmp_path: Path) -> None:
     path = tmp_path / "class" / "tpm" / "tpm0" / "pcr-sha256" / "8"
     path.parent.mkdir(parents=True)
     path.write_text(pcr8.hex().upper() + "\n")  # the kernel's %02X format
-    source = VtpmSource(tmp_path)
+    source = VtpmSource(tmp_path, device=tmp_path / "tpmrm0")
     assert source.available()
-    assert source.measure() == Measurement("vtpm", Tee.VTPM, pcr8, str(path), vouched_by_tee=False)
+    no_device = f"{tmp_path}/tpmrm0: device: no TPM resource manager device, so no HCL report to read"
+    assert source.measure() == Measurement("vtpm", Tee.VTPM, pcr8, str(path), vouched_by_tee=False,
+                                           unvouched_reason=no_device)
     assert source.measure().insecure and not source.tee_detected()  # a TPM alone is not a TEE
     path.write_text("not hex\n")
     with pytest.raises(MeasurementUnavailable, match="pcr8: is not 64 hex digits"):

@@ -134,8 +134,9 @@ class BootGate:
                 "measurement",
                 "no TEE is present and insecure_allow_sample is not set; refusing to run unmeasured"
                 if kind == "sample"
-                else f"a {kind} measurement no TEE vouches for is not a TEE measurement; refusing unless "
-                f"insecure_sources lists {kind}",
+                else f"a {kind} measurement no TEE vouches for"
+                + (f" ({measurement.unvouched_reason})" if measurement.unvouched_reason else "")
+                + f" is not a TEE measurement; refusing unless insecure_sources lists {kind}",
             )
         if measurement.tee is not None:
             expected = expected_measurement(
