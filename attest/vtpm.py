@@ -134,8 +134,11 @@ class VtpmSource:
         except subprocess.TimeoutExpired:
             raise NotVouched(str(self.device), field, f"{what}: {argv[0]} took over {self.timeout:g} s") from None
         if result.returncode != 0:
+            # tpm2-tools end with "ERROR: Unable to run ..."; the line before names the TPM's error.
             lines = result.stderr[-4096:].decode("utf-8", errors="replace").strip().splitlines()
-            raise NotVouched(str(self.device), field, f"{what} ({argv[0]}: {lines[-1] if lines else 'failed'})")
+            errors = [line for line in lines if line.startswith("ERROR: ") and "Unable to run" not in line]
+            detail = (errors or lines or ["failed"])[-1].removeprefix("ERROR: ")
+            raise NotVouched(str(self.device), field, f"{what} ({argv[0]}: {detail})")
 
     def certificates(self) -> tuple[x509.Certificate, x509.Certificate]:
         """The VCEK and ASK, from IMDS or a PEM file (VCEK first, then ASK; a third, the ARK, is ignored)."""

@@ -54,6 +54,7 @@ from attest.detect import DEFAULT_SOURCE_ORDER, INSECURE_SOURCE_NAMES, SOURCE_NA
 from initdata.errors import ConfigError, GateError
 from initdata.keys import DEFAULT_TRUST_DIR
 from initdata.rollback import parse_kbs_uri
+from supervisor.control import DEFAULT_ALLOWED_CGROUPS
 from trust.rules import GateRules, TrustMode
 
 DEFAULT_CONFIG_PATH = Path("/etc/warden/warden.yaml")
@@ -69,6 +70,8 @@ KEYS: dict[str, str] = {
     "pin_dir": "bpffs directory of the pinned links and maps",
     "state_dir": "runtime state directory",
     "control_socket": "control socket path",
+    "control_allowed_cgroups": "cgroup v2 paths (* within a component) whose root processes may use the control "
+                               "socket, or null for no cgroup check",
     "gate_failure_exit_s": "seconds to keep the baseline STATUS before exiting 1 after a refused gate",
     "extend_timeout_s": "EXTEND_TIMEOUT_USEC step while the gate runs, seconds",
     "attestation_deadline_s": "total time the gate may take before it is refused, seconds",
@@ -221,6 +224,7 @@ class WardenConfig:
     pin_dir: Path = Path("/sys/fs/bpf/warden")
     state_dir: Path = Path("/run/warden")
     control_socket: Path = Path("/run/warden/warden.sock")
+    control_allowed_cgroups: tuple[str, ...] | None = DEFAULT_ALLOWED_CGROUPS
     gate_failure_exit_s: float = 30.0
     extend_timeout_s: float = 30.0
     attestation_deadline_s: float = 120.0
@@ -288,6 +292,15 @@ class _Reader:
         if not isinstance(value, str) or not value.startswith(("http://", "https://", "unix:///")) or "\0" in value:
             raise self.fail(key, f"{value!r} is not an http(s) URL or a unix:/// socket address")
         return value
+
+    def cgroup_patterns(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "must be a non-empty list of cgroup paths, or null for no cgroup check")
+        for item in value:
+            if not isinstance(item, str) or not item.startswith("/") or len(item) > 4096 or "\0" in item \
+                    or any(part in (".", "..") for part in item.split("/")):
+                raise self.fail(key, f"{item!r} is not an absolute cgroup path (no . or .. components)")
+        return tuple(value)
 
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
@@ -443,6 +456,8 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
             out["initdata"] = reader.path(value, name, optional=True)
         elif name in ("baseline_bundle", "update_bundle", "pin_dir", "state_dir", "control_socket"):
             out[name] = reader.path(value, name)
+        elif name == "control_allowed_cgroups":
+            out[name] = None if value is None else reader.cgroup_patterns(value, name)
         elif name == "gate_failure_exit_s":
             out[name] = reader.seconds(value, name, 0, 3600)
         elif name == "extend_timeout_s":

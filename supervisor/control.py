@@ -18,7 +18,17 @@ Replies (one line each): {"ok": true, ...} or {"ok": false, "error": "<one line>
 
 Trust boundary: the socket is 0600 in a 0700 directory, and every connection's SO_PEERCRED uid
 must be 0 (the kernel records the credentials of whoever called connect(2); a root process that
-hands its connected socket to another lends it what root could do anyway). The bytes are still
+hands its connected socket to another lends it what root could do anyway), and the peer's cgroup
+(cgroup v2, the `0::` line of /proc/<pid>/cgroup) must match `control_allowed_cgroups`. The
+default, `/` and `/system.slice/*.service`, admits what connects in real boot graphs and the test
+bed: the OCI hook, which kata-agent forks in its own cgroup (`/system.slice/kata-agent.service` in
+Kata's and cloud-api-adaptor's pod VMs, `/` when kata-agent is init), `warden status` from a
+service (warden.service's own ExecReload, a test bed's command agent). It refuses a container's
+processes, root or not: kata-agent puts containers in `/system.slice/kata_agent-<id>.scope`
+(systemd driver) or `/<id>` / the OCI `linux.cgroupsPath` (cgroupfs driver; kata-containers
+src/agent/rustjail/src/container.rs), and login sessions (`/user.slice/...`). The pid is the
+connecting process's (SO_PEERCRED); Linux 6.1 has no SO_PEERPIDFD, so a peer that exits and
+whose pid is reused in time is read as the new process (see threat-model.md). The bytes are still
 parsed as untrusted: a message is bounded (MAX_MESSAGE_BYTES,
 else an error reply and the connection is closed), a silent client is dropped after a timeout, the
 number of concurrent connections is bounded, and every malformed request gets an error reply,
@@ -28,6 +38,7 @@ never an exception in the server.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import os
@@ -44,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from initdata import strict_json
-from initdata.errors import GateError
+from initdata.errors import GateError, printable
 
 log = logging.getLogger("warden.control")
 
@@ -55,6 +66,9 @@ MAX_REQUESTS_PER_CONNECTION = 64
 MAX_NAME_CHARS = 253
 CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,253}")
 REQUIRED_PEER_UID = 0
+# Patterns of cgroup v2 paths, `*` matching within one path component (fnmatch on each component).
+DEFAULT_ALLOWED_CGROUPS: tuple[str, ...] = ("/", "/system.slice/*.service")
+MAX_PROC_CGROUP_BYTES = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -205,6 +219,35 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     request_handler: RequestHandler
     slots: threading.BoundedSemaphore
     required_uid: int
+    allowed_cgroups: tuple[str, ...] | None
+    proc_root: Path
+
+
+def peer_cgroup(pid: int, proc_root: Path = Path("/proc")) -> str | None:
+    """The cgroup v2 path of process `pid` (the `0::` line), or None if it has none or is gone."""
+    try:
+        with (proc_root / str(pid) / "cgroup").open("rb") as handle:
+            raw = handle.read(MAX_PROC_CGROUP_BYTES)
+    except OSError:
+        return None
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+def _components(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
+
+
+def cgroup_allowed(cgroup: str, patterns: tuple[str, ...]) -> bool:
+    """Does the cgroup path match one pattern, component by component (so `*` never spans a `/`)?"""
+    parts = _components(cgroup)
+    for pattern in patterns:
+        wanted = _components(pattern)
+        if len(wanted) == len(parts) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, wanted, strict=True)):
+            return True
+    return False
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -223,6 +266,16 @@ class _Connection(socketserver.BaseRequestHandler):
                         peer_pid, peer_uid, self.server.required_uid)
             self._send(conn, Reply.failure(f"uid {peer_uid} may not use the control socket"))
             return
+        allowed = self.server.allowed_cgroups
+        if allowed is not None:
+            cgroup = peer_cgroup(peer_pid, self.server.proc_root)
+            if cgroup is None or not cgroup_allowed(cgroup, allowed):
+                shown = "no cgroup v2 membership" if cgroup is None else f"cgroup {printable(cgroup)}"
+                log.warning("control: refused a connection from pid %d in %s (control_allowed_cgroups: %s)",
+                            peer_pid, shown, ", ".join(allowed))
+                self._send(conn, Reply.failure(f"pid {peer_pid} in {shown} may not use the control socket "
+                                               f"(control_allowed_cgroups: {', '.join(allowed)})"))
+                return
         if not self.server.slots.acquire(blocking=False):
             self._send(conn, Reply.failure("too many connections", retry=True))
             return
@@ -274,7 +327,15 @@ class _Connection(socketserver.BaseRequestHandler):
 class ControlServer:
     """The listening socket plus its accept thread; `close()` stops both and removes the socket."""
 
-    def __init__(self, path: Path, handler: RequestHandler, *, required_uid: int = REQUIRED_PEER_UID) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handler: RequestHandler,
+        *,
+        required_uid: int = REQUIRED_PEER_UID,
+        allowed_cgroups: tuple[str, ...] | None = DEFAULT_ALLOWED_CGROUPS,
+        proc_root: Path = Path("/proc"),
+    ) -> None:
         self.path = path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._remove_stale()
@@ -287,6 +348,8 @@ class ControlServer:
         self._server.request_handler = handler
         self._server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._server.required_uid = required_uid
+        self._server.allowed_cgroups = allowed_cgroups  # None: no cgroup check (configured off)
+        self._server.proc_root = proc_root
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="warden-control", daemon=True
         )

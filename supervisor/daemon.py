@@ -446,7 +446,8 @@ class Supervisor:
             self._set_status(f"NOT READY: {exc}")
             return EXIT_FAILURE
         self._registry.load()
-        self._control = ControlServer(self.config.control_socket, self.handle_request)
+        self._control = ControlServer(self.config.control_socket, self.handle_request,
+                                      allowed_cgroups=self.config.control_allowed_cgroups)
         self._control.start()
         try:
             return self._run_started()

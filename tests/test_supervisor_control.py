@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import stat
 import threading
@@ -219,3 +220,96 @@ def test_parse_request_defaults_the_name_to_the_id() -> None:
     request = parse_request(json.dumps({k: v for k, v in REGISTER.items() if k != "name"}).encode())
     assert isinstance(request, RegisterRequest)
     assert request.name == "c0ffee"
+
+
+# -- the peer's cgroup (issue 15 item 10: SO_PEERCRED uid 0 and the expected cgroup) ----------------
+
+
+def test_cgroup_patterns_match_component_by_component() -> None:
+    default = control.DEFAULT_ALLOWED_CGROUPS
+    assert control.cgroup_allowed("/system.slice/kata-agent.service", default)
+    assert control.cgroup_allowed("/system.slice/warden-testbed-agent.service", default)
+    assert control.cgroup_allowed("/", default)  # kata-agent as init
+    # Where kata-agent puts containers (rustjail container.rs): systemd driver, cgroupfs default,
+    # a Kubernetes cgroupsPath; and a login session.
+    for cgroup in ("/system.slice/kata_agent-c0ffee.scope", "/c0ffee", "/kubepods/besteffort/pod1/c0ffee",
+                   "/user.slice/user-0.slice/session-1.scope", "/system.slice/kata-agent.service/child",
+                   "/system.slice/x.service/../y.service"):
+        assert not control.cgroup_allowed(cgroup, default), cgroup
+    # `*` never spans a `/`.
+    assert not control.cgroup_allowed("/system.slice/a/b.service", ("/system.slice/*.service",))
+    assert control.cgroup_allowed("/system.slice/kata-agent.service", ("/system.slice/kata-agent.service",))
+
+
+def serve_with(tmp_path: Path, **options: object) -> tuple[ControlServer, Path]:
+    path = tmp_path / "run" / "warden.sock"
+    srv = ControlServer(path, Recorder(), **options)  # type: ignore[arg-type]
+    srv.start()
+    return srv, path
+
+
+def test_the_real_peers_cgroup_is_checked(tmp_path: Path) -> None:
+    """A real connection; the kernel's SO_PEERCRED pid; that process's real /proc/<pid>/cgroup."""
+    own = control.peer_cgroup(os.getpid())
+    assert own is not None and own.startswith("/")
+    srv, path = serve_with(tmp_path, allowed_cgroups=(own,))
+    try:
+        assert call(path, {"op": "status"})["ok"]
+    finally:
+        srv.close()
+    srv, path = serve_with(tmp_path, allowed_cgroups=("/system.slice/kata-agent.service",))
+    try:
+        reply = call(path, {"op": "status"})
+    finally:
+        srv.close()
+    assert reply == {"ok": False, "retry": False, "error": (
+        f"pid {os.getpid()} in cgroup {own} may not use the control socket "
+        "(control_allowed_cgroups: /system.slice/kata-agent.service)")}
+
+
+def test_a_peer_in_a_container_scope_or_without_cgroup_v2_is_refused(tmp_path: Path) -> None:
+    """The same real connection, the peer's cgroup file read from a /proc tree the test writes."""
+    proc = tmp_path / "proc"
+    (proc / str(os.getpid())).mkdir(parents=True)
+    cgroup_file = proc / str(os.getpid()) / "cgroup"
+    for text, ok, shown in [
+        ("0::/system.slice/kata-agent.service\n", True, ""),
+        ("12:pids:/\n0::/system.slice/kata_agent-c0ffee.scope\n", False,
+         "cgroup /system.slice/kata_agent-c0ffee.scope"),
+        ("4:memory:/x\n1:name=systemd:/\n", False, "no cgroup v2 membership"),  # cgroup v1 only
+    ]:
+        cgroup_file.write_text(text)
+        srv, path = serve_with(tmp_path, proc_root=proc)
+        try:
+            reply = call(path, {"op": "status"})
+        finally:
+            srv.close()
+        assert reply["ok"] is ok, reply
+        if not ok:
+            assert reply["error"] == (f"pid {os.getpid()} in {shown} may not use the control socket "
+                                      "(control_allowed_cgroups: /, /system.slice/*.service)")
+    cgroup_file.unlink()  # the peer is gone (or its /proc entry unreadable): refused, not waved through
+    srv, path = serve_with(tmp_path, proc_root=proc)
+    try:
+        assert "no cgroup v2 membership" in call(path, {"op": "status"})["error"]
+    finally:
+        srv.close()
+
+
+def test_no_cgroup_check_only_when_configured_off(tmp_path: Path) -> None:
+    from supervisor.config import parse_config
+
+    assert parse_config({}, origin="c").control_allowed_cgroups == control.DEFAULT_ALLOWED_CGROUPS
+    assert parse_config({"control_allowed_cgroups": None}, origin="c").control_allowed_cgroups is None
+    assert parse_config({"control_allowed_cgroups": ["/system.slice/kata-agent.service"]},
+                        origin="c").control_allowed_cgroups == ("/system.slice/kata-agent.service",)
+    for bad in ([], ["relative.service"], ["/a/../b"], "/", [1]):
+        with pytest.raises(Exception, match="control_allowed_cgroups: "):
+            parse_config({"control_allowed_cgroups": bad}, origin="c")
+    proc = tmp_path / "proc"
+    proc.mkdir()  # no entry for our pid at all: only an explicit null lets it through
+    srv, path = serve_with(tmp_path, proc_root=proc, allowed_cgroups=None)
+    try:
+        assert call(path, {"op": "status"})["ok"]
+    finally:
+        srv.close()

@@ -5,7 +5,12 @@ The test does what the pod-VM image does (`tpm2_pcrextend 8:sha256=<initdata dig
 measured initdata passes; any other initdata fails with a PCR8 mismatch.
 
 swtpm is a TPM no TEE vouches for (issue 15 item 5): refused unless `--insecure-source vtpm` opts in,
-and then reported INSECURE. A forged attestation-agent on 127.0.0.1:8006 (issue 15 item 4) is refused:
+and then reported INSECURE, with the reason (no HCL report in NV 0x01400001). With an HCL report
+written into that NV index, naming the swtpm's real attestation key but signed by a test chain, it
+is still refused (the chain does not end in AMD's root); the same evidence with the test root passed
+where production passes AMD's ARKs checks out link by link against the real TPM.
+
+A forged attestation-agent on 127.0.0.1:8006 (issue 15 item 4) is refused:
 one run by another uid, and one run by root that replays a recorded quote without our nonce.
 """
 
@@ -17,8 +22,11 @@ import json
 import textwrap
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from initdata.document import HashAlgorithm, parse_initdata
+from tests.data.amd.hcl_factory import Chain, hcl_report, make_chain, snp_report, var_data
 from tests.data.initdata.factory import EVIDENCE, HERE, KEYS, make_envelope, make_initdata, signing_key
 from tests.guest.vm import VENV_BIN, GuestOptions, GuestVM
 
@@ -53,6 +61,9 @@ def test_a_bare_vtpm_is_refused_without_opt_in(guest: GuestVM, extended: str) ->
     code, out, err = verify(guest, str(MEASURED))
     assert code == 1 and out == ""
     assert "is not a TEE measurement; refusing unless insecure_sources lists vtpm" in err, err
+    # The reason names what is missing: no HCL report in the swtpm's NV index.
+    assert "(/dev/tpmrm0: nv 0x01400001: no HCL report readable (tpm2_nvread: " in err, err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_measured_initdata_passes_with_auto_detection(guest: GuestVM, extended: str) -> None:
@@ -182,3 +193,85 @@ def test_the_same_evidence_from_a_root_agent_with_our_nonce_is_a_tdx_measurement
     assert code == 0, err
     assert json.loads(out)["measurement_source"] == "attestation-agent"
     assert json.loads(out)["insecure"] is False
+
+
+# -- issue 15 item 5: a vTPM the TEE vouches for, and one it does not -----------------------------
+
+# The AK as Azure's paravisor makes it: a restricted RSA signing key (RSASSA/SHA-256) persisted at
+# 0x81000003 (kinvolk/azure-cvm-tooling az-cvm-vtpm/src/vtpm/mod.rs VTPM_AK_HANDLE).
+MAKE_AK = (
+    "cd /run/warden-test && tpm2_createprimary -Q -C o -G rsa2048:rsassa-sha256:null "
+    "-a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign' -c ak.ctx "
+    "&& tpm2_evictcontrol -Q -C o -c ak.ctx 0x81000003 && tpm2_readpublic -Q -c 0x81000003 -f pem -o ak.pem "
+    "&& cat ak.pem"
+)
+
+
+@pytest.fixture(scope="module")
+def hcl_chain(guest: GuestVM, extended: str) -> Chain:
+    """An HCL report in NV 0x01400001 of the swtpm, as on an Azure CVM, but signed by a test chain.
+
+    Everything but the root is right: the SNP report binds var_data, var_data names the swtpm's
+    real AK, so quotes verify. Returns the test chain; its VCEK and ASK are in CERTS.
+    """
+    guest.run("mkdir -p /run/warden-test", check=True)
+    ak = serialization.load_pem_public_key(guest.run(MAKE_AK, check=True).stdout.encode())
+    assert isinstance(ak, rsa.RSAPublicKey)
+    chain = make_chain()
+    data = var_data(ak)
+    report = hcl_report(snp_report(chain, data), data)
+    shared = guest.write_shared("hcl.b64", base64.b64encode(report).decode())
+    guest.run(f"base64 -d {shared} > /run/warden-test/hcl.bin && tpm2_nvdefine -Q 0x01400001 -C o -s {len(report)} "
+              "-a 'ownerread|ownerwrite' && tpm2_nvwrite -Q 0x01400001 -C o -i /run/warden-test/hcl.bin", check=True)
+    guest.write_shared("test-amd-chain.pem", chain.pem().decode())
+    guest.write_shared("test-ark.pem", chain.ark_pem.decode())
+    return chain
+
+
+CERTS = "/testbed/scratch/test-amd-chain.pem"
+
+
+def vtpm_config(guest: GuestVM) -> str:
+    return guest.write_shared("vtpm-certs.yaml", f"vtpm_amd_certs: {CERTS}\n")
+
+
+def test_an_hcl_report_signed_by_a_chain_that_is_not_amds_is_refused(guest: GuestVM, hcl_chain: Chain) -> None:
+    code, out, err = verify(guest, str(MEASURED), "--source", "vtpm", "--config", vtpm_config(guest))
+    assert code == 1 and out == "", out
+    assert len(err.splitlines()) == 1, err
+    assert ("a vtpm measurement no TEE vouches for (/dev/tpmrm0: ask.issuer: CN=Test-ARK,O=Not AMD is not a "
+            "pinned AMD root key (ARK)) is not a TEE measurement; refusing unless insecure_sources lists vtpm") in err
+
+
+def test_the_unvouched_vtpm_is_still_accepted_insecure_with_opt_in(guest: GuestVM, hcl_chain: Chain) -> None:
+    code, out, err = verify(guest, str(MEASURED), "--source", "vtpm", "--config", vtpm_config(guest), *OPT_IN)
+    assert code == 0, err
+    assert out.startswith("INSECURE (vtpm not vouched for by a TEE): ")
+
+
+# The same source with the test root passed where production passes AMD's ARKs (the `roots`
+# parameter, not a switch): the real swtpm's NV index, its AK's quote over our nonce, the kernel's PCR8.
+VOUCH_WITH_TEST_ROOT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from attest.vtpm import VtpmSource
+    root = Path(sys.argv[1]).read_bytes()
+    measurement = VtpmSource(amd_certs=sys.argv[2], roots=(root,)).measure()
+    print(json.dumps({"source": measurement.source, "insecure": measurement.insecure,
+                      "detail": measurement.detail, "value": measurement.value.hex(),
+                      "reason": measurement.unvouched_reason}))
+""")
+
+
+def test_with_the_test_root_injected_every_link_holds_on_the_real_tpm(guest: GuestVM, hcl_chain: Chain,
+                                                                      extended: str) -> None:
+    script = guest.write_shared("vouch.py", VOUCH_WITH_TEST_ROOT)
+    result = guest.run(f"cd {HERE.parents[2]} && {VENV_BIN}/python {script} /testbed/scratch/test-ark.pem {CERTS}",
+                       timeout=120)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured == {
+        "source": "azure-snp-vtpm", "insecure": False, "reason": "",
+        "detail": f"{PCR8} (vouched by an SEV-SNP HCL report, VCEK chain to Test-ARK)",
+        "value": hashlib.sha256(bytes(32) + bytes.fromhex(extended)).hexdigest(),
+    }

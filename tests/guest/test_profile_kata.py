@@ -62,6 +62,22 @@ class TestAcceptedGate:
     def test_seed_policies_hold_in_kata_agent_containers(self, guest: GuestVM) -> None:
         pod.check_seed_policies(guest)
 
+    def test_the_control_socket_admits_service_cgroups_and_refuses_a_scope(self, guest: GuestVM) -> None:
+        """SO_PEERCRED uid 0 and the expected cgroup (issue 15 item 10), under the shipped default.
+
+        The hooks above connected from kata-agent.service (their prestart was "ok"); `warden status`
+        from the test bed's command agent (a service) is answered. The same root command in a
+        transient scope, where kata-agent's systemd driver puts containers (kata_agent-<id>.scope),
+        is refused with one line naming its cgroup.
+        """
+        assert guest.run("warden status").returncode == 0
+        refused = guest.run("systemd-run --scope --quiet --unit=warden-cgroup-probe warden status")
+        assert refused.returncode != 0
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert " in cgroup /system.slice/warden-cgroup-probe.scope may not use the control socket " \
+               "(control_allowed_cgroups: /, /system.slice/*.service)" in refused.stderr, refused.stderr
+        assert "warden-cgroup-probe.scope" in pod.journal(guest, "warden.service", 50)
+
     def test_a_warden_crash_leaves_kata_agent_running(self, guest: GuestVM) -> None:
         pod.check_warden_crash_keeps_kata_agent(guest)
 
