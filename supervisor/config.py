@@ -139,6 +139,8 @@ class GateConfig:
     - attestation_agent_url / _timeout: the attestation-agent's ttrpc socket (default,
       unix:///run/confidential-containers/attestation-agent/attestation-agent.sock) or
       api-server-rest of guest-components (http://127.0.0.1:8006)
+    - vtpm_amd_certs: where the VCEK and ASK for a vTPM's HCL report come from (attest.vtpm):
+      `imds` (Azure's THIM endpoint) or an absolute path to a PEM file (VCEK, then ASK)
     """
 
     trust_dir: Path = DEFAULT_TRUST_DIR
