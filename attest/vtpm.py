@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -69,12 +68,16 @@ class VtpmSource:
         amd_certs: str = IMDS,
         roots: Sequence[bytes] = PINNED_ARK_PEMS,
         timeout: float = TOOL_TIMEOUT_S,
+        tcti: str | None = None,
     ) -> None:
         self.pcr_path = sysfs_root / "class" / "tpm" / tpm / "pcr-sha256" / str(PCR_INDEX)
         self.device = device
         self.amd_certs = amd_certs
         self.roots = tuple(roots)  # AMD's ARKs; tests pass their own test root here
         self.timeout = timeout
+        # How tpm2-tools reach the TPM: the resource manager device, unless told otherwise (the host
+        # tests talk to a real swtpm over TCP: "swtpm:port=N").
+        self.tcti = tcti if tcti is not None else f"device:{device}"
 
     def tee_detected(self) -> bool:
         # Stands for a TEE only once measure() has checked the HCL report; until then, a TPM is
@@ -108,37 +111,57 @@ class VtpmSource:
     def vouch(self, pcr8: bytes) -> str:
         """Check the TEE's evidence for this TPM; the AMD root's name, or NotVouched."""
         origin = str(self.device)
-        if not self.device.exists():
+        if self.tcti == f"device:{self.device}" and not self.device.exists():
             raise NotVouched(origin, "device", "no TPM resource manager device, so no HCL report to read")
         nonce = os.urandom(32)
-        with tempfile.TemporaryDirectory(prefix="warden-vtpm-") as scratch:
-            work = Path(scratch)
-            self._tool(["tpm2_nvread", "-C", "o", "-o", str(work / "hcl"), f"{HCL_NV_INDEX:#010x}"],
-                       field=f"nv {HCL_NV_INDEX:#010x}", what="no HCL report readable")
-            hcl = read_bounded(work / "hcl", MAX_HCL_REPORT, field="hcl_report", error=NotVouched)
-            self._tool(["tpm2_quote", "-c", f"{AK_HANDLE:#010x}", "-l", f"sha256:{PCR_INDEX}", "-q", nonce.hex(),
-                        "-g", "sha256", "-m", str(work / "msg"), "-s", str(work / "sig")],
-                       field=f"ak {AK_HANDLE:#010x}", what="no quote from the attestation key")
-            message = read_bounded(work / "msg", MAX_QUOTE_FILE, field="quote", error=NotVouched)
-            signature = read_bounded(work / "sig", MAX_QUOTE_FILE, field="quote_signature", error=NotVouched)
-        vcek, ask = self.certificates()
+        try:
+            (hcl,) = self._tool(["tpm2_nvread", "-C", "o", "-o", "{0}", f"{HCL_NV_INDEX:#010x}"], (MAX_HCL_REPORT,),
+                                field=f"nv {HCL_NV_INDEX:#010x}", what="no HCL report readable")
+            message, signature = self._tool(
+                ["tpm2_quote", "-c", f"{AK_HANDLE:#010x}", "-l", f"sha256:{PCR_INDEX}", "-q", nonce.hex(),
+                 "-g", "sha256", "-m", "{0}", "-s", "{1}"], (MAX_QUOTE_FILE, MAX_QUOTE_FILE),
+                field=f"ak {AK_HANDLE:#010x}", what="no quote from the attestation key")
+            vcek, ask = self.certificates()
+        except OSError as exc:
+            raise NotVouched(origin, "evidence", f"cannot be collected ({exc.strerror or exc})") from None
         evidence = VouchEvidence(hcl, message, signature, nonce, pcr8, vcek, ask)
         return vouch_snp(evidence, now=datetime.now(UTC), origin=origin, roots=self.roots)
 
-    def _tool(self, argv: list[str], *, field: str, what: str) -> None:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TPM2TOOLS_TCTI": f"device:{self.device}"}
+    def _tool(self, argv: list[str], limits: tuple[int, ...], *, field: str, what: str) -> list[bytes]:
+        """Run a tpm2-tools command whose output files ({0}, {1}, ...) are pipes, not files: warden's
+        unit has a read-only file system (ProtectSystem=strict) and no private /tmp."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TPM2TOOLS_TCTI": self.tcti}
+        pipes = [os.pipe() for _ in limits]
+        readers = [r for r, _w in pipes]
         try:
-            result = subprocess.run(argv, env=env, capture_output=True, timeout=self.timeout, check=False)
-        except FileNotFoundError:
-            raise NotVouched(str(self.device), field, f"{what}: {argv[0]} is not installed") from None
-        except subprocess.TimeoutExpired:
-            raise NotVouched(str(self.device), field, f"{what}: {argv[0]} took over {self.timeout:g} s") from None
+            writers = [w for _r, w in pipes]
+            try:
+                argv = [arg.format(*(f"/dev/fd/{w}" for w in writers)) for arg in argv]
+                result = subprocess.run(argv, env=env, capture_output=True, timeout=self.timeout, check=False,
+                                        pass_fds=writers)
+            except FileNotFoundError:
+                raise NotVouched(str(self.device), field, f"{what}: {argv[0]} is not installed") from None
+            except subprocess.TimeoutExpired:
+                raise NotVouched(str(self.device), field, f"{what}: {argv[0]} took over {self.timeout:g} s") from None
+            finally:
+                for w in writers:
+                    os.close(w)
+            # The tool has exited: each pipe holds at most what it wrote (a pipe buffer, 64 KiB; a
+            # tool writing more would have blocked and timed out above).
+            outputs = [_drain(r, limit) for r, limit in zip(readers, limits, strict=True)]
+        finally:
+            for r in readers:
+                os.close(r)
         if result.returncode != 0:
             # tpm2-tools end with "ERROR: Unable to run ..."; the line before names the TPM's error.
             lines = result.stderr[-4096:].decode("utf-8", errors="replace").strip().splitlines()
             errors = [line for line in lines if line.startswith("ERROR: ") and "Unable to run" not in line]
             detail = (errors or lines or ["failed"])[-1].removeprefix("ERROR: ")
             raise NotVouched(str(self.device), field, f"{what} ({argv[0]}: {detail})")
+        for output, limit in zip(outputs, limits, strict=True):
+            if len(output) > limit:
+                raise NotVouched(str(self.device), field, f"{argv[0]} wrote more than {limit} bytes")
+        return outputs
 
     def certificates(self) -> tuple[x509.Certificate, x509.Certificate]:
         """The VCEK and ASK, from IMDS or a PEM file (VCEK first, then ASK; a third, the ARK, is ignored)."""
@@ -154,6 +177,18 @@ class VtpmSource:
         if len(certs) < 2:
             raise NotVouched(str(path), "certificates", f"{len(certs)} certificates, expected the VCEK then the ASK")
         return certs[0], certs[1]
+
+
+def _drain(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def fetch_imds_certificates(*, timeout: float, url: str = IMDS_CERT_URL) -> tuple[bytes, bytes]:

@@ -12,7 +12,11 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -20,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attest.amd_roots import ARK_GENOA_PEM, ARK_GENOA_SHA256, ARK_MILAN_PEM, ARK_MILAN_SHA256, PINNED_ARK_PEMS
@@ -351,3 +357,106 @@ def test_parsers_alone() -> None:
     parsed = parse_hcl_report(hcl_report(snp_report(chain, data), data) + b"\0" * 100, origin="o")
     assert parsed.var_data == data and parsed.report_type == 2  # an NV index larger than its content is fine
     assert parse_snp_report(parsed.hw_report, origin="o").report_data[:32] == hashlib.sha256(data).digest()
+
+
+# -- attest.vtpm against a real TPM: swtpm on the host, reached over its TCP TCTI ------------------
+
+
+def free_port_pair() -> int:
+    """A port whose successor is free too: the swtpm TCTI finds the control channel at port + 1."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
+@pytest.fixture
+def swtpm(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh swtpm (TPM 2.0) and the environment tpm2-tools need to reach it."""
+    state = tmp_path / "swtpm"
+    state.mkdir()
+    port = free_port_pair()
+    process = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=tcp,port={port}",
+         "--ctrl", f"type=tcp,port={port + 1}", "--flags", "not-need-init,startup-clear"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "swtpm.log").open("wb"))
+    tcti = f"swtpm:port={port}"
+    env = {**os.environ, "TPM2TOOLS_TCTI": tcti}
+    try:
+        for _ in range(200):
+            probe = subprocess.run(["tpm2_getrandom", "8"], env=env, capture_output=True)
+            if probe.returncode == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"swtpm did not answer on port {port}: {probe.stderr.decode(errors='replace')}"
+                                 f"{(tmp_path / 'swtpm.log').read_text()}")
+        yield tcti, env
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def tpm(env: dict[str, str], command: str) -> bytes:
+    done = subprocess.run(command, shell=True, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, (command, done.stderr.decode(errors="replace"))
+    return done.stdout
+
+
+def test_a_real_tpm_with_an_hcl_report(swtpm: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    """Real TPM commands end to end: NV read, a quote by the AK over our nonce, PCR8 from the TPM."""
+    tcti, env = swtpm
+    chain = make_chain()
+    certs = tmp_path / "amd.pem"
+    certs.write_bytes(chain.pem())
+    tpm(env, "tpm2_pcrextend 8:sha256=" + hashlib.sha256(b"initdata").hexdigest())
+    pcr8 = tpm(env, f"tpm2_pcrread -Q sha256:8 -o {tmp_path}/pcr8 && cat {tmp_path}/pcr8")
+    sysfs = tmp_path / "sys"
+    pcr8_file(sysfs, pcr8)
+
+    def source(**options: object) -> VtpmSource:
+        return VtpmSource(sysfs, tcti=tcti, amd_certs=str(certs), **options)  # type: ignore[arg-type]
+
+    bare = source(roots=(chain.ark_pem,)).measure()
+    assert bare.insecure and bare.unvouched_reason.startswith(
+        "/dev/tpmrm0: nv 0x01400001: no HCL report readable (tpm2_nvread: Esys_TR_FromTPMPublic(0x18B)")
+    ak_pem = tpm(env, f"cd {tmp_path} && tpm2_createprimary -Q -C o -G rsa2048:rsassa-sha256:null -a "
+                      "'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign' -c ak.ctx && "
+                      "tpm2_evictcontrol -Q -C o -c ak.ctx 0x81000003 && "
+                      "tpm2_readpublic -Q -c 0x81000003 -f pem -o ak.pem && cat ak.pem")
+    ak = serialization.load_pem_public_key(ak_pem)
+    assert isinstance(ak, rsa.RSAPublicKey)
+    data = var_data(ak)
+    report = hcl_report(snp_report(chain, data), data)
+    (tmp_path / "hcl.bin").write_bytes(report)
+    tpm(env, f"tpm2_nvdefine -Q 0x01400001 -C o -s {len(report)} -a 'ownerread|ownerwrite' && "
+             f"tpm2_nvwrite -Q 0x01400001 -C o -i {tmp_path}/hcl.bin")
+
+    vouched = source(roots=(chain.ark_pem,)).measure()
+    assert (vouched.source, vouched.insecure, vouched.value) == ("azure-snp-vtpm", False, pcr8)
+    assert vouched.detail.endswith("(vouched by an SEV-SNP HCL report, VCEK chain to Test-ARK)")
+    # Under AMD's roots (production), the same TPM and report are not vouched for.
+    amd = source().measure()
+    assert amd.insecure and amd.unvouched_reason == \
+        "/dev/tpmrm0: ask.issuer: CN=Test-ARK,O=Not AMD is not a pinned AMD root key (ARK)"
+    # PCR8 moves after the kernel's value was read: the quote no longer matches it.
+    tpm(env, "tpm2_pcrextend 8:sha256=" + hashlib.sha256(b"later").hexdigest())
+    moved = source(roots=(chain.ark_pem,)).measure()
+    assert moved.unvouched_reason == \
+        "/dev/tpmrm0: quote.pcrDigest: is not the digest of the PCR8 value read from the kernel"
+    # No attestation key at 0x81000003 (evicted): no quote, so not vouched.
+    tpm(env, "tpm2_evictcontrol -Q -C o -c 0x81000003")
+    pcr8_file_update(sysfs, tpm(env, f"tpm2_pcrread -Q sha256:8 -o {tmp_path}/pcr8b && cat {tmp_path}/pcr8b"))
+    no_ak = source(roots=(chain.ark_pem,)).measure()
+    assert no_ak.unvouched_reason.startswith("/dev/tpmrm0: ak 0x81000003: no quote from the attestation key")
+
+
+def pcr8_file_update(sysfs: Path, value: bytes) -> None:
+    (sysfs / "class" / "tpm" / "tpm0" / "pcr-sha256" / "8").write_text(value.hex().upper() + "\n")
