@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -286,12 +286,19 @@ def load_certificates(pem: bytes, *, origin: str) -> list[x509.Certificate]:
     return certs
 
 
+def _public_key(cert: x509.Certificate, *, origin: str, field: str) -> object:
+    try:
+        return cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise NotVouched(origin, field, f"its public key cannot be used ({type(exc).__name__})") from None
+
+
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, *, origin: str, field: str) -> None:
     """RSASSA-PSS with SHA-384 and a 48-byte salt, the only scheme AMD's ARK and ASK sign with."""
     if cert.issuer != issuer.subject:
         raise NotVouched(origin, field,
                          f"issued by {cert.issuer.rfc4514_string()}, not {issuer.subject.rfc4514_string()}")
-    key = issuer.public_key()
+    key = _public_key(issuer, origin=origin, field=field)
     if not isinstance(key, rsa.RSAPublicKey) or cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.RSASSA_PSS:
         raise NotVouched(origin, field, "is not signed with RSASSA-PSS by an RSA key")
     try:
@@ -325,7 +332,7 @@ def verify_vcek_chain(
     _signed_by(vcek, ask, origin=origin, field="vcek")
     for cert, field in ((ark, "ark"), (ask, "ask"), (vcek, "vcek")):
         _valid_at(cert, now, origin=origin, field=field)
-    key = vcek.public_key()
+    key = _public_key(vcek, origin=origin, field="vcek")
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise NotVouched(origin, "vcek", "its key is not ECDSA P-384")
     name = ark.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)

@@ -50,6 +50,7 @@ from tests.data.amd.hcl_factory import (
     NOW,
     Chain,
     SnpFields,
+    certificate,
     ec_key,
     hcl_report,
     make_chain,
@@ -460,3 +461,13 @@ def test_a_real_tpm_with_an_hcl_report(swtpm: tuple[str, dict[str, str]], tmp_pa
 
 def pcr8_file_update(sysfs: Path, value: bytes) -> None:
     (sysfs / "class" / "tpm" / "tpm0" / "pcr-sha256" / "8").write_text(value.hex().upper() + "\n")
+
+
+def test_a_vcek_that_is_not_ecdsa_p384_is_refused() -> None:
+    chain = make_chain()
+    rsa_vcek = certificate("Test-VCEK", "Test-ASK", rsa_key("rsa vcek").public_key(), rsa_key("ask"))
+    with pytest.raises(NotVouched, match=r"vcek: its key is not ECDSA P-384"):
+        verify_vcek_chain(rsa_vcek, chain.ask, now=NOW, origin="o", roots=(chain.ark_pem,))
+    ask_pkcs1 = certificate("Test-ASK", "Test-ARK", rsa_key("ask").public_key(), rsa_key("ark"), pss=False)
+    with pytest.raises(NotVouched, match=r"ask: is not signed with RSASSA-PSS"):
+        verify_vcek_chain(chain.vcek, ask_pkcs1, now=NOW, origin="o", roots=(chain.ark_pem,))
