@@ -20,6 +20,8 @@ it, which is fine, since the chain must end in a pinned AMD root), or a PEM file
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -54,6 +56,7 @@ IMDS_CERT_URL = "http://169.254.169.254/metadata/THIM/amd/certification"
 DEFAULT_TPM_DEVICE = Path("/dev/tpmrm0")
 TOOL_TIMEOUT_S = 10.0
 MAX_QUOTE_FILE = 4096
+PIPE_SIZE = 256 * 1024  # > MAX_HCL_REPORT
 
 
 class VtpmSource:
@@ -135,6 +138,9 @@ class VtpmSource:
         readers = [r for r, _w in pipes]
         try:
             writers = [w for _r, w in pipes]
+            for w in writers:  # room for the largest output we accept, so the tool never blocks on it
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             try:
                 argv = [arg.format(*(f"/dev/fd/{w}" for w in writers)) for arg in argv]
                 result = subprocess.run(argv, env=env, capture_output=True, timeout=self.timeout, check=False,
@@ -146,8 +152,8 @@ class VtpmSource:
             finally:
                 for w in writers:
                     os.close(w)
-            # The tool has exited: each pipe holds at most what it wrote (a pipe buffer, 64 KiB; a
-            # tool writing more would have blocked and timed out above).
+            # The tool has exited: each pipe holds what it wrote, at most the pipe's size (a tool
+            # writing more would have blocked and timed out above).
             outputs = [_drain(r, limit) for r, limit in zip(readers, limits, strict=True)]
         finally:
             for r in readers:
