@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from attest.aa import _json_object, measurement_from_evidence
+from attest.hcl import ak_public_key
 from initdata import strict_json
 from initdata.bundle import parse_payload
 from initdata.dsse import BUNDLE_PAYLOAD_TYPE, parse_envelope, sign_envelope
@@ -61,6 +62,7 @@ PARSERS: dict[str, tuple[Callable[[bytes], Any], type[Exception]]] = {
         lambda raw: measurement_from_evidence(raw, origin="o", source="attestation-agent"), GateError),
     "control.parse_request": (parse_request, ProtocolError),
     "hook.parse_state": (parse_oci_state, HookError),
+    "hcl.ak_public_key (HCL var_data)": (lambda raw: ak_public_key(raw, origin="o"), GateError),
 }
 
 
