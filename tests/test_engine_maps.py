@@ -123,6 +123,7 @@ MIRRORED_VALUES: dict[str, int] = {
     "WARDEN_EV_DEFAULT_POSTURE": events.EV_DEFAULT_POSTURE,
     "WARDEN_EV_TRUNCATED": events.EV_TRUNCATED,
     "WARDEN_EV_INCOMPLETE": events.EV_INCOMPLETE,
+    "WARDEN_EV_CONFINEMENT": events.EV_CONFINEMENT,
     "SELF_NAME_LEN": self_protect.NAME_LEN,
     "WARDEN_SCOPE_PATTERNS": patterns.SCOPE_PATTERNS,
     "WARDEN_PAT_MAX_AUTOMATA": MAX_AUTOMATA,
@@ -170,6 +171,10 @@ MIRRORED_ENUMS: dict[str, dict[str, int]] = {
         "WARDEN_HOOK_SOCKET_SENDMSG": _HOOK_BY_NAME["SOCKET_SENDMSG"],
         "WARDEN_HOOK_SOCKET_CONNECT": _HOOK_BY_NAME["SOCKET_CONNECT"],
         "WARDEN_HOOK_BPRM_MEMFD": _HOOK_BY_NAME["EXEC_MEMFD"],
+        "WARDEN_HOOK_PTRACE_ACCESS": events.HOOK_PTRACE_ACCESS,
+        "WARDEN_HOOK_BPF": events.HOOK_BPF,
+        "WARDEN_HOOK_KERNEL_LOAD": events.HOOK_KERNEL_LOAD,
+        "WARDEN_HOOK_SYSCTL_WRITE": events.HOOK_SYSCTL_WRITE,
     },
     "warden_protocol": {f"WARDEN_PROTO_{name.upper()}": code for name, code in maps.PROTOCOL_CODES.items()},
     "self_attack": {
@@ -181,6 +186,7 @@ MIRRORED_ENUMS: dict[str, dict[str, int]] = {
         "ATTACK_BPFFS_MOUNT": _ATTACK_BY_NAME["bpffs-mount"],
         "ATTACK_PROTECTED_WRITE": _ATTACK_BY_NAME["protected-write"],
         "ATTACK_CGROUP_JOIN": _ATTACK_BY_NAME["cgroup-join"],
+        "ATTACK_RLIMIT": _ATTACK_BY_NAME["rlimit"],
     },
 }
 
@@ -544,3 +550,14 @@ def test_patterns_count_in_the_strictest_slot() -> None:
     alert, action, flags, _ = maps.SLOT.unpack(file_slot)
     assert (action, flags) == (maps.ACT_BLOCK, maps.RULE_READ_ONLY)
     assert tables.alerts[alert].policy == "only-patterns"
+
+
+def test_confinement_events_name_no_policy_and_say_what_was_reached() -> None:
+    """scope_guard's refusals: no rule decided them, so no policy's name; the resource is the target."""
+    ptrace = decode_event(_event(category=2, hook=events.HOOK_PTRACE_ACCESS, a0=1, a1=0x11, path_len=0,
+                                 flags=events.EV_CONFINEMENT, alert=0), CONTEXT)
+    assert (ptrace.PolicyName, ptrace.Resource, ptrace.Data, ptrace.ContainerName) == (
+        "ContainerConfinement", "pid=1", "lsm=PTRACE_ACCESS", "mysql")
+    bpf = decode_event(_event(category=2, hook=events.HOOK_BPF, a0=5, path_len=0, flags=events.EV_CONFINEMENT,
+                              alert=0), CONTEXT)
+    assert (bpf.PolicyName, bpf.Resource, bpf.Action) == ("ContainerConfinement", "bpf cmd=5", "Block")

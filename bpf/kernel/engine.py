@@ -404,6 +404,8 @@ class Engine:
                          identity.pod, identity.namespace)
         tables = self._compile(Manifest(scopes={scope_id: sc}))[scope_id].tables
         with self._open_maps() as handles:
+            if pid is not None:
+                _refuse_rescoping(handles["warden_task_scope"], pid, scope_id)
             pattern_tables = [tables.patterns] if tables.patterns is not None else []
             patterns.write_patterns(handles, pattern_tables)
             sync_scopes(handles, [tables], [scope_id])
@@ -493,6 +495,26 @@ class Engine:
             if self.manifest_file.remove():
                 removed.append(str(self.manifest_file.path))
             return removed
+
+
+def _refuse_rescoping(handle: MapHandle, pid: int, scope_id: int) -> None:
+    """A task that already holds a container's scope keeps it: a process of one container that made itself
+    fresh namespaces is never handed another (weaker) container's rules by a registration. Checked before
+    the registration writes anything."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
+    try:
+        held = handle.lookup(maps.PIDFD_KEY.pack(pidfd))
+    except BpfError as exc:
+        raise EngineStateError(f"register: pid {pid}: task scope: {one_line(exc)}") from None
+    finally:
+        os.close(pidfd)
+    held_scope = maps.TASK_SCOPE.unpack(held)[0] if held else 0
+    if held_scope >= maps.SCOPE_FIRST_CONTAINER and held_scope != scope_id:
+        raise EngineStateError(f"register: pid {pid} already belongs to container scope {held_scope}; "
+                               "a container's process is never given another container's scope")
 
 
 def _record_task_scope(handle: MapHandle, pid: int, pid_ns: int, mnt_ns: int, scope_id: int) -> None:

@@ -39,6 +39,9 @@ EVENT: Final = struct.Struct("<Q4I4IiHBBB3x4IHHI16s256s256sI")  # struct warden_
 EV_DEFAULT_POSTURE: Final = 1  # WARDEN_EV_DEFAULT_POSTURE
 EV_TRUNCATED: Final = 2  # WARDEN_EV_TRUNCATED
 EV_INCOMPLETE: Final = 4  # WARDEN_EV_INCOMPLETE
+EV_CONFINEMENT: Final = 8  # WARDEN_EV_CONFINEMENT
+CONFINEMENT_POLICY: Final = "ContainerConfinement"  # the PolicyName of scope_guard's refusals
+HOOK_PTRACE_ACCESS, HOOK_BPF, HOOK_KERNEL_LOAD, HOOK_SYSCTL_WRITE = 8490, 8491, 8492, 8493
 
 # enum warden_hook -> KubeArmor's name of the operation
 HOOK_NAMES: Final = {
@@ -49,6 +52,8 @@ HOOK_NAMES: Final = {
     8470: "FILE_SETATTR", 8471: "FILE_SETXATTR", 8472: "FILE_REMOVEXATTR", 8473: "FILE_IOCTL",
     8474: "FILE_PERMISSION", 8475: "FILE_MMAP", 8476: "SB_MOUNT", 8477: "MOVE_MOUNT", 8478: "SB_PIVOTROOT",
     8479: "SOCKET_SENDMSG", 8480: "SOCKET_CONNECT", 8481: "EXEC_MEMFD",
+    HOOK_PTRACE_ACCESS: "PTRACE_ACCESS", HOOK_BPF: "BPF", HOOK_KERNEL_LOAD: "KERNEL_LOAD",
+    HOOK_SYSCTL_WRITE: "SYSCTL_WRITE",
 }
 _CAP_NAMES: Final = {number: f"CAP_{name.upper()}" for name, number in CAPABILITY_NUMBERS.items()}
 _FAMILIES: Final = {2: "AF_INET", 10: "AF_INET6", 17: "AF_PACKET", 29: "AF_CAN", 31: "AF_BLUETOOTH", 44: "AF_XDP"}
@@ -163,6 +168,12 @@ def _resource(ev: RawEvent) -> str:
                 f"protocol={protocol}")
     if ev.category == CAT_CAPABILITIES:
         return _CAP_NAMES.get(ev.args[0], f"CAP_{ev.args[0]}")
+    if ev.hook == HOOK_PTRACE_ACCESS:
+        return f"pid={ev.args[0]}"  # the target, in the VM's pid numbering (HostPID's)
+    if ev.hook == HOOK_BPF:
+        return f"bpf cmd={ev.args[0]}"
+    if ev.hook == HOOK_KERNEL_LOAD and not ev.path:
+        return f"kernel_load_data id={ev.args[0]}"
     return ev.path
 
 
@@ -182,6 +193,8 @@ def decode_event(raw: bytes, context: EventContext) -> Alert:
     registered = ev.scope in context.scopes and not host and ev.scope != SCOPE_ANY_CONTAINER
     if ev.flags & EV_DEFAULT_POSTURE:
         info = RuleAlert("DefaultPosture", None, (), None)
+    elif ev.flags & EV_CONFINEMENT:
+        info = RuleAlert(CONFINEMENT_POLICY, None, (), None)
     else:
         info = context.alerts.get(ev.alert, RuleAlert(f"unknown-alert-{ev.alert}", None, (), None))
     ts_ns = boot_to_unix_ns(ev.ts_boot_ns)

@@ -49,6 +49,7 @@ ATTACKS: Final = {
     6: "bpffs-mount",
     7: "protected-write",
     8: "cgroup-join",
+    9: "rlimit",
 }
 
 

@@ -243,6 +243,35 @@ int BPF_PROG(self_task_kill, struct task_struct *p, struct kernel_siginfo *info,
 	return -EPERM;
 }
 
+/* SIGIO/SIGURG that a file's owner setting (F_SETOWN, F_SETSIG) routes to a task: delivered from
+ * whatever context does the I/O, so `current` tells nothing about who asked. warden never makes
+ * itself a file's owner: nothing is delivered to it this way, from anyone. */
+SEC("lsm/file_send_sigiotask")
+int BPF_PROG(self_sigio, struct task_struct *tsk, struct fown_struct *fown, int sig, int ret)
+{
+	struct self_config *cfg;
+
+	if (ret)
+		return ret;
+	cfg = self_cfg();
+	if (!cfg || !cfg->unit_cgroup[0] || !task_is_warden(tsk, cfg))
+		return 0;
+	report(ATTACK_SIGNAL, BPF_CORE_READ(tsk, tgid), sig, 0);
+	return -EPERM;
+}
+
+/* prlimit(2) on warden (RLIMIT_NOFILE, RLIMIT_AS, RLIMIT_CPU 0...) would make it fail or be killed
+ * by its own next allocation or CPU second, without a signal anyone sent. */
+SEC("lsm/task_setrlimit")
+int BPF_PROG(self_setrlimit, struct task_struct *p, unsigned int resource, struct rlimit *new_rlim, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	if (!task_is_warden(p, cfg))
+		return 0;
+	report(ATTACK_RLIMIT, BPF_CORE_READ(p, tgid), (__s32)resource, 0);
+	return -EPERM;
+}
+
 SEC("lsm/ptrace_access_check")
 int BPF_PROG(self_ptrace, struct task_struct *child, unsigned int mode, int ret)
 {
@@ -383,6 +412,44 @@ int BPF_PROG(self_path_chmod, const struct path *path, umode_t mode, int ret)
 {
 	GUARD_PROLOGUE(ret);
 	return guard_change(BPF_CORE_READ(path, dentry), cfg);
+}
+
+/* kuid_t/kgid_t are structs passed by value (one slot each), which BPF_PROG cannot unpack: the
+ * context directly, `ret` in the fourth slot (as file_guard's path_chown). A chowned trust key is
+ * refused at the next start (initdata/keys.py): the gate would fail. */
+SEC("lsm/path_chown")
+int self_path_chown(unsigned long long *ctx)
+{
+	const struct path *path = (const struct path *)ctx[0];
+	int ret = (int)ctx[3];
+
+	GUARD_PROLOGUE(ret);
+	return guard_change(BPF_CORE_READ(path, dentry), cfg);
+}
+
+/* Times (touch, utimensat): what reaches inode_setattr only; modes, owners and sizes come through
+ * path_chmod, path_chown and path_truncate above, with the same answer. */
+SEC("lsm/inode_setattr")
+int BPF_PROG(self_inode_setattr, struct dentry *dentry, struct iattr *attr, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(dentry, cfg);
+}
+
+/* security.capability on the interpreter, or any other xattr on what warden runs or reads. */
+SEC("lsm/inode_setxattr")
+int BPF_PROG(self_inode_setxattr, void *mnt_userns, struct dentry *dentry, const char *name, const void *value,
+	     size_t size, int flags, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(dentry, cfg);
+}
+
+SEC("lsm/inode_removexattr")
+int BPF_PROG(self_inode_removexattr, void *mnt_userns, struct dentry *dentry, const char *name, int ret)
+{
+	GUARD_PROLOGUE(ret);
+	return guard_change(dentry, cfg);
 }
 
 /* Reaching pins at all (BPF_OBJ_GET, listing, traversal) needs permission on the pin directory,

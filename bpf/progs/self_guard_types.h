@@ -23,6 +23,7 @@ enum self_attack {
 	ATTACK_BPFFS_MOUNT = 6,
 	ATTACK_PROTECTED_WRITE = 7,
 	ATTACK_CGROUP_JOIN = 8,
+	ATTACK_RLIMIT = 9,
 };
 
 /* self_config[0]: warden's identity and its pin directory, written when self-protection is armed. */

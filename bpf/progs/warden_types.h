@@ -143,11 +143,17 @@ enum warden_hook {
 	WARDEN_HOOK_SOCKET_SENDMSG = 8479,
 	WARDEN_HOOK_SOCKET_CONNECT = 8480,
 	WARDEN_HOOK_BPRM_MEMFD = 8481,
+	/* scope_guard's confinement of registered containers (WARDEN_EV_CONFINEMENT) */
+	WARDEN_HOOK_PTRACE_ACCESS = 8490,
+	WARDEN_HOOK_BPF = 8491,
+	WARDEN_HOOK_KERNEL_LOAD = 8492,
+	WARDEN_HOOK_SYSCTL_WRITE = 8493,
 };
 
 #define WARDEN_EV_DEFAULT_POSTURE 1 /* no rule matched: the scope's default posture decided */
 #define WARDEN_EV_TRUNCATED 2       /* the path did not fit WARDEN_PATH_MAX / WARDEN_MAX_DEPTH */
 #define WARDEN_EV_INCOMPLETE 4      /* the walk never reached the root: the scope's strictest rule decided */
+#define WARDEN_EV_CONFINEMENT 8     /* no policy rule: a container's task acted outside its scope (scope_guard) */
 
 struct warden_event {
 	__u64 ts_boot_ns;

@@ -162,7 +162,6 @@ def test_in_the_container_the_rules_hold_and_neighbours_pass(guest: GuestVM, app
     "unshare -p -f",  # a new pid namespace, the command in a forked child (task_alloc inherits)
     "unshare -Urm",  # user + mount namespaces, as root of the container
     f"{NOBODY} unshare -Urm",  # ... and without any capability
-    "nsenter --mount=/proc/1/ns/mnt",  # setns into the VM's own mount namespace
 ])
 def test_namespaces_do_not_leave_the_container_scope(guest: GuestVM, applied: dict[str, Any], mysql: Container,
                                                      escape: str) -> None:
@@ -221,3 +220,85 @@ def test_an_unregistered_container_gets_every_container_policy(guest: GuestVM, a
     assert result.returncode != 0 and "Operation not permitted" in result.stderr
     alerts = [a for a in read_alerts(guest) if a["Resource"] == MYSQL_FILE]
     assert [(a["ContainerName"], a["PolicyName"]) for a in alerts][:1] == [("", "block-mysql-data-access")]
+
+
+# -- confinement (scope_guard): what no container may do, whatever its policy -----------------------
+
+def confined(guest: GuestVM, container: Container, command: str, lsm: str, resource: str | None = None) -> None:
+    """`command` fails in the container, and the alert is scope_guard's own (no policy decided it)."""
+    read_alerts(guest)
+    code, out = container.run(guest, command)
+    assert code != 0, (command, out)
+    alerts = [a for a in read_alerts(guest) if a["PolicyName"] == "ContainerConfinement"]
+    assert any(a["Data"] == f"lsm={lsm}" and a["ContainerName"] == "mysql" and a["Action"] == "Block"
+               and (resource is None or a["Resource"] == resource) for a in alerts), (command, out, alerts)
+
+
+# setns(pidfd of PID 1, CLONE_NEWNS) through libc (os.setns is Python 3.12's)
+SETNS_BY_PIDFD = (f"{PY} -c 'import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
+                  "sys.exit(os.strerror(ctypes.get_errno()) if libc.setns(os.pidfd_open(1), 0x20000) else 0)'")
+
+
+@pytest.mark.parametrize(("reach", "lsm", "resource"), [
+    ("nsenter --mount=/proc/1/ns/mnt true", "PTRACE_ACCESS", "pid=1"),  # the VM's mount namespace
+    (SETNS_BY_PIDFD, "PTRACE_ACCESS", "pid=1"),  # ... through a pidfd
+    ("ls /proc/1/root/run/", "PTRACE_ACCESS", "pid=1"),  # PID 1's root: systemd's and warden's sockets
+    ("bpftool map list", "BPF", None),  # its own programs would write warden's maps
+    ("echo '|/tmp/x' > /proc/sys/kernel/core_pattern", "SYSCTL_WRITE", None),  # a host-run helper
+    ("insmod /lib/modules/$(uname -r)/kernel/drivers/net/dummy.ko", "KERNEL_LOAD", None),
+])
+def test_a_container_cannot_reach_outside_its_scope(guest: GuestVM, applied: dict[str, Any], mysql: Container,
+                                                    reach: str, lsm: str, resource: str | None) -> None:
+    confined(guest, mysql, reach, lsm, resource)
+
+
+def test_confinement_leaves_the_container_itself_and_the_host_alone(guest: GuestVM, applied: dict[str, Any],
+                                                                     mysql: Container) -> None:
+    assert mysql.run(guest, "ls /proc/self/root/ >/dev/null && cat /proc/self/environ >/dev/null")[0] == 0
+    assert mysql.run(guest, "cat /proc/sys/kernel/core_pattern")[0] == 0  # reading a sysctl
+    assert "|/tmp/x" not in guest.run("cat /proc/sys/kernel/core_pattern", check=True).stdout
+    assert guest.run("ls /proc/1/root/run/ >/dev/null && bpftool prog list >/dev/null").returncode == 0
+    assert guest.run("lsmod | grep -q '^dummy ' || modprobe dummy").returncode == 0  # the host may load it
+
+
+REGISTER_AS_WEB = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from bpf.kernel.engine import Engine, EngineStateError
+    from bpf.policy.files import load_policy_paths
+
+    pid, pid_ns, mnt_ns = map(int, sys.argv[1:4])
+    engine = Engine()
+    engine.load_or_adopt(load_policy_paths([Path(sys.argv[4])]))
+    try:
+        engine.register_container("web", {"app": "web"}, pid_ns, mnt_ns, pid)
+    except EngineStateError as exc:
+        print(f"refused: {exc}")
+    else:
+        print("registered")
+""")
+
+
+def test_a_container_process_in_fresh_namespaces_is_never_registered_as_another_container(
+        guest: GuestVM, applied: dict[str, Any], mysql: Container) -> None:
+    """The mysql container's root makes itself fresh namespaces and gets them registered as a container
+    with weaker rules (a uid-0 client of the control socket): the registration is refused, the task keeps
+    mysql's scope."""
+    mysql.run(guest, "setsid unshare -m -p -f --mount-proc sleep 100007 >/dev/null 2>&1 &")
+    found = ""
+    for _ in range(100):
+        found = guest.run("pgrep -f '^sleep 100007'").stdout.strip()
+        if found:
+            break
+        time.sleep(0.1)
+    pid = int(found.split()[0])
+    ns = [int(guest.run(f"stat -Lc %i /proc/{pid}/ns/{kind}", check=True).stdout) for kind in ("pid", "mnt")]
+    script = guest.write_shared("register-as-web.py", REGISTER_AS_WEB)
+    out = guest.run(f"cd {REPO_ROOT} && {PY} {script} {pid} {ns[0]} {ns[1]} {SEED}", check=True, timeout=240).stdout
+    assert "refused: register: pid" in out and "already belongs to container scope" in out, out
+    task_scope = guest.write_shared("task-scope.py", TASK_SCOPE)
+    status = json.loads(guest.run(f"{REPO_ROOT}/.venv/bin/warden engine status --json", check=True).stdout)
+    assert int(guest.run(f"cd {REPO_ROOT} && {PY} {task_scope} {pid}", check=True).stdout) == \
+        status["scopes"]["mysql"]["id"]
+    assert "web" not in status["scopes"]
+    guest.run(f"kill {pid}")

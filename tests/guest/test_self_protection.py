@@ -104,6 +104,13 @@ ATTACKS = [
      "python3 -c 'import ctypes,os,sys; l=ctypes.CDLL(None,use_errno=True); "
      "r=l.ptrace(16,{supervisor},0,0); e=ctypes.get_errno(); print(os.strerror(e)); sys.exit(r!=0)'",
      "ptrace", True),
+    ("prlimit supervisor", "prlimit --pid {supervisor} --nofile=3:3", "rlimit", True),
+    # SIGKILL routed through a pipe's owner (F_SETOWN + F_SETSIG + O_ASYNC), not kill(2): exits 0 only
+    # if the supervisor died
+    ("SIGIO owner signal to supervisor",
+     "python3 -c 'import fcntl,os,sys,time; r,w=os.pipe(); fcntl.fcntl(r,fcntl.F_SETOWN,{supervisor}); "
+     "fcntl.fcntl(r,10,9); fcntl.fcntl(r,fcntl.F_SETFL,os.O_ASYNC); os.write(w,b\"x\"); time.sleep(0.5); "
+     "os.kill({supervisor},0); sys.exit(\"signal not delivered: not permitted\")'", "signal", True),
     ("bpftool link detach", "bpftool link detach id {link}", "bpf-command", True),
     ("bpf(BPF_OBJ_GET) on a pin", f"bpftool link show pinned {PINS}/self/links/self_task_kill", "pin-change", True),
     ("map update by id", "bpftool map update id {config_map} key 0 0 0 0 value " + " ".join(["0"] * 192),
@@ -115,6 +122,11 @@ ATTACKS = [
      "protected-write", True),
     ("delete /etc/warden config", "rm -f /etc/warden/warden.yaml", "protected-write", True),
     ("write the venv", "touch {venv}/evil", "protected-write", True),
+    ("chown the config", "chown 65534 /etc/warden/warden.yaml", "protected-write", True),
+    ("touch the config's times", "touch -c -d 2000-01-01 /etc/warden/warden.yaml", "protected-write", True),
+    ("setcap in the installation",
+     "python3 -c \"import os; os.setxattr('/etc/warden/warden.yaml', 'security.capability', "
+     "b'\\x01\\x00\\x00\\x02' + (1 << 13).to_bytes(4, 'little') + bytes(12))\"", "protected-write", True),
     ("join the warden cgroup",
      "echo $$ > /sys/fs/cgroup/system.slice/warden.service/cgroup.procs", "cgroup-join", True),
     ("write /bin", "touch /bin/evil", "file-integrity-monitoring", False),

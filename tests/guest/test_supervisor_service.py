@@ -585,9 +585,9 @@ def test_only_root_reaches_the_control_socket_and_run_warden_is_closed(
     assert as_nobody.returncode != 0
     assert "Permission denied" in as_nobody.stderr or "nothing listening" in as_nobody.stderr, as_nobody
     assert guest.run("stat -c '%a %U' /run/warden", check=True).stdout.strip() == "700 root"
-    # Measured: `touch` of an existing file there succeeds (timestamps are not guarded; contents are).
     for attempt in ("echo '{}' > /run/warden/bundle-state.json", "echo x >> /run/warden/accepted-update.bundle.json",
-                    "echo x > /run/warden/new-file", "rm -f /run/warden/containers.json"):
+                    "echo x > /run/warden/new-file", "rm -f /run/warden/containers.json",
+                    "touch -c /run/warden/bundle-state.json", "chown 65534 /run/warden/bundle-state.json"):
         result = guest.run(attempt)
         assert result.returncode != 0, (attempt, result)
         assert "Operation not permitted" in result.stderr or "Permission denied" in result.stderr, result
