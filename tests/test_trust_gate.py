@@ -13,10 +13,12 @@ import pytest
 
 from attest.base import Measurement
 from attest.tee import Tee, expected_measurement
+from initdata.bundle import PodIdentity
 from initdata.document import InitdataDocument, parse_initdata
 from initdata.dsse import Envelope
 from initdata.errors import (
     BundleExpired,
+    MalformedBundle,
     MeasurementMismatch,
     RollbackRefused,
     SignatureThresholdNotMet,
@@ -130,6 +132,22 @@ def test_an_update_is_signed_by_the_boot_keys_and_strictly_newer() -> None:
         gate.accept(make_envelope([signing_key(ED)], version=3).to_json(), origin="f", last_accepted=None)
     with pytest.raises(SignatureThresholdNotMet):
         gate.accept(make_envelope([signing_key(P384)], version=6).to_json(), origin="f", last_accepted=None)
+
+
+def test_an_update_must_name_the_pod_in_force() -> None:
+    """Registered scopes were decided with the boot bundle's pod: an update signed for another pod (or
+    for none) would relabel every container, so it is refused whatever its version."""
+    mysql = PodIdentity("db", {"app": "mysql"}, ("mysql",))
+    current = boot(make_envelope([signing_key(ED)], version=4, pod=mysql))
+    gate = UpdateGate(current, now=FIXTURE_NOW)
+    for other in (PodIdentity("db", {"app": "web"}, ("mysql",)), PodIdentity("prod", {"app": "mysql"}, ("mysql",)),
+                  PodIdentity("db", {"app": "mysql"}, ("mysql", "sidecar")), None):
+        with pytest.raises(MalformedBundle, match=r"payload\.pod.*same pod"):
+            gate.accept(make_envelope([signing_key(ED)], version=5, pod=other).to_json(), origin="cdh",
+                        last_accepted=None)
+    newer = gate.accept(make_envelope([signing_key(ED)], version=5, pod=mysql).to_json(), origin="cdh",
+                        last_accepted=None)
+    assert (newer.bundle_version, newer.pod) == (5, mysql)
 
 
 def test_resuming_an_update_checks_the_boot_bundle_without_memory_and_the_update_with_it() -> None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attest.tee import fit_to_field
-from initdata.bundle import PolicyFile, build_payload
+from initdata.bundle import PodIdentity, PolicyFile, build_payload
 from initdata.document import HashAlgorithm, build_initdata_toml, parse_initdata
 from initdata.dsse import BUNDLE_PAYLOAD_TYPE, Envelope, sign_envelope
 from initdata.keys import SigningKey, load_signing_key_pem
@@ -59,6 +59,7 @@ def make_envelope(
     bpf_objects: dict[str, str] | None = None,
     agent: dict[str, object] | None = None,
     payload_type: str = BUNDLE_PAYLOAD_TYPE,
+    pod: PodIdentity | None = None,
 ) -> Envelope:
     payload = build_payload(
         version=version,
@@ -66,6 +67,7 @@ def make_envelope(
         policies=policies if policies is not None else policy_files(),
         bpf_objects=bpf_objects if bpf_objects is not None else {"warden_lsm.bpf.o": "sha256:" + "ab" * 32},
         agent=agent,
+        pod=pod,
     )
     return sign_envelope(payload, payload_type, keys)
 
