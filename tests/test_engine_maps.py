@@ -124,6 +124,7 @@ MIRRORED_VALUES: dict[str, int] = {
     "WARDEN_EV_TRUNCATED": events.EV_TRUNCATED,
     "WARDEN_EV_INCOMPLETE": events.EV_INCOMPLETE,
     "WARDEN_EV_CONFINEMENT": events.EV_CONFINEMENT,
+    "WARDEN_TASK_EXECED": maps.TASK_EXECED,
     "SELF_NAME_LEN": self_protect.NAME_LEN,
     "WARDEN_SCOPE_PATTERNS": patterns.SCOPE_PATTERNS,
     "WARDEN_PAT_MAX_AUTOMATA": MAX_AUTOMATA,
@@ -140,7 +141,7 @@ _ATTACK_BY_NAME = {name: number for number, name in self_protect.ATTACKS.items()
 MIRRORED_ENUMS: dict[str, dict[str, int]] = {
     "warden_category": {"WARDEN_CAT_FILE": maps.CAT_FILE, "WARDEN_CAT_PROCESS": maps.CAT_PROCESS,
                         "WARDEN_CAT_NETWORK": maps.CAT_NETWORK, "WARDEN_CAT_CAPABILITIES": maps.CAT_CAPABILITIES,
-                        "WARDEN_CAT_ANCESTOR": maps.CAT_ANCESTOR},
+                        "WARDEN_CAT_ANCESTOR": maps.CAT_ANCESTOR, "WARDEN_CAT_FILELESS_EXEC": maps.CAT_FILELESS_EXEC},
     "warden_action": {"WARDEN_ACT_NONE": maps.ACT_NONE, "WARDEN_ACT_ALLOW": maps.ACT_ALLOW,
                       "WARDEN_ACT_AUDIT": maps.ACT_AUDIT, "WARDEN_ACT_BLOCK": maps.ACT_BLOCK},
     # the hook ids, and the KubeArmor operation name events.py gives each
@@ -176,6 +177,10 @@ MIRRORED_ENUMS: dict[str, dict[str, int]] = {
         "WARDEN_HOOK_KERNEL_LOAD": events.HOOK_KERNEL_LOAD,
         "WARDEN_HOOK_SYSCTL_WRITE": events.HOOK_SYSCTL_WRITE,
     },
+    "warden_mount_kind": {
+        f"WARDEN_MOUNT_{name}": number for number, name in
+        zip(sorted(events.MOUNT_KINDS), ("AT", "BIND", "MOVE", "SOURCED", "DETACHED", "PIVOT"), strict=True)
+    },
     "warden_protocol": {f"WARDEN_PROTO_{name.upper()}": code for name, code in maps.PROTOCOL_CODES.items()},
     "self_attack": {
         "ATTACK_SIGNAL": _ATTACK_BY_NAME["signal"],
@@ -199,7 +204,7 @@ MIRRORED_STRUCTS: dict[str, tuple[struct.Struct, list[str]]] = {
     "warden_source_val": (maps.SOURCE_VAL, ["len", "path"]),
     "warden_ns_key": (maps.NS_KEY, ["pid_ns", "mnt_ns"]),
     "warden_scope_cfg": (maps.SCOPE_CFG, ["posture", "rules", "strict"]),
-    "warden_task_scope": (maps.TASK_SCOPE, ["scope"]),
+    "warden_task_scope": (maps.TASK_SCOPE, ["scope", "flags"]),
     "warden_event": (events.EVENT, ["ts_boot_ns", "pid", "tgid", "ppid", "uid", "scope", "mnt_ns", "pid_ns",
                                     "alert", "retval", "hook", "category", "action", "flags", "arg[0]", "arg[1]",
                                     "arg[2]", "arg[3]", "path_len", "source_len", "ns_tgid", "comm", "path",
@@ -561,3 +566,35 @@ def test_confinement_events_name_no_policy_and_say_what_was_reached() -> None:
     bpf = decode_event(_event(category=2, hook=events.HOOK_BPF, a0=5, path_len=0, flags=events.EV_CONFINEMENT,
                               alert=0), CONTEXT)
     assert (bpf.PolicyName, bpf.Resource, bpf.Action) == ("ContainerConfinement", "bpf cmd=5", "Block")
+
+
+def test_mount_and_fileless_exec_events_name_what_they_stopped() -> None:
+    """A mount's alert says what the mount would have done (enum warden_mount_kind in arg[1]); a memfd's
+    exec names the memfd as KubeArmor's filelessExec preset does (memfd:NAME, no directory)."""
+    bind = decode_event(_event(hook=8476, a0=1, a1=2, path=b"/tmp/mnt-target", path_len=15), CONTEXT)
+    assert (bind.Resource, bind.Data, bind.Operation) == ("/tmp/mnt-target", "lsm=SB_MOUNT mount=bind", "File")
+    detached = decode_event(_event(hook=8477, a0=1, a1=5, path=b"/tmp/x", path_len=6, flags=0), CONTEXT)
+    assert detached.Data == "lsm=MOVE_MOUNT mount=detached-tree"
+    at_path = decode_event(_event(hook=8476, a0=1, a1=0, path=b"/usr/bin", path_len=8), CONTEXT)
+    assert at_path.Data == "lsm=SB_MOUNT mount=at-path"  # decided by the path rules, which set no kind
+    memfd = decode_event(_event(hook=8481, category=2, path=b"/memfd:payload", path_len=14), CONTEXT)
+    assert (memfd.Resource, memfd.Operation, memfd.Data) == ("memfd:payload", "Process", "lsm=EXEC_MEMFD")
+    deleted = decode_event(_event(hook=8481, category=2, path=b"/tmp/del-echo", path_len=13), CONTEXT)
+    assert deleted.Resource == "/tmp/del-echo"
+
+
+def test_the_fileless_exec_preset_has_its_slot_in_the_scope_configuration() -> None:
+    """filelessExec's action and alert live in warden_scope_cfg.strict[WARDEN_CAT_FILELESS_EXEC]; a scope
+    without the preset has an empty slot there."""
+    preset = parse_policy_text(
+        "apiVersion: security.kubearmor.com/v1\nkind: KubeArmorPolicy\nmetadata: {name: no-fileless}\n"
+        "spec:\n  selector: {matchLabels: {app: mysql}}\n  severity: 7\n"
+        "  presets: [{name: filelessExec, action: Block}]\n", origin="t.yaml")
+    mysql = compile([*load_policy_paths([SEED]), *preset], ContainerScope("db", {"app": "mysql"}))
+    tables = maps.encode_scope(20, mysql)
+    strict = maps.SCOPE_CFG.unpack(tables.cfg)[2]
+    alert, action, flags, _ = maps.SLOT.unpack(strict[8 * maps.CAT_FILELESS_EXEC:][:8])
+    assert (action, flags) == (maps.ACT_BLOCK, 0)
+    assert tables.alerts[alert] == RuleAlert("no-fileless", 7, (), None)
+    other = maps.encode_scope(21, compile([*load_policy_paths([SEED]), *preset], ContainerScope("web", {})))
+    assert maps.SCOPE_CFG.unpack(other.cfg)[2][8 * maps.CAT_FILELESS_EXEC:][:8] == bytes(8)

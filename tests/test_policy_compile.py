@@ -22,13 +22,14 @@ from bpf.policy.compiler import (
     selects,
 )
 from bpf.policy.files import load_policy_paths
-from bpf.policy.model import Action, PathKind, Policy
+from bpf.policy.model import Action, PathKind, Policy, PolicyError
 from bpf.policy.ruleset import (
     CapabilityRule,
     CategoryPostures,
     FileRule,
     NetworkRule,
     Posture,
+    PresetRule,
     ProcessRule,
     RuleAlert,
     RuleSet,
@@ -337,3 +338,39 @@ def test_rule_limit(seed: tuple[Policy, ...], monkeypatch: pytest.MonkeyPatch) -
         compile(seed, ContainerScope("db", {"app": "mysql"}))
     assert str(info.value) == ("<scope container:db>:0: rules: 4 rules; the engine's limit is 3 per scope "
                                "(MAX_RULES_PER_SCOPE)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# KubeArmor presets: filelessExec is enforced
+
+
+def test_fileless_exec_preset_compiles_block_over_audit_and_round_trips() -> None:
+    docs = policies(("fileless-audit", {"presets": [{"name": "filelessExec", "action": "Audit"}]}),
+                    ("fileless-block", {"presets": [{"name": "filelessExec"}], "severity": 3}))
+    assert [(m.name, m.action) for p in docs for m in p.presets] == [("filelessExec", Action.AUDIT),
+                                                                     ("filelessExec", Action.BLOCK)]
+    ruleset = compile(docs, ContainerScope("web"))
+    assert ruleset.presets == (PresetRule("filelessExec", Action.BLOCK, alert("fileless-block", 3)),)
+    assert json.loads(ruleset.to_json())["presets"] == [
+        {"name": "filelessExec", "action": "Block",
+         "alert": {"policy": "fileless-block", "severity": 3, "tags": [], "message": None}}]
+    assert RuleSet.from_json(ruleset.to_json()) == ruleset
+    assert "presets" not in json.loads(compile(policies(("x", {"file": {"matchPaths": [{"path": "/a"}]}})),
+                                                       ContainerScope("web")).to_json())
+
+
+@pytest.mark.parametrize(("preset", "why"), [
+    ({"name": "filelessExec", "action": "Allow"}, "takes Block or Audit"),
+    ({"name": "protectEnv", "action": "Block"}, "cannot be enforced"),
+    ({"name": "exec"}, "cannot be enforced"),  # the spec's default action: Block
+    ({"name": "noSuchPreset", "action": "Audit"}, "unknown preset"),
+])
+def test_other_presets_and_actions_are_refused(preset: dict[str, str], why: str) -> None:
+    with pytest.raises(PolicyError, match=why):
+        policies(("p", {"presets": [preset]}))
+
+
+def test_ruleset_refuses_a_preset_it_does_not_enforce() -> None:
+    ruleset = compile(policies(("f", {"presets": [{"name": "filelessExec"}]})), ContainerScope("web"))
+    with pytest.raises(RuleSetFormatError, match="not an enforced preset"):
+        RuleSet.from_json(ruleset.to_json().replace('"filelessExec"', '"protectEnv"'))

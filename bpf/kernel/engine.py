@@ -529,7 +529,10 @@ def _record_task_scope(handle: MapHandle, pid: int, pid_ns: int, mnt_ns: int, sc
         found = tuple(os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in ("pid", "mnt"))
         if found != (pid_ns, mnt_ns):
             raise EngineStateError(f"register: pid {pid} is in namespaces {found}, not ({pid_ns}, {mnt_ns})")
-        handle.update(maps.PIDFD_KEY.pack(pidfd), maps.TASK_SCOPE.pack(scope_id))
+        key = maps.PIDFD_KEY.pack(pidfd)
+        known = handle.lookup(key)  # keep the task's flags (it may have exec'd the container's code already)
+        flags = maps.TASK_SCOPE.unpack(known)[1] if known else 0
+        handle.update(key, maps.TASK_SCOPE.pack(scope_id, flags))
     except OSError as exc:
         raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
     except BpfError as exc:

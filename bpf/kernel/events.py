@@ -55,6 +55,10 @@ HOOK_NAMES: Final = {
     HOOK_PTRACE_ACCESS: "PTRACE_ACCESS", HOOK_BPF: "BPF", HOOK_KERNEL_LOAD: "KERNEL_LOAD",
     HOOK_SYSCTL_WRITE: "SYSCTL_WRITE",
 }
+# enum warden_mount_kind (event arg[1] of the mount hooks) -> what the mount would do, in Data
+MOUNT_KINDS: Final = {1: "at-path", 2: "bind", 3: "move", 4: "with-source", 5: "detached-tree", 6: "pivot-root"}
+_MOUNT_HOOKS: Final = frozenset({8476, 8477, 8478})
+HOOK_EXEC_MEMFD: Final = 8481
 _CAP_NAMES: Final = {number: f"CAP_{name.upper()}" for name, number in CAPABILITY_NUMBERS.items()}
 _FAMILIES: Final = {2: "AF_INET", 10: "AF_INET6", 17: "AF_PACKET", 29: "AF_CAN", 31: "AF_BLUETOOTH", 44: "AF_XDP"}
 _TYPES: Final = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
@@ -174,6 +178,8 @@ def _resource(ev: RawEvent) -> str:
         return f"bpf cmd={ev.args[0]}"
     if ev.hook == HOOK_KERNEL_LOAD and not ev.path:
         return f"kernel_load_data id={ev.args[0]}"
+    if ev.hook == HOOK_EXEC_MEMFD and ev.path.startswith("/memfd:"):
+        return ev.path[1:]  # KubeArmor's filelessExec resource: "memfd:NAME", a name with no directory
     return ev.path
 
 
@@ -199,6 +205,8 @@ def decode_event(raw: bytes, context: EventContext) -> Alert:
         info = context.alerts.get(ev.alert, RuleAlert(f"unknown-alert-{ev.alert}", None, (), None))
     ts_ns = boot_to_unix_ns(ev.ts_boot_ns)
     data = f"lsm={HOOK_NAMES.get(ev.hook, str(ev.hook))}"
+    if ev.hook in _MOUNT_HOOKS:  # a mount decided at its target path carries no kind (the path rules' event)
+        data += f" mount={MOUNT_KINDS.get(ev.args[1] or 1, str(ev.args[1]))}"
     if ev.flags & EV_TRUNCATED:
         data += " truncated=true"
     if ev.flags & EV_INCOMPLETE:

@@ -41,6 +41,9 @@ CAT_FILE, CAT_PROCESS, CAT_NETWORK, CAT_CAPABILITIES = 1, 2, 3, 4
 # and carrying the strongest Block or Audit rule below it. path_rename refuses to move one, which
 # would carry the protected path out from under its rule.
 CAT_ANCESTOR: Final = 5
+# Not a rule category either: the filelessExec preset, whose slot is the scope configuration's strict[6]
+# (the strict slots are those of the path categories; this one is the preset's action and alert).
+CAT_FILELESS_EXEC: Final = 6
 CATEGORY_NAMES: Final = {CAT_FILE: "File", CAT_PROCESS: "Process", CAT_NETWORK: "Network",
                          CAT_CAPABILITIES: "Capabilities"}
 ACT_NONE, ACT_ALLOW, ACT_AUDIT, ACT_BLOCK = 0, 1, 2, 3
@@ -70,7 +73,8 @@ NODE: Final = struct.Struct("<8s8s8sBBHI256s")  # struct warden_rule_node (288)
 SOURCE_VAL: Final = struct.Struct("<H6x256s")  # struct warden_source_val (264)
 NS_KEY: Final = struct.Struct("<II")  # struct warden_ns_key
 SCOPE_CFG: Final = struct.Struct("<8s8s64s")  # struct warden_scope_cfg
-TASK_SCOPE: Final = struct.Struct("<I4x")  # struct warden_task_scope
+TASK_SCOPE: Final = struct.Struct("<II")  # struct warden_task_scope: scope, flags
+TASK_EXECED: Final = 1  # WARDEN_TASK_EXECED: the task runs a container's code (its mounts are decided)
 PIDFD_KEY: Final = struct.Struct("<i")  # warden_task_scope's key from user space: a pidfd
 SCOPE_ID: Final = struct.Struct("<I")
 SOURCE_KEY: Final = struct.Struct("<Q")
@@ -330,6 +334,10 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
     for category in (CAT_FILE, CAT_PROCESS):
         strict[category] = strictest_slot([slot for c, *_, slot, _ in path_rules if c == category]
                                           + [slot for c, slot in pattern_slots if c == category])
+    for preset in ruleset.presets:
+        if preset.name == "filelessExec":
+            strict[CAT_FILELESS_EXEC] = _slot(preset.alert, preset.action, 0)
+            tables.alerts[alert_id(preset.alert)] = preset.alert
     tables.cfg = SCOPE_CFG.pack(bytes(postures), bytes(rules_bits), b"".join(strict))
     return tables
 

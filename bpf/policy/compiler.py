@@ -64,6 +64,7 @@ from bpf.policy.ruleset import (
     NetworkRule,
     PatternRule,
     Posture,
+    PresetRule,
     ProcessRule,
     RuleAlert,
     RuleSet,
@@ -71,6 +72,7 @@ from bpf.policy.ruleset import (
     file_rule_key,
     network_rule_key,
     pattern_rule_key,
+    preset_rule_key,
     process_rule_key,
 )
 
@@ -189,7 +191,9 @@ def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Po
     capabilities: list[CapabilityRule] = []
     file_patterns: list[PatternRule] = []
     process_patterns: list[PatternRule] = []
+    presets: list[PresetRule] = []
     for policy in selected:
+        presets.extend(PresetRule(m.name, m.action, _rule_alert(policy, m.alert)) for m in policy.presets)
         file_patterns.extend(PatternRule(m.pattern, m.read_only, m.owner_only, m.action, _rule_alert(policy, m.alert))
                              for m in policy.file_patterns)
         process_patterns.extend(PatternRule(m.pattern, False, m.owner_only, m.action, _rule_alert(policy, m.alert))
@@ -232,6 +236,7 @@ def compile(policies: Iterable[Policy], scope: Scope, *, postures: Postures = Po
         file_patterns=_resolve(file_patterns, pattern_rule_key, _path_rule_preference),
         process_patterns=_resolve(process_patterns, pattern_rule_key, _path_rule_preference),
         warnings=tuple(sorted({w for p in selected if (w := p.warning_summary()) is not None})),
+        presets=_resolve(presets, preset_rule_key, _preference),
     )
     if ruleset.rule_count > MAX_RULES_PER_SCOPE:
         raise RuleLimitError([Problem(f"<scope {scope}>", 0, "rules",
@@ -259,7 +264,7 @@ def _rule_alert(policy: Policy, alert: AlertFields) -> RuleAlert:
 
 _ACTION_STRENGTH = {Action.BLOCK: 0, Action.AUDIT: 1, Action.ALLOW: 2}  # lower sorts first, wins
 
-_R = TypeVar("_R", FileRule, ProcessRule, NetworkRule, CapabilityRule, PatternRule)
+_R = TypeVar("_R", FileRule, ProcessRule, NetworkRule, CapabilityRule, PatternRule, PresetRule)
 
 
 def _alert_order(alert: RuleAlert) -> tuple[str, bool, int, tuple[str, ...], bool, str]:
@@ -270,7 +275,7 @@ def _alert_order(alert: RuleAlert) -> tuple[str, bool, int, tuple[str, ...], boo
 _Preference = tuple[int, tuple[bool, bool], tuple[str, bool, int, tuple[str, ...], bool, str]]
 
 
-def _preference(rule: NetworkRule | CapabilityRule) -> _Preference:
+def _preference(rule: NetworkRule | CapabilityRule | PresetRule) -> _Preference:
     return (_ACTION_STRENGTH[rule.action], (False, False), _alert_order(rule.alert))
 
 

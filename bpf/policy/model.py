@@ -216,6 +216,20 @@ class CapabilityMatch:
     alert: AlertFields
 
 
+# KubeArmor presets warden enforces (exec_guard.bpf.c); the others have no BPF program in warden.
+ENFORCED_PRESETS: Final = frozenset({"filelessExec"})
+
+
+@dataclass(frozen=True)
+class PresetMatch:
+    """A KubeArmor preset warden enforces (ENFORCED_PRESETS): `filelessExec` refuses (Block) or alerts on
+    (Audit) the exec of a file with no path on disk, as KubeArmor's preset does."""
+
+    name: str
+    action: Action  # Block or Audit
+    alert: AlertFields
+
+
 class LabelOperator(enum.StrEnum):
     IN = "In"
     NOT_IN = "NotIn"
@@ -314,6 +328,7 @@ class Policy:
     capabilities: tuple[CapabilityMatch, ...]
     file_patterns: tuple[PatternMatch, ...] = ()
     process_patterns: tuple[PatternMatch, ...] = ()
+    presets: tuple[PresetMatch, ...] = ()
     origin: str = field(default="", compare=False)  # file the policy came from
     line: int = field(default=0, compare=False)  # line of its document
     warnings: tuple[str, ...] = ()  # "field: what happens instead", see the class docstring
@@ -321,7 +336,7 @@ class Policy:
     @property
     def rule_count(self) -> int:
         return (len(self.process) + len(self.file) + len(self.network) + len(self.capabilities)
-                + len(self.file_patterns) + len(self.process_patterns))
+                + len(self.file_patterns) + len(self.process_patterns) + len(self.presets))
 
     def warning_summary(self) -> str | None:
         """`KIND NAME: accepted, not enforced as written: ...` or None; no file name, so that a RuleSet

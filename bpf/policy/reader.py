@@ -49,6 +49,7 @@ from yaml.nodes import Node
 from bpf.policy.glob import PatternError, parse
 from bpf.policy.model import (
     CONTAINER_NAME_LABEL,
+    ENFORCED_PRESETS,
     PROTOCOLS,
     SYSCALLS,
     Action,
@@ -61,6 +62,7 @@ from bpf.policy.model import (
     PatternMatch,
     Policy,
     PolicyKind,
+    PresetMatch,
     Problem,
     ProtocolMatch,
     Selector,
@@ -86,6 +88,7 @@ _UNSUPPORTED_WHY: Final[Mapping[str, str]] = {
 }
 # KubeArmor's preset names (KubeArmor pkg/KubeArmorController/api/security.kubearmor.com/v1/common.go).
 PRESETS: Final = frozenset({"filelessExec", "protectEnv", "exec", "protectProc"})
+
 _EXECNAME = re.compile(r"[^/]+")  # the CRD's MatchBinType pattern, ^[^\/]+$
 _GLOB_SPECIAL: Final = frozenset("*?[]{},\\")  # escaped with '\\' when an execname becomes a pattern
 # What each narrowing field makes a rule depend on, which warden cannot check.
@@ -186,7 +189,7 @@ class DocumentReader(NodeReader):
                          "applies it only where AppArmor is the enforcer), and ignoring it would drop its deny "
                          "rules; write them as file/process rules")
         self.syscalls_section(spec.get("syscalls"), "spec.syscalls")
-        self.presets(spec.get("presets"), "spec.presets", defaults)
+        presets = self.presets(spec.get("presets"), "spec.presets", defaults)
         selector = None
         if selector_key in spec:
             read_selector = self.node_selector if host else self.selector
@@ -196,14 +199,15 @@ class DocumentReader(NodeReader):
         network = self.network_section(spec.get("network"), "spec.network", defaults, host=host)
         capabilities = self.capability_section(spec.get("capabilities"), "spec.capabilities", defaults,
                                                host=host)
-        if (not (process or files or network or capabilities or process_patterns or file_patterns)
+        if (not (process or files or network or capabilities or process_patterns or file_patterns or presets)
                 and not self.warnings
                 and len(self.problems) == self._start):
             self.problem(node, "spec", "the policy has no rules (process, file, network or capabilities)")
         if selector is None:
             return None
         return Policy(kind, name, namespace, selector, process, files, network, capabilities,
-                      file_patterns=file_patterns, process_patterns=process_patterns, origin=self.origin, line=line,
+                      file_patterns=file_patterns, process_patterns=process_patterns, presets=presets,
+                      origin=self.origin, line=line,
                       warnings=tuple(self.warnings))
 
     def warn(self, where: str, what: str) -> None:
@@ -268,28 +272,38 @@ class DocumentReader(NodeReader):
             if "recursive" in item:
                 self.boolean(item["recursive"], f"{here}.recursive")
 
-    def presets(self, node: Node | None, where: str, outer: _Defaults) -> None:
+    def presets(self, node: Node | None, where: str, outer: _Defaults) -> tuple[PresetMatch, ...]:
         """KubeArmor's presets (filelessExec, protectEnv, exec, protectProc) are separate BPF programs in
-        KubeArmor that warden does not have: a Block or Allow preset is refused (ignoring it would let
-        through what it stops), an Audit one is accepted and warned about (nothing is audited)."""
+        KubeArmor (KubeArmor/presets/, KubeArmor/BPF/filelessexec.bpf.c). filelessExec is enforced, with
+        Block or Audit (KubeArmor's two; an Allow means nothing there and is refused). warden has no
+        program for the others: a Block or Allow one is refused (ignoring it would let through what it
+        stops), an Audit one is accepted and warned about (nothing is audited)."""
         if node is None:
-            return
+            return ()
+        out: list[PresetMatch] = []
         for i, item_node in enumerate(self.sequence(node, where)):
             here = f"{where}[{i}]"
             item = self.mapping(item_node, here, frozenset({"name", "action"}), required=("name",))
             if item is None or "name" not in item:
                 continue
             name = self.string(item["name"], f"{here}.name")
-            action = self.alert_defaults(item, here, outer).action
+            defaults = self.alert_defaults(item, here, outer)
+            action = defaults.action
             if name is not None and name not in PRESETS:
                 self.problem(item["name"], f"{here}.name",
                              f"unknown preset {name!r}; KubeArmor has {', '.join(sorted(PRESETS))}")
+            elif name in ENFORCED_PRESETS and action is Action.ALLOW:
+                self.problem(item["name"], f"{here}.action",
+                             f"the preset {name!r} takes Block or Audit (KubeArmor's preset has no Allow)")
+            elif name in ENFORCED_PRESETS:
+                out.append(PresetMatch(name, action, defaults.alert()))
             elif name is not None and action is not Action.AUDIT:
                 self.problem(item["name"], f"{here}.name",
                              f"the preset {name!r} cannot be enforced (warden has no BPF program for it), and "
                              f"ignoring a {action} preset would let through what it stops")
             elif name is not None:
                 self.warn(f"{here} {name}", "not audited: warden has no BPF program for this preset")
+        return tuple(out)
 
     # -- selectors --------------------------------------------------------------------------------------
 

@@ -18,11 +18,12 @@ names what the scope's policies say that is not enforced as written (bpf.policy.
 is part of the digest, so a measured RuleSet also says what it does not enforce. The key is present only
 when there is a warning (still one encoding per RuleSet), so a RuleSet without warnings keeps the digest
 it had before warnings existed.
-A RuleSet with matchPatterns rules also has "file_patterns": [{"action", "alert", "owner_only", "pattern",
-"read_only"}] and "process_patterns": [{"action", "alert", "owner_only", "pattern"}] (each present only
-when not empty, so RuleSets without patterns keep their digests), and "automata": the digest of the
-automata those patterns compile to (bpf.policy.glob.compile_automata), so the measured RuleSet names the
-exact tables the kernel walks.
+A RuleSet with enforced presets (filelessExec) has "presets": [{"action", "alert", "name"}] (present only
+when not empty). A RuleSet with matchPatterns rules also has "file_patterns": [{"action", "alert",
+"owner_only", "pattern", "read_only"}] and "process_patterns": [{"action", "alert", "owner_only",
+"pattern"}] (each present only when not empty, so RuleSets without patterns keep their digests), and
+"automata": the digest of the automata those patterns compile to (bpf.policy.glob.compile_automata), so
+the measured RuleSet names the exact tables the kernel walks.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any, Final
 
 from bpf.policy.glob import Automaton, Outcome, PatternEntry, Verdict, automata_digest, compile_automata, parse
 from bpf.policy.limits import MAX_RULES_PER_SCOPE
-from bpf.policy.model import CAPABILITIES, PROTOCOLS, Action, PathKind, normalise_path
+from bpf.policy.model import CAPABILITIES, ENFORCED_PRESETS, PROTOCOLS, Action, PathKind, normalise_path
 
 FORMAT: Final = "coco-warden/ruleset/v1"
 
@@ -137,6 +138,13 @@ class CapabilityRule:
 
 
 @dataclass(frozen=True)
+class PresetRule:
+    name: str  # one of bpf.policy.reader.ENFORCED_PRESETS
+    action: Action  # Block or Audit
+    alert: RuleAlert
+
+
+@dataclass(frozen=True)
 class CategoryPostures:
     """Default posture per category: None when the scope has no Allow rule in that category."""
 
@@ -164,6 +172,7 @@ class RuleSet:
     file_patterns: tuple[PatternRule, ...] = ()
     process_patterns: tuple[PatternRule, ...] = ()
     warnings: tuple[str, ...] = ()  # sorted, unique: one line per policy with accepted-not-enforced fields
+    presets: tuple[PresetRule, ...] = ()
 
     def __post_init__(self) -> None:
         # Canonical means one rule per conflict key, in key order. compile() builds it that way; checking
@@ -173,7 +182,8 @@ class RuleSet:
                                ("network", [network_rule_key(r) for r in self.network]),
                                ("capabilities", [capability_rule_key(r) for r in self.capabilities]),
                                ("file_patterns", [pattern_rule_key(r) for r in self.file_patterns]),
-                               ("process_patterns", [pattern_rule_key(r) for r in self.process_patterns])):
+                               ("process_patterns", [pattern_rule_key(r) for r in self.process_patterns]),
+                               ("presets", [preset_rule_key(r) for r in self.presets])):
             if not _strictly_increasing(keys):
                 raise RuleSetOrderError(f"{category}: rules not in canonical order, or two rules with one key")
         if not _strictly_increasing(list(self.warnings)):
@@ -182,7 +192,7 @@ class RuleSet:
     @property
     def rule_count(self) -> int:
         return (len(self.file) + len(self.process) + len(self.network) + len(self.capabilities)
-                + len(self.file_patterns) + len(self.process_patterns))
+                + len(self.file_patterns) + len(self.process_patterns) + len(self.presets))
 
     @functools.cached_property
     def file_automata(self) -> tuple[Automaton, ...]:
@@ -250,6 +260,10 @@ def capability_rule_key(rule: CapabilityRule) -> tuple[str, tuple[bool, str]]:
     return (rule.capability, _source_key(rule.source))
 
 
+def preset_rule_key(rule: PresetRule) -> tuple[str]:
+    return (rule.name,)
+
+
 def _alert_data(alert: RuleAlert) -> dict[str, Any]:
     return {"policy": alert.policy, "severity": alert.severity, "tags": list(alert.tags),
             "message": alert.message}
@@ -281,6 +295,9 @@ def _canonical_json(ruleset: RuleSet) -> str:
                                      "alert": _alert_data(r.alert)} for r in ruleset.process_patterns]
     if ruleset.automata_digest is not None:
         data["automata"] = ruleset.automata_digest
+    if ruleset.presets:
+        data["presets"] = [{"name": r.name, "action": r.action.value, "alert": _alert_data(r.alert)}
+                           for r in ruleset.presets]
     # ensure_ascii: the bytes are plain ASCII whatever the paths and messages hold, so there is exactly one
     # encoding of any RuleSet.
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -340,7 +357,7 @@ def _strictly_increasing(keys: list[Any]) -> bool:
 
 
 def _ruleset_from_data(data: Any) -> RuleSet:
-    optional = ({"warnings", "file_patterns", "process_patterns", "automata"} & set(data)
+    optional = ({"warnings", "file_patterns", "process_patterns", "automata", "presets"} & set(data)
                 if isinstance(data, dict) else set())
     top = _keys(data, {"format", "file", "process", "network", "capabilities", "postures"} | optional, "ruleset")
     _expect(top["format"] == FORMAT, f"format: expected {FORMAT!r}")
@@ -392,6 +409,15 @@ def _ruleset_from_data(data: Any) -> RuleSet:
             patterns[category].append(PatternRule(
                 pattern, _bool(r["read_only"], where) if "read_only" in r else False,
                 _bool(r["owner_only"], where), Action(r["action"]), _alert(r["alert"], f"{where}.alert")))
+    presets = []
+    items = top.get("presets", [])
+    _expect(isinstance(items, list), "presets: expected a list")
+    for i, item in enumerate(items):
+        where = f"presets[{i}]"
+        r = _keys(item, {"name", "action", "alert"}, where)
+        _expect(r["name"] in ENFORCED_PRESETS, f"{where}.name: not an enforced preset")
+        _expect(r["action"] in (Action.BLOCK.value, Action.AUDIT.value), f"{where}.action: Block or Audit")
+        presets.append(PresetRule(r["name"], Action(r["action"]), _alert(r["alert"], f"{where}.alert")))
     p = _keys(top["postures"], {"file", "process", "network", "capabilities"}, "postures")
     postures = CategoryPostures(**{k: None if v is None else Posture(v) for k, v in p.items()})
     warnings = top.get("warnings", [])
@@ -399,7 +425,7 @@ def _ruleset_from_data(data: Any) -> RuleSet:
     try:
         ruleset = RuleSet(tuple(files), tuple(processes), tuple(networks), tuple(capabilities), postures,
                           tuple(patterns["file_patterns"]), tuple(patterns["process_patterns"]),
-                          warnings=tuple(warnings))
+                          warnings=tuple(warnings), presets=tuple(presets))
     except RuleSetOrderError as exc:
         raise RuleSetFormatError(str(exc)) from None
     _expect(ruleset.rule_count <= MAX_RULES_PER_SCOPE, f"more than {MAX_RULES_PER_SCOPE} rules")

@@ -7,6 +7,79 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/*
+ * A task that execs in a container scope (or the any-container one) runs the container's code from
+ * then on, and so do its children: its mounts are decided (warden_enforce.h, enforce_mount). Before
+ * that exec, a task in a container's namespaces is its runtime setting the container up. Marked
+ * whatever the exec's outcome: a refused exec leaves the task marked, never unmarked.
+ */
+static __always_inline void mark_container_code(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct warden_task_scope *ts;
+	struct warden_ns_key nk = {};
+
+	if (resolve_scope(t, &nk) == WARDEN_SCOPE_HOST)
+		return;
+	ts = bpf_task_storage_get(&warden_task_scope, t, 0, 0);
+	if (ts)
+		ts->flags |= WARDEN_TASK_EXECED;
+}
+
+/*
+ * KubeArmor's filelessExec preset (KubeArmor/BPF/filelessexec.bpf.c): the exec of a file with no
+ * path on disk. Fileless here: no link left (a memfd, an O_TMPFILE file, a deleted file: i_nlink 0),
+ * a file on a kernel-internal mount (memfd_create's shm mount), or one under /dev/shm/ or /run/shm/
+ * (shared memory, as KubeArmor counts it). The scope's configuration holds the preset's slot.
+ */
+#define DEV_SHM 0x6d68732f7665642fULL /* "/dev/shm" as a little-endian word */
+#define RUN_SHM 0x6d68732f6e75722fULL /* "/run/shm" */
+
+static __noinline int enforce_fileless_op(struct file *file)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct vfsmount *vmnt = file->f_path.mnt;
+	struct warden_rule_slot slot;
+	struct warden_scope_cfg *cfg;
+	struct warden_req r = {};
+	struct scratch *s;
+	__u64 word;
+	int fileless;
+
+	r.scope = resolve_scope(t, &r.nk);
+	cfg = scope_cfg(&r.scope);
+	if (!cfg)
+		return 0;
+	slot = cfg->strict[WARDEN_CAT_FILELESS_EXEC];
+	if (!slot.action)
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	r.category = WARDEN_CAT_PROCESS;
+	r.hook = WARDEN_HOOK_BPRM_MEMFD;
+	r.has_path = 1;
+	s->src.len = 0;
+	resolve_path(t, s, &s->obj, file->f_path.dentry, vmnt);
+	if (!s->obj.walked && s->obj.reached) {
+		/* a pseudo file (a memfd: its dentry is its own parent): its name is all the path it has */
+		struct dentry *d = file->f_path.dentry;
+
+		s->obj.pos = PATH_RIGHT - 1;
+		put_far_name(&s->obj, d->d_name.name, d->d_name.len);
+		finish_walk(&s->obj);
+	}
+	fileless = file->f_inode->i_nlink == 0 || vfsmount_internal(vmnt);
+	if (!fileless && s->obj.len > 9) {
+		word = buf_word(&s->obj, 0);
+		fileless = (word == DEV_SHM || word == RUN_SHM) &&
+			   s->obj.buf[(s->obj.start + 8) & (PATH_RIGHT - 1)] == '/';
+	}
+	if (!fileless)
+		return 0;
+	return decide(s, &r, &slot, 0);
+}
+
 SEC("lsm/bprm_check_security")
 int BPF_PROG(warden_bprm_check, struct linux_binprm *bprm, int ret)
 {
@@ -14,7 +87,11 @@ int BPF_PROG(warden_bprm_check, struct linux_binprm *bprm, int ret)
 
 	if (ret)
 		return ret;
+	mark_container_code();
 	file = bprm->file;
+	ret = enforce_fileless_op(file);
+	if (ret)
+		return ret;
 	return enforce_path(WARDEN_HOOK_BPRM_CHECK, WARDEN_CAT_PROCESS, file->f_path.dentry, file->f_path.mnt, 0,
 			    file->f_inode);
 }

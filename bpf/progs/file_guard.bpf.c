@@ -234,3 +234,98 @@ int BPF_PROG(warden_file_ioctl_compat, struct file *file, unsigned int cmd, unsi
 		return ret;
 	return FILE_RULES(WARDEN_HOOK_FILE_IOCTL, file->f_path.dentry, file->f_path.mnt, 1, file->f_inode);
 }
+
+/*
+ * No second path to protected data by mounting (issue 14; threat-model.md, "Mounts"). The target of
+ * a mount is a resolved path; its source often is not: a bind's and a move's source and overlay's
+ * lowerdir= are strings the kernel resolves after this hook (relative, or through symlinks), and a
+ * device shows a whole file system. Those are decided as unresolved (the scope's strictest rule),
+ * and only source-less file systems are decided at their target. Remounts change a mount's flags,
+ * and propagation changes (`unshare -m` makes / private) which mounts propagate, not what any path
+ * shows: both pass. path_mount()'s own order decides which of these a call is.
+ */
+#define MS_REMOUNT 32
+#define MS_BIND 4096
+#define MS_MOVE 8192
+#define MS_UNBINDABLE (1 << 17)
+#define MS_PRIVATE (1 << 18)
+#define MS_SLAVE (1 << 19)
+#define MS_SHARED (1 << 20)
+#define MOUNT_TYPE_LEN 16
+
+static __always_inline int same_bytes(const char *a, const char *b, int len)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < MOUNT_TYPE_LEN; i++) {
+		if (i >= len)
+			break;
+		if (a[i] != b[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* File systems that take no source: what they show is their own (or the kernel's) state. */
+static __always_inline int sourceless_type(const char *type)
+{
+	char name[MOUNT_TYPE_LEN] = {};
+	long n;
+
+	if (!type)
+		return 0;
+	n = bpf_probe_read_kernel_str(name, sizeof(name), type);
+	if (n <= 0)
+		return 0;
+#define IS(lit) (n == sizeof(lit) && same_bytes(name, lit, sizeof(lit)))
+	return IS("tmpfs") || IS("ramfs") || IS("proc") || IS("sysfs") || IS("devpts") || IS("mqueue") ||
+	       IS("cgroup") || IS("cgroup2");
+#undef IS
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(warden_sb_mount, const char *dev_name, const struct path *path, const char *type, unsigned long flags,
+	     void *data, int ret)
+{
+	__u32 kind;
+
+	if (ret || (flags & MS_REMOUNT))
+		return ret;
+	if (flags & MS_BIND)
+		kind = WARDEN_MOUNT_BIND;
+	else if (flags & (MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE))
+		return 0;
+	else if (flags & MS_MOVE)
+		kind = WARDEN_MOUNT_MOVE;
+	else
+		kind = sourceless_type(type) ? WARDEN_MOUNT_AT : WARDEN_MOUNT_SOURCED;
+	return enforce_mount(WARDEN_HOOK_SB_MOUNT, kind, path->dentry, path->mnt);
+}
+
+/* The new mount API's attach and move (also `mount --move` of newer util-linux). A detached tree
+ * (open_tree(OPEN_TREE_CLONE): a bind; fsmount: overlay or any file system) carries a source the
+ * hook cannot see; an attached mount moved is decided at both ends. */
+SEC("lsm/move_mount")
+int BPF_PROG(warden_move_mount, const struct path *from_path, const struct path *to_path, int ret)
+{
+	struct vfsmount *from = from_path->mnt;
+
+	if (ret)
+		return ret;
+	if (vfsmount_detached(from))
+		return enforce_mount(WARDEN_HOOK_MOVE_MOUNT, WARDEN_MOUNT_DETACHED, to_path->dentry, to_path->mnt);
+	ret = enforce_mount(WARDEN_HOOK_MOVE_MOUNT, WARDEN_MOUNT_AT, from_path->dentry, from);
+	if (ret)
+		return ret;
+	return enforce_mount(WARDEN_HOOK_MOVE_MOUNT, WARDEN_MOUNT_AT, to_path->dentry, to_path->mnt);
+}
+
+/* A new root: every path of the task changes meaning (and the old root can be shown anywhere). */
+SEC("lsm/sb_pivotroot")
+int BPF_PROG(warden_sb_pivotroot, const struct path *old_path, const struct path *new_path, int ret)
+{
+	if (ret)
+		return ret;
+	return enforce_mount(WARDEN_HOOK_SB_PIVOTROOT, WARDEN_MOUNT_PIVOT, new_path->dentry, new_path->mnt);
+}

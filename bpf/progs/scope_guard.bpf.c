@@ -5,7 +5,7 @@
  * 1. At task_alloc the child gets a copy of the parent's warden_task_scope, so no fork, clone or vfork
  *    leaves a container's rules, whatever namespaces the child is created in (unshare -p,
  *    clone(CLONE_NEWNS), setns before the fork). A child that would lose its parent's scope (no memory
- *    for the copy) is not created.
+ *    for the copy) is not created. The mark of a container's code (WARDEN_TASK_EXECED) is copied too.
  * 2. Confinement: the kernel interfaces through which a container's root acts as another task or as the
  *    whole machine are refused to a task of a registered container's scope, with an alert
  *    (WARDEN_EV_CONFINEMENT), whatever the policy says:
@@ -46,6 +46,7 @@ int BPF_PROG(warden_task_alloc, struct task_struct *task, unsigned long clone_fl
 	if (!child)
 		return -ENOMEM;
 	child->scope = parent->scope;
+	child->flags = parent->flags;
 	return 0;
 }
 

@@ -575,6 +575,99 @@ static __always_inline int enforce_ancestor(__u16 hook, struct dentry *d, struct
 	return enforce_ancestor_op(hook, d, vmnt);
 }
 
+/*
+ * Mounts: no second path to protected data (threat-model.md, "Mounts"). Decided only for a task
+ * that runs a container's code (WARDEN_TASK_EXECED: it, or an ancestor, exec'd in a container or the
+ * any-container scope; a runtime's binds and pivot_root before the entrypoint's exec are its set-up)
+ * in a scope with file or process rules.
+ */
+static __noinline int mount_confined(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct warden_task_scope *ts;
+	struct warden_scope_cfg *cfg;
+	struct warden_ns_key nk = {};
+	__u32 scope;
+
+	scope = resolve_scope(t, &nk);
+	if (scope == WARDEN_SCOPE_HOST)
+		return 0;
+	ts = bpf_task_storage_get(&warden_task_scope, t, 0, 0);
+	if (!ts || !(ts->flags & WARDEN_TASK_EXECED))
+		return 0;
+	cfg = scope_cfg(&scope);
+	if (!cfg)
+		return 0;
+	return (cfg->rules[WARDEN_CAT_FILE] | cfg->rules[WARDEN_CAT_PROCESS] | cfg->posture[WARDEN_CAT_FILE] |
+		cfg->posture[WARDEN_CAT_PROCESS]) != 0;
+}
+
+/*
+ * A mount whose source the hook cannot see resolved (a bind or move names it by a string the kernel
+ * looks up after the hook, relative or through symlinks; overlay's lowerdir= likewise; a device; a
+ * detached tree; a new root): it might show any protected path at (d, vmnt), so the scope's
+ * strictest path rule decides, as for a path the walk could not finish; without one, the file
+ * default posture. The alert names the target and, in arg[1], what the mount would do.
+ */
+static __noinline int enforce_unresolved_mount_op(__u64 op, struct dentry *d, struct vfsmount *vmnt)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct warden_rule_slot best;
+	struct warden_scope_cfg *cfg;
+	struct warden_req r = {};
+	struct scratch *s;
+	__u8 posture;
+
+	r.scope = resolve_scope(t, &r.nk);
+	cfg = scope_cfg(&r.scope);
+	if (!cfg)
+		return 0;
+	best = cfg->strict[WARDEN_CAT_FILE];
+	if (cfg->strict[WARDEN_CAT_PROCESS].action > best.action)
+		best = cfg->strict[WARDEN_CAT_PROCESS];
+	posture = cfg->posture[WARDEN_CAT_FILE];
+	if (!best.action && !posture)
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	r.category = WARDEN_CAT_FILE;
+	r.hook = op & 0xffff;
+	r.write = 1; /* a mount changes what is at its target: a readOnly rule refuses it */
+	r.arg[0] = 1;
+	r.arg[1] = op >> 32;
+	r.has_path = 1;
+	s->src.len = 0;
+	resolve_path(t, s, &s->obj, d, vmnt);
+	return decide(s, &r, &best, posture);
+}
+
+/*
+ * A mount at (d, vmnt), or of the mount there, of `kind` (enum warden_mount_kind). WARDEN_MOUNT_AT
+ * (a tmpfs, proc ... mounted there; either end of a move_mount of an attached mount) is decided as a
+ * write at the path: refused at or under a file rule that refuses writes (readOnly, Block), at or
+ * under a Block process rule, and at a directory above any Block or Audit file or process rule
+ * (mounting over /var/lib hides /var/lib/mysql behind the mount's own tree). Every other kind's
+ * source is unresolved (enforce_unresolved_mount_op). Called from the hook's own frame: the path
+ * decisions' call chains stay within the 512-byte stack.
+ */
+static __always_inline int enforce_mount(__u16 hook, __u32 kind, struct dentry *d, struct vfsmount *vmnt)
+{
+	int ret;
+
+	if (!mount_confined())
+		return 0;
+	if (kind != WARDEN_MOUNT_AT)
+		return enforce_unresolved_mount_op(hook | ((__u64)kind << 32), d, vmnt);
+	ret = enforce_path_op(path_op(hook, WARDEN_CAT_FILE, 1), d, vmnt, 0);
+	if (ret)
+		return ret;
+	ret = enforce_path_op(path_op(hook, WARDEN_CAT_PROCESS, 1) | OP_BLOCK_ONLY, d, vmnt, 0);
+	if (ret)
+		return ret;
+	return enforce_ancestor_op(hook, d, vmnt);
+}
+
 static __always_inline int enforce_dentry(__u16 hook, __u32 category, struct dentry *d, int write)
 {
 	return enforce_dentry_op(path_op(hook, category, write), d);

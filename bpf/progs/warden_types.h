@@ -31,6 +31,9 @@ enum warden_category {
 	/* not a rule category: a directory above a file or process rule, keyed by its "dir/" string
 	 * (bpf/kernel/maps.py CAT_ANCESTOR); its node's exact slot is the strongest rule below */
 	WARDEN_CAT_ANCESTOR = 5,
+	/* not a rule category: the filelessExec preset (exec of a file with no path on disk); its slot is
+	 * warden_scope_cfg.strict[WARDEN_CAT_FILELESS_EXEC] (bpf/kernel/maps.py CAT_FILELESS_EXEC) */
+	WARDEN_CAT_FILELESS_EXEC = 6,
 };
 
 enum warden_action {
@@ -95,14 +98,30 @@ struct warden_scope_cfg {
 	__u8 rules[8];   /* by category: WARDEN_SCOPE_* bits */
 	/* by category (file, process): the scope's strictest path rule (a Block before an Audit, the
 	 * fewest readOnly/ownerOnly narrowings first), which decides when a path could not be walked to
-	 * its root: the rules of the prefixes that were not seen might have applied (fail closed). */
+	 * its root: the rules of the prefixes that were not seen might have applied (fail closed).
+	 * strict[WARDEN_CAT_FILELESS_EXEC]: the filelessExec preset's action and alert. */
 	struct warden_rule_slot strict[8];
 };
 
 /* Value of warden_task_scope (task storage): the scope a task belongs to, inherited by its children. */
 struct warden_task_scope {
 	__u32 scope;
-	__u32 pad;
+	__u32 flags; /* WARDEN_TASK_*, inherited too */
+};
+
+/* The task, or an ancestor, exec'd a program while in a container scope (or the any-container one):
+ * it runs the container's code, not the runtime's. Mounts are decided for such tasks only: a runtime
+ * sets up a container's root (binds, pivot_root) in its namespaces before it execs the entrypoint. */
+#define WARDEN_TASK_EXECED 1
+
+/* What a mount operation would do (event arg[1]; bpf/kernel/events.py MOUNT_KINDS names them). */
+enum warden_mount_kind {
+	WARDEN_MOUNT_AT = 1,       /* a source-less file system mounted at, or a mount moved from or to, a path */
+	WARDEN_MOUNT_BIND = 2,     /* mount(MS_BIND): the source is a string resolved after the hook */
+	WARDEN_MOUNT_MOVE = 3,     /* mount(MS_MOVE): likewise */
+	WARDEN_MOUNT_SOURCED = 4,  /* a file system with a path or device source (overlay lowerdir=, ext4, 9p ...) */
+	WARDEN_MOUNT_DETACHED = 5, /* move_mount of a detached tree (open_tree clone, fsmount): its source is unknown */
+	WARDEN_MOUNT_PIVOT = 6,    /* pivot_root */
 };
 
 struct warden_meta_key {

@@ -152,6 +152,56 @@ static long near_walk_cb(__u32 i, void *data)
 	return 0;
 }
 
+/*
+ * Whether a mount belongs to no mount namespace a process lives in: a detached tree
+ * (open_tree(OPEN_TREE_CLONE), fsmount) is in an anonymous namespace (6.1: is_anon_ns(), seq 0),
+ * and a lazily unmounted one in none. Its paths start at its own root, so showing protected data
+ * there is a second path no rule names: a walk that ends in one is incomplete (fail closed).
+ * Kernel-internal mounts (MNT_NS_INTERNAL, an error pointer) are not detached: pipes, sockets and
+ * memfds live there. A kernel without 6.1's `seq` is checked for NULL only.
+ */
+struct mnt_namespace___seq {
+	__u64 seq;
+} __attribute__((preserve_access_index));
+
+#define MNT_NS_INTERNAL ((__u64)-22) /* ERR_PTR(-EINVAL) */
+
+static __always_inline int ns_detached(struct mnt_namespace___seq *ns)
+{
+	if (!ns)
+		return 1;
+	if ((__u64)ns == MNT_NS_INTERNAL)
+		return 0;
+	if (bpf_core_field_exists(struct mnt_namespace___seq, seq))
+		return BPF_CORE_READ(ns, seq) == 0;
+	return 0;
+}
+
+static __always_inline int mount_detached(struct mount *mnt)
+{
+	return ns_detached((struct mnt_namespace___seq *)BPF_CORE_READ(mnt, mnt_ns));
+}
+
+/* The same for a vfsmount handed to a hook (its struct mount lies around it: read at a positive offset). */
+static __always_inline int vfsmount_detached(struct vfsmount *vmnt)
+{
+	struct mnt_namespace___seq *ns = 0;
+
+	bpf_probe_read_kernel(&ns, sizeof(ns), (void *)vmnt + (bpf_core_field_offset(struct mount, mnt_ns) -
+								  bpf_core_field_offset(struct mount, mnt)));
+	return ns_detached(ns);
+}
+
+/* Whether a vfsmount handed to a hook is kernel-internal (kern_mount: pipes, sockets, memfds). */
+static __always_inline int vfsmount_internal(struct vfsmount *vmnt)
+{
+	__u64 ns = 0;
+
+	bpf_probe_read_kernel(&ns, sizeof(ns), (void *)vmnt + (bpf_core_field_offset(struct mount, mnt_ns) -
+							       bpf_core_field_offset(struct mount, mnt)));
+	return ns == MNT_NS_INTERNAL;
+}
+
 struct far_walk {
 	struct pathbuf *pb;
 	__u64 d, vmnt, mnt, mnt_root;
@@ -177,7 +227,7 @@ static long far_walk_cb(__u32 i, void *data)
 	if (w->d == w->mnt_root) {
 		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
 		if (!mnt_parent || mnt_parent == mnt) {
-			pb->reached = 1; /* the root of the mount tree */
+			pb->reached = !mount_detached(mnt); /* the root of the mount tree, unless detached */
 			return 1;
 		}
 		w->d = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
@@ -239,7 +289,8 @@ static __always_inline void finish_walk(struct pathbuf *pb)
 }
 
 /* Write the path of (d, vmnt) into `pb`, from the root of its mount tree: the mount namespace's root
- * (a container's root file system as its runtime pivoted into it), or the root of a detached tree.
+ * (a container's root file system as its runtime pivoted into it); a detached tree's root is not
+ * reached (see mount_detached).
  * The task's own root (chroot) is not a stop: a chrooted process sees the paths it saw before.
  * `pb->reached` says whether the walk got there within WALK_MAX steps (else the path is incomplete). */
 static __always_inline void resolve_path(struct task_struct *t, struct scratch *s, struct pathbuf *pb,

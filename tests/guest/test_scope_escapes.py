@@ -3,7 +3,8 @@ against the real 6.1 kernel, after `Engine.load_or_adopt` + `register_container`
 SIGKILLed before any attempt.
 
 One guest for the module. The registered container "mysql" (labels app=mysql: the seed's
-block-mysql-data-access applies, with file-integrity-monitoring and net-raw-block) has its own mount
+block-mysql-data-access applies, with file-integrity-monitoring, net-raw-block and the filelessExec
+preset of tests/data/policies/presets/) has its own mount
 namespace and shares the VM's pid namespace, so /proc/1/ns/mnt is the VM's own: the setns escape
 the threat model's attacker (CAP_SYS_ADMIN, a shared pid namespace) has. Its first process is
 registered by pid, as the OCI hook does. Every escape is shown denied and alerted with the right
@@ -26,6 +27,7 @@ import pytest
 from tests.guest.vm import REPO_ROOT, GuestVM
 
 SEED = f"{REPO_ROOT}/tests/data/policies/seed"
+FILELESS = f"{REPO_ROOT}/tests/data/policies/presets/fileless-exec-block.yaml"  # filelessExec Block for mysql
 PY = f"{REPO_ROOT}/.venv/bin/python"
 MYSQL_FILE = "/var/lib/mysql/any-file"
 NOBODY = "setpriv --reuid=65534 --regid=65534 --clear-groups"
@@ -38,7 +40,7 @@ LOADER = textwrap.dedent("""
 
     pid, pid_ns, mnt_ns = map(int, sys.argv[2:5])
     engine = Engine()
-    report = engine.load_or_adopt(load_policy_paths([Path(sys.argv[5])]))
+    report = engine.load_or_adopt(load_policy_paths([Path(p) for p in sys.argv[5:]]))
     digest = engine.register_container("mysql", {"app": "mysql"}, pid_ns, mnt_ns, pid)
     Path(sys.argv[1]).write_text(json.dumps({"pid": os.getpid(), "digest": digest, "health": engine.health(),
                                              "timings": report.timings_s}))
@@ -62,6 +64,41 @@ TASK_SCOPE = textwrap.dedent("""
         value = handle.lookup(struct.pack("<i", pidfd))
     print(struct.unpack("<I4x", value)[0] if value else 0)
 """)
+
+
+# open_tree / move_mount / pivot_root, which util-linux 2.38 has no command for (x86-64 syscall numbers).
+MOUNT_HELPER = textwrap.dedent("""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    AT_FDCWD, OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH = -100, 1, 4
+
+    def call(*args):
+        ret = libc.syscall(*args)
+        if ret < 0:
+            sys.exit(os.strerror(ctypes.get_errno()))
+        return ret
+
+    verb, *rest = sys.argv[1:]
+    if verb == "clone-read":  # a detached copy of a directory, then a file read through it
+        tree = call(428, AT_FDCWD, rest[0].encode(), OPEN_TREE_CLONE)
+        try:
+            fd = os.open(rest[1], os.O_RDONLY, dir_fd=tree)
+        except OSError as exc:
+            sys.exit(exc.strerror)
+        print(os.read(fd, 100).decode(), end="")
+    elif verb == "clone-attach":  # the same copy attached at another path
+        tree = call(428, AT_FDCWD, rest[0].encode(), OPEN_TREE_CLONE)
+        call(429, tree, b"", AT_FDCWD, rest[1].encode(), MOVE_MOUNT_F_EMPTY_PATH)
+        print("attached")
+    elif verb == "move":  # an attached mount moved
+        call(429, AT_FDCWD, rest[0].encode(), AT_FDCWD, rest[1].encode(), 0)
+        print("moved")
+    elif verb == "pivot":
+        call(155, rest[0].encode(), rest[1].encode())
+        print("pivoted")
+""")
+HELPER = "/usr/bin/python3 /tmp/mount-helper.py"
 
 
 @dataclass(frozen=True)
@@ -103,6 +140,9 @@ def mysql(guest: GuestVM) -> Iterator[Container]:
     # the deep trees are made from the host (no host rules): the walk's limit is 128 dentries
     guest.run("for n in 100 130; do d=/tmp/deep$n; i=0; while [ $i -lt $n ]; do d=$d/d; i=$((i+1)); done; "
               "mkdir -p $d && echo deep > $d/f; done", check=True)
+    helper = guest.write_shared("mount-helper.py", MOUNT_HELPER)
+    guest.run(f"cp {helper} /tmp/mount-helper.py && mkdir -p /tmp/mnt-target /tmp/mnt-a /tmp/mnt-b /tmp/mnt-pr "
+              "/tmp/ov/upper /tmp/ov/work", check=True)
     guest.run("setsid unshare -m --propagation private sleep 100002 >/dev/null 2>&1 &", check=True)
     pid = 0
     for _ in range(100):
@@ -121,7 +161,7 @@ def applied(guest: GuestVM, mysql: Container) -> dict[str, Any]:
     ns = [int(guest.run(f"stat -Lc %i /proc/{mysql.pid}/ns/{kind}", check=True).stdout) for kind in ("pid", "mnt")]
     script = guest.write_shared("scope-loader.py", LOADER)
     ready = "/run/scope-loader.json"
-    guest.run(f"cd {REPO_ROOT} && setsid nohup {PY} {script} {ready} {mysql.pid} {ns[0]} {ns[1]} {SEED} "
+    guest.run(f"cd {REPO_ROOT} && setsid nohup {PY} {script} {ready} {mysql.pid} {ns[0]} {ns[1]} {SEED} {FILELESS} "
               f"> {ready}.log 2>&1 &", check=True)
     deadline = time.monotonic() + 240
     while guest.run(f"test -s {ready}").returncode != 0:
@@ -199,7 +239,8 @@ def stacked(n: int) -> str:
 
 def test_140_stacked_mounts_fail_closed(guest: GuestVM, applied: dict[str, Any], mysql: Container) -> None:
     """The far walk cannot reach the root through 140 mounts: the scope's strictest rule (mysql's Block,
-    which has no readOnly) decides, with an alert that says the path was incomplete."""
+    which has no readOnly) decides, with an alert that says the path was incomplete. Since mounts are
+    decided at their target, the mount that would stack beyond the walk's reach is itself refused."""
     denied_with(guest, mysql, stacked(140), "block-mysql-data-access", "/", incomplete=True)
     assert mysql.run(guest, stacked(100)) == (0, "x\n")
 
@@ -269,7 +310,7 @@ REGISTER_AS_WEB = textwrap.dedent("""
 
     pid, pid_ns, mnt_ns = map(int, sys.argv[1:4])
     engine = Engine()
-    engine.load_or_adopt(load_policy_paths([Path(sys.argv[4])]))
+    engine.load_or_adopt(load_policy_paths([Path(p) for p in sys.argv[4:]]))  # the module's policies
     try:
         engine.register_container("web", {"app": "web"}, pid_ns, mnt_ns, pid)
     except EngineStateError as exc:
@@ -294,7 +335,8 @@ def test_a_container_process_in_fresh_namespaces_is_never_registered_as_another_
     pid = int(found.split()[0])
     ns = [int(guest.run(f"stat -Lc %i /proc/{pid}/ns/{kind}", check=True).stdout) for kind in ("pid", "mnt")]
     script = guest.write_shared("register-as-web.py", REGISTER_AS_WEB)
-    out = guest.run(f"cd {REPO_ROOT} && {PY} {script} {pid} {ns[0]} {ns[1]} {SEED}", check=True, timeout=240).stdout
+    out = guest.run(f"cd {REPO_ROOT} && {PY} {script} {pid} {ns[0]} {ns[1]} {SEED} {FILELESS}", check=True,
+                    timeout=240).stdout
     assert "refused: register: pid" in out and "already belongs to container scope" in out, out
     task_scope = guest.write_shared("task-scope.py", TASK_SCOPE)
     status = json.loads(guest.run(f"{REPO_ROOT}/.venv/bin/warden engine status --json", check=True).stdout)
@@ -302,3 +344,116 @@ def test_a_container_process_in_fresh_namespaces_is_never_registered_as_another_
         status["scopes"]["mysql"]["id"]
     assert "web" not in status["scopes"]
     guest.run(f"kill {pid}")
+
+
+# -- no second path by mounting (threat-model.md, "Mounts") ------------------------------------------
+
+AS_ROOT = ""  # root of the container, in its own mount namespace
+IN_USERNS = "unshare -Urm "  # user + mount namespaces: container root, or anyone, without capabilities
+AS_NOBODY = f"{NOBODY} unshare -Urm "
+
+
+def mount_denied(guest: GuestVM, container: Container, command: str, policy: str, resource: str, kind: str,
+                 incomplete: bool = False) -> None:
+    alert = denied_with(guest, container, command, policy, resource, incomplete=incomplete)
+    assert f"mount={kind}" in alert["Data"], alert
+
+
+@pytest.mark.parametrize("prefix", [AS_ROOT, IN_USERNS, AS_NOBODY], ids=["root", "userns", "nobody-userns"])
+def test_a_bind_mount_of_protected_data_is_refused(guest: GuestVM, applied: dict[str, Any], mysql: Container,
+                                                   prefix: str) -> None:
+    """A bind's source is a string the kernel resolves after the hook: from a container scope whose rules
+    protect anything, every bind (and every MS_MOVE) is refused, alerted with the scope's strictest rule
+    and the target; a tmpfs at the same unprotected place is allowed."""
+    mount_denied(guest, mysql, f"{prefix}mount --bind /var/lib/mysql /tmp/mnt-target", "block-mysql-data-access",
+                 "/tmp/mnt-target", "bind")
+    mount_denied(guest, mysql, f"{prefix}mount --rbind /var/lib /tmp/mnt-target", "block-mysql-data-access",
+                 "/tmp/mnt-target", "bind")
+    if prefix != AS_ROOT:  # (as root, the neighbour's mount would stay in the container's namespace)
+        neighbour = (f"{prefix}sh -c 'mount -t tmpfs t /tmp/mnt-target && echo x > /tmp/mnt-target/f "
+                     "&& cat /tmp/mnt-target/f'")
+        assert mysql.run(guest, neighbour) == (0, "x\n")
+    assert mysql.run(guest, f"cat {MYSQL_FILE}")[0] != 0
+
+
+def test_an_overlay_with_protected_data_as_lowerdir_is_refused(guest: GuestVM, applied: dict[str, Any],
+                                                               mysql: Container) -> None:
+    options = "lowerdir=/var/lib/mysql,upperdir=/tmp/ov/upper,workdir=/tmp/ov/work"
+    for prefix in (AS_ROOT, IN_USERNS):
+        mount_denied(guest, mysql, f"{prefix}mount -t overlay ov -o {options} /tmp/mnt-target",
+                     "block-mysql-data-access", "/tmp/mnt-target", "with-source")
+
+
+@pytest.mark.parametrize("prefix", [AS_ROOT, IN_USERNS], ids=["root", "userns"])
+def test_a_mount_over_or_above_a_protected_directory_is_refused(guest: GuestVM, applied: dict[str, Any],
+                                                                mysql: Container, prefix: str) -> None:
+    """A tmpfs over /usr/bin (readOnly: the mount is a write there) or over /var/lib (a directory above
+    mysql's Block rule: the mount would hide it behind a tree of the attacker's) is refused."""
+    mount_denied(guest, mysql, f"{prefix}mount -t tmpfs t /usr/bin", "file-integrity-monitoring", "/usr/bin",
+                 "at-path")
+    mount_denied(guest, mysql, f"{prefix}mount -t tmpfs t /var/lib", "block-mysql-data-access", "/var/lib", "at-path")
+    mount_denied(guest, mysql, f"{prefix}mount -t tmpfs t /var/lib/mysql", "block-mysql-data-access",
+                 "/var/lib/mysql", "at-path")
+    assert mysql.run(guest, f"{IN_USERNS}sh -c 'mount -t tmpfs t /tmp/mnt-target && echo ok'") == (0, "ok\n")
+
+
+@pytest.mark.parametrize("prefix", [AS_ROOT, IN_USERNS], ids=["root", "userns"])
+def test_a_detached_tree_fails_closed(guest: GuestVM, applied: dict[str, Any], mysql: Container, prefix: str) -> None:
+    """open_tree(OPEN_TREE_CLONE) has no LSM hook: the copy's paths start at its own root. A walk that ends
+    in a detached tree is incomplete (the scope's strictest rule decides, the resource is "/"), so no
+    file is read through any detached tree in a scope with a Block rule; attaching one anywhere is
+    refused at move_mount (its source is unknown). An attached tmpfs moved between unprotected places is
+    allowed."""
+    mount_denied_read = f"{prefix}{HELPER} clone-read /var/lib/mysql any-file"
+    denied_with(guest, mysql, mount_denied_read, "block-mysql-data-access", "/", incomplete=True)
+    mount_denied(guest, mysql, f"{prefix}{HELPER} clone-attach /var/lib/mysql /tmp/mnt-target",
+                 "block-mysql-data-access", "/tmp/mnt-target", "detached-tree")
+    moved = f"{IN_USERNS}sh -c 'mount -t tmpfs t /tmp/mnt-a && {HELPER} move /tmp/mnt-a /tmp/mnt-b'"
+    assert mysql.run(guest, moved) == (0, "moved\n")
+    over_bin = f"{IN_USERNS}sh -c 'mount -t tmpfs t /tmp/mnt-a && {HELPER} move /tmp/mnt-a /usr/bin'"
+    mount_denied(guest, mysql, over_bin, "file-integrity-monitoring", "/usr/bin", "at-path")
+
+
+def test_pivot_root_is_refused(guest: GuestVM, applied: dict[str, Any], mysql: Container) -> None:
+    """A new root changes what every path means: refused to a container's code in a scope with rules
+    (a runtime's own pivot_root, before it execs the entrypoint, is its set-up and passes)."""
+    command = (f"{IN_USERNS}sh -c 'mount -t tmpfs t /tmp/mnt-pr && mkdir /tmp/mnt-pr/old "
+               f"&& {HELPER} pivot /tmp/mnt-pr /tmp/mnt-pr/old'")
+    mount_denied(guest, mysql, command, "block-mysql-data-access", "/tmp/mnt-pr", "pivot-root")
+
+
+# -- fileless exec (KubeArmor's filelessExec preset) ---------------------------------------------------
+
+
+def fileless(kind: str) -> str:
+    """Exec of a copy of echo with no path on disk: a memfd (memfd_create + fexecve), or a file deleted
+    while held open (its descriptor executed)."""
+    body = ("import os, sys\n"
+            "data = open('/usr/bin/echo', 'rb').read()\n"
+            "if sys.argv[1] == 'memfd':\n"
+            "    fd = os.memfd_create('payload', 0)\n"
+            "    os.write(fd, data)\n"
+            "else:\n"
+            "    with open('/tmp/del-echo', 'wb') as f:\n"
+            "        f.write(data)\n"
+            "    os.chmod('/tmp/del-echo', 0o755)\n"
+            "    fd = os.open('/tmp/del-echo', os.O_RDONLY)\n"
+            "    os.unlink('/tmp/del-echo')\n"
+            "try:\n"
+            "    os.execve(fd, ['echo', 'ran'], {})\n"
+            "except OSError as exc:\n"
+            "    sys.exit(exc.strerror)\n")
+    return f"/usr/bin/python3 -c {shlex.quote(body)} {kind}"
+
+
+@pytest.mark.parametrize(("kind", "resource"), [("memfd", "memfd:payload"), ("deleted", "/tmp/del-echo")])
+def test_fileless_exec_is_refused_under_the_preset(guest: GuestVM, applied: dict[str, Any], mysql: Container,
+                                                   kind: str, resource: str) -> None:
+    """mysql's policy has filelessExec Block: the exec of a memfd or of a deleted file is refused and alerted
+    (KubeArmor's resource: memfd:NAME); the host scope, without the preset, runs the same; an exec of
+    echo from its path runs in mysql."""
+    alert = denied_with(guest, mysql, fileless(kind), "fileless-exec-block", resource)
+    assert alert["Operation"] == "Process" and "lsm=EXEC_MEMFD" in alert["Data"], alert
+    result = guest.run(fileless(kind))
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result
+    assert mysql.run(guest, "/usr/bin/echo ran") == (0, "ran\n")
