@@ -7,8 +7,11 @@
  *    clone(CLONE_NEWNS), setns before the fork). A child that would lose its parent's scope (no memory
  *    for the copy) is not created. The mark of a container's code (WARDEN_TASK_EXECED) is copied too.
  * 2. Confinement: the kernel interfaces through which a container's root acts as another task or as the
- *    whole machine are refused to a task of a registered container's scope, with an alert
- *    (WARDEN_EV_CONFINEMENT), whatever the policy says:
+ *    whole machine are refused to a container's task, with an alert (WARDEN_EV_CONFINEMENT), whatever
+ *    the policy says. A container's task is one of a registered container's scope, or of the
+ *    any-container scope outside a systemd service's cgroup: under CoCo's agent policy no guest hook
+ *    runs, so every container is unregistered, and host services that systemd starts with a mount
+ *    namespace of their own (warden among them) share that scope but sit in a "*.service" cgroup.
  *    - ptrace_access_check towards a task of any other scope: ptrace itself, and every /proc/<pid>
  *      link the kernel guards the same way (root, cwd, exe, ns/..., fd/..., mem, environ), pidfd_getfd,
  *      process_vm_readv/writev, kcmp. Without it a root that shares the VM's pid namespace reaches PID 1's
@@ -18,11 +21,11 @@
  *      read-only fd (the kernel binds an fd's mode to the syscall, not to programs), signal warden, or
  *      detach nothing but still read every map.
  *    - kernel_read_file / kernel_load_data other than firmware: loading a kernel module or a kexec image.
- *    - opening a sysctl (/proc/sys, wherever proc is mounted) for writing: kernel.core_pattern or
- *      kernel.modprobe would make the kernel run a program of the container's choosing as a host task.
- *    The host, unregistered containers (the any-container scope, where host services with a private
- *    mount namespace also fall) and the runtime, which sets a container's sysctls before its process is
- *    registered, are not confined here (threat-model.md, section 4).
+ *    - opening a global sysctl (/proc/sys, wherever proc is mounted) for writing: kernel.core_pattern
+ *      or kernel.modprobe would make the kernel run a program of the container's choosing as a host
+ *      task. The sysctls of the container's own namespaces (net.*, the ipc ones), which runtimes set
+ *      from the pod's spec inside the container, stay writable.
+ *    The host scope and host services are not confined (threat-model.md, section 4, "Confinement").
  */
 #include "warden_enforce.h"
 
@@ -50,11 +53,35 @@ int BPF_PROG(warden_task_alloc, struct task_struct *task, unsigned long clone_fl
 	return 0;
 }
 
-/* The current task's scope when it is a registered container's, else 0 (not confined). */
+/* Whether the task's cgroup v2 directory is a systemd service's ("*.service"): a container is in a
+ * ".scope" (kata-agent's systemd cgroup driver) or in a cgroup its runtime names. */
+static __always_inline bool in_service_cgroup(struct task_struct *t)
+{
+	static const char suffix[] = ".service";
+	char name[128];
+	long n, i;
+
+	n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, name));
+	if (n < (long)sizeof(suffix) || n > (long)sizeof(name))
+		return false;
+	n -= sizeof(suffix); /* where the suffix starts: the length without the NUL, minus 8 */
+	for (i = 0; i < (long)sizeof(suffix) - 1; i++)
+		if (name[(n + i) & (sizeof(name) - 1)] != suffix[i])
+			return false;
+	return true;
+}
+
+/* The current task's scope when it is a container's (see 2. above), else 0 (not confined). */
 static __always_inline __u32 confined_scope(struct warden_req *r)
 {
-	r->scope = resolve_scope(bpf_get_current_task_btf(), &r->nk);
-	return r->scope >= WARDEN_SCOPE_FIRST_CONTAINER ? r->scope : 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	r->scope = resolve_scope(t, &r->nk);
+	if (r->scope >= WARDEN_SCOPE_FIRST_CONTAINER)
+		return r->scope;
+	if (r->scope == WARDEN_SCOPE_ANY_CONTAINER && !in_service_cgroup(t))
+		return r->scope;
+	return 0;
 }
 
 /* Refuse and alert: the operation is outside what any container may do. A lost alert (full ring, no
@@ -141,7 +168,8 @@ int BPF_PROG(warden_kernel_load_data, enum kernel_load_data_id id, bool contents
 }
 
 /* A sysctl is a procfs inode whose proc_inode has a ctl_table header: the test the kernel's own
- * proc_sys_* operations rest on, whatever path proc is mounted at. */
+ * proc_sys_* operations rest on, whatever path proc is mounted at. A global one is in the root's
+ * default table set, the one set without an is_seen callback; a namespace's set (net, ipc) has one. */
 SEC("lsm/file_open")
 int BPF_PROG(warden_sysctl_open, struct file *file, int ret)
 {
@@ -161,6 +189,8 @@ int BPF_PROG(warden_sysctl_open, struct file *file, int ret)
 					  bpf_core_field_offset(struct proc_inode, sysctl)) ||
 	    !header)
 		return 0;
+	if (BPF_CORE_READ((struct ctl_table_header *)header, set, is_seen))
+		return 0; /* the container's own namespace's sysctl */
 	if (!confined_scope(&r))
 		return 0;
 	r.category = WARDEN_CAT_FILE;

@@ -297,6 +297,8 @@ def test_confinement_leaves_the_container_itself_and_the_host_alone(guest: Guest
                                                                      mysql: Container) -> None:
     assert mysql.run(guest, "ls /proc/self/root/ >/dev/null && cat /proc/self/environ >/dev/null")[0] == 0
     assert mysql.run(guest, "cat /proc/sys/kernel/core_pattern")[0] == 0  # reading a sysctl
+    # a sysctl of the container's own namespace, as runtimes set a pod's from its spec
+    assert mysql.run(guest, "unshare -n sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'")[0] == 0
     assert "|/tmp/x" not in guest.run("cat /proc/sys/kernel/core_pattern", check=True).stdout
     assert guest.run("ls /proc/1/root/run/ >/dev/null && bpftool prog list >/dev/null").returncode == 0
     assert guest.run("lsmod | grep -q '^dummy ' || modprobe dummy").returncode == 0  # the host may load it
@@ -457,3 +459,18 @@ def test_fileless_exec_is_refused_under_the_preset(guest: GuestVM, applied: dict
     result = guest.run(fileless(kind))
     assert (result.returncode, result.stdout) == (0, "ran\n"), result
     assert mysql.run(guest, "/usr/bin/echo ran") == (0, "ran\n")
+# An unregistered container (no hook ran: CoCo's agent policy leaves guest_hook_path empty) in a cgroup
+# of its own, as a runtime puts it; the test bed's shell is in a systemd service's cgroup.
+ROGUE = "mkdir -p /sys/fs/cgroup/rogue && echo $$ > /sys/fs/cgroup/rogue/cgroup.procs && exec unshare -m {}"
+
+
+def test_an_unregistered_container_is_confined_and_a_host_service_is_not(guest: GuestVM,
+                                                                         applied: dict[str, Any]) -> None:
+    read_alerts(guest)
+    for reach, lsm in (("ls /proc/1/root/run/", "PTRACE_ACCESS"), ("bpftool prog list", "BPF")):
+        result = guest.run(f"sh -c {shlex.quote(ROGUE.format(reach))}")
+        assert result.returncode != 0, (reach, result)
+        alerts = [a for a in read_alerts(guest) if a["PolicyName"] == "ContainerConfinement"]
+        assert any(a["Data"] == f"lsm={lsm}" and a["ContainerName"] == "" for a in alerts), (reach, alerts)
+        # the same from a service's cgroup with a private mount namespace: a host service
+        assert guest.run(f"unshare -m {reach} >/dev/null").returncode == 0, reach
