@@ -71,17 +71,24 @@ static __always_inline bool in_service_cgroup(struct task_struct *t)
 	return true;
 }
 
-/* The current task's scope when it is a container's (see 2. above), else 0 (not confined). */
+/* The current task's scope when it runs a container's code (see 2. above), else 0 (not confined).
+ * Before the entrypoint's exec (WARDEN_TASK_EXECED, exec_guard), a task in a container's namespaces
+ * is its runtime setting it up: joining the sandbox's namespaces through /proc/<pid>/ns, setting the
+ * spec's sysctls. */
 static __always_inline __u32 confined_scope(struct warden_req *r)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
+	struct warden_task_scope *ts;
 
 	r->scope = resolve_scope(t, &r->nk);
+	if (r->scope < WARDEN_SCOPE_ANY_CONTAINER)
+		return 0;
+	ts = bpf_task_storage_get(&warden_task_scope, t, 0, 0);
+	if (!ts || !(ts->flags & WARDEN_TASK_EXECED))
+		return 0;
 	if (r->scope >= WARDEN_SCOPE_FIRST_CONTAINER)
 		return r->scope;
-	if (r->scope == WARDEN_SCOPE_ANY_CONTAINER && !in_service_cgroup(t))
-		return r->scope;
-	return 0;
+	return in_service_cgroup(t) ? 0 : r->scope;
 }
 
 /* Refuse and alert: the operation is outside what any container may do. A lost alert (full ring, no
