@@ -27,11 +27,11 @@ SEED = f"{REPO_ROOT}/tests/data/policies/seed"
 PY = f"{REPO_ROOT}/.venv/bin/python"
 WARDEN = f"{REPO_ROOT}/.venv/bin/warden"
 MYSQL_FILE = "/var/lib/mysql/any-file"
-# file_guard 17 (open, permission, 9 path hooks, setattr, setxattr, removexattr, ioctl, ioctl_compat),
-# exec_guard 3 (bprm_check, mmap_file, file_mprotect), net_guard 3 (create, sendmsg, connect), cap_guard 1,
-# scope_guard 6 (task_alloc; confinement: ptrace_access_check, bpf, kernel_read_file, kernel_load_data,
-# file_open for sysctls)
-WARDEN_LINKS = 30
+# file_guard 20 (open, permission, 9 path hooks, setattr, setxattr, removexattr, ioctl, ioctl_compat,
+# sb_mount, move_mount, sb_pivotroot), exec_guard 3 (bprm_check, mmap_file, file_mprotect), net_guard 3
+# (create, sendmsg, connect), cap_guard 1, scope_guard 6 (task_alloc; confinement: ptrace_access_check,
+# bpf, kernel_read_file, kernel_load_data, file_open for sysctls)
+WARDEN_LINKS = 33
 
 LOADER = textwrap.dedent("""
     import json, os, sys, time
