@@ -19,7 +19,13 @@ static __always_inline void mark_container_code(void)
 	struct warden_task_scope *ts;
 	struct warden_ns_key nk = {};
 
-	if (resolve_scope(t, &nk) == WARDEN_SCOPE_HOST)
+	__u32 scope = resolve_scope(t, &nk);
+
+	if (scope == WARDEN_SCOPE_HOST)
+		return;
+	/* a host service that systemd starts with a mount namespace of its own shares the any-container
+	 * scope with unregistered containers; its cgroup tells it apart (threat-model.md, "Confinement") */
+	if (scope == WARDEN_SCOPE_ANY_CONTAINER && in_service_cgroup(t))
 		return;
 	ts = bpf_task_storage_get(&warden_task_scope, t, 0, 0);
 	if (ts)

@@ -53,28 +53,10 @@ int BPF_PROG(warden_task_alloc, struct task_struct *task, unsigned long clone_fl
 	return 0;
 }
 
-/* Whether the task's cgroup v2 directory is a systemd service's ("*.service"): a container is in a
- * ".scope" (kata-agent's systemd cgroup driver) or in a cgroup its runtime names. */
-static __always_inline bool in_service_cgroup(struct task_struct *t)
-{
-	static const char suffix[] = ".service";
-	char name[128];
-	long n, i;
-
-	n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, name));
-	if (n < (long)sizeof(suffix) || n > (long)sizeof(name))
-		return false;
-	n -= sizeof(suffix); /* where the suffix starts: the length without the NUL, minus 8 */
-	for (i = 0; i < (long)sizeof(suffix) - 1; i++)
-		if (name[(n + i) & (sizeof(name) - 1)] != suffix[i])
-			return false;
-	return true;
-}
-
-/* The current task's scope when it runs a container's code (see 2. above), else 0 (not confined).
- * Before the entrypoint's exec (WARDEN_TASK_EXECED, exec_guard), a task in a container's namespaces
- * is its runtime setting it up: joining the sandbox's namespaces through /proc/<pid>/ns, setting the
- * spec's sysctls. */
+/* The current task's scope when it runs a container's code (WARDEN_TASK_EXECED, exec_guard: not a
+ * host service's, see 2. above), else 0 (not confined). Before the entrypoint's exec, a task in a
+ * container's namespaces is its runtime setting it up: joining the sandbox's namespaces through
+ * /proc/<pid>/ns, setting the spec's sysctls. */
 static __always_inline __u32 confined_scope(struct warden_req *r)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
@@ -84,11 +66,7 @@ static __always_inline __u32 confined_scope(struct warden_req *r)
 	if (r->scope < WARDEN_SCOPE_ANY_CONTAINER)
 		return 0;
 	ts = bpf_task_storage_get(&warden_task_scope, t, 0, 0);
-	if (!ts || !(ts->flags & WARDEN_TASK_EXECED))
-		return 0;
-	if (r->scope >= WARDEN_SCOPE_FIRST_CONTAINER)
-		return r->scope;
-	return in_service_cgroup(t) ? 0 : r->scope;
+	return ts && (ts->flags & WARDEN_TASK_EXECED) ? r->scope : 0;
 }
 
 /* Refuse and alert: the operation is outside what any container may do. A lost alert (full ring, no

@@ -62,4 +62,22 @@ static __always_inline struct warden_scope_cfg *scope_cfg(__u32 *scope)
 	return cfg;
 }
 
+/* Whether the task's cgroup v2 directory is a systemd service's ("*.service"): a container is in a
+ * ".scope" (kata-agent's systemd cgroup driver) or in a cgroup its runtime names. */
+static __always_inline bool in_service_cgroup(struct task_struct *t)
+{
+	static const char suffix[] = ".service";
+	char name[128];
+	long n, i;
+
+	n = bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, name));
+	if (n < (long)sizeof(suffix) || n > (long)sizeof(name))
+		return false;
+	n -= sizeof(suffix); /* where the suffix starts: the length without the NUL, minus 8 */
+	for (i = 0; i < (long)sizeof(suffix) - 1; i++)
+		if (name[(n + i) & (sizeof(name) - 1)] != suffix[i])
+			return false;
+	return true;
+}
+
 #endif /* WARDEN_SCOPE_H */

@@ -177,6 +177,14 @@ static __always_inline int ns_detached(struct mnt_namespace___seq *ns)
 	return 0;
 }
 
+/* Whether the current task runs a container's code (WARDEN_TASK_EXECED, set by exec_guard). */
+static __always_inline int runs_container_code(void)
+{
+	struct warden_task_scope *ts = bpf_task_storage_get(&warden_task_scope, bpf_get_current_task_btf(), 0, 0);
+
+	return ts && (ts->flags & WARDEN_TASK_EXECED);
+}
+
 static __always_inline int mount_detached(struct mount *mnt)
 {
 	return ns_detached((struct mnt_namespace___seq *)BPF_CORE_READ(mnt, mnt_ns));
@@ -227,7 +235,9 @@ static long far_walk_cb(__u32 i, void *data)
 	if (w->d == w->mnt_root) {
 		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
 		if (!mnt_parent || mnt_parent == mnt) {
-			pb->reached = !mount_detached(mnt); /* the root of the mount tree, unless detached */
+			/* the root of the mount tree, unless detached and the task runs a container's code:
+			 * runc and crun re-exec themselves through a lazily unmounted bind of their binary */
+			pb->reached = !mount_detached(mnt) || !runs_container_code();
 			return 1;
 		}
 		w->d = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
