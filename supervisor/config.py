@@ -25,6 +25,8 @@ Top-level keys (snake_case, like the gate's):
     gate_failure_exit_s:   after a refused gate: enforce the baseline, then exit 1 after this long
     extend_timeout_s:      while the gate runs, ask systemd for this much more start time, repeatedly
     attestation_deadline_s: the gate's total time; past it the gate is refused (baseline), never extended
+    enforce_timeout_s:     before loading the BPF objects, ask systemd for this much more start time, once
+                           (the verifier's load is bounded work, but slow on an emulated CPU)
     record_ruleset:        after READY, record the RuleSet digest in the AA event log (AAEL), in the
                            background until the attestation-agent answers (supervisor.aael)
     kbs_update:            poll a CDH resource for a newer bundle (KBS_UPDATE_KEYS), or null for none
@@ -75,6 +77,7 @@ KEYS: dict[str, str] = {
     "gate_failure_exit_s": "seconds to keep the baseline STATUS before exiting 1 after a refused gate",
     "extend_timeout_s": "EXTEND_TIMEOUT_USEC step while the gate runs, seconds",
     "attestation_deadline_s": "total time the gate may take before it is refused, seconds",
+    "enforce_timeout_s": "EXTEND_TIMEOUT_USEC once before loading the BPF objects, seconds",
     "record_ruleset": "record the RuleSet digest in the attestation-agent event log",
     "postures": "container default postures: file, network, capabilities",
     "host_postures": "host default postures: file, network, capabilities",
@@ -230,6 +233,7 @@ class WardenConfig:
     gate_failure_exit_s: float = 30.0
     extend_timeout_s: float = 30.0
     attestation_deadline_s: float = 120.0
+    enforce_timeout_s: float = 300.0
     record_ruleset: bool = True
     postures: PostureConfig = field(default_factory=PostureConfig)
     host_postures: PostureConfig = field(default_factory=PostureConfig)
@@ -464,7 +468,7 @@ def parse_config(document: Any, *, origin: str) -> WardenConfig:
             out[name] = reader.seconds(value, name, 0, 3600)
         elif name == "extend_timeout_s":
             out[name] = reader.seconds(value, name, 1, 600)
-        elif name == "attestation_deadline_s":
+        elif name in ("attestation_deadline_s", "enforce_timeout_s"):
             out[name] = reader.seconds(value, name, 1, 3600)
         elif name == "record_ruleset":
             out[name] = reader.boolean(value, name)
