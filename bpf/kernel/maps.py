@@ -207,6 +207,11 @@ class ScopeTables:
         return "sha256:" + h.hexdigest()
 
 
+def _rule_flags(read_only: bool, owner_only: bool) -> int:
+    """A slot's narrowing flags (struct warden_rule_slot.flags)."""
+    return (RULE_READ_ONLY if read_only else 0) | (RULE_OWNER_ONLY if owner_only else 0)
+
+
 def _slot(alert: RuleAlert, action: Action, flags: int) -> bytes:
     return SLOT.pack(alert_id(alert), ACTION_CODES[action], flags, 0)
 
@@ -270,11 +275,11 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
 
     path_rules: list[tuple[int, str, PathKind, str | None, bytes, bool]] = []
     for f in ruleset.file:
-        flags = (RULE_READ_ONLY if f.read_only else 0) | (RULE_OWNER_ONLY if f.owner_only else 0)
+        flags = _rule_flags(f.read_only, f.owner_only)
         path_rules.append((CAT_FILE, f.path, f.kind, f.source, _slot(f.alert, f.action, flags), False))
         tables.alerts[alert_id(f.alert)] = f.alert
     for p in ruleset.process:
-        flags = RULE_OWNER_ONLY if p.owner_only else 0
+        flags = _rule_flags(False, p.owner_only)
         path_rules.append((CAT_PROCESS, p.path, p.kind, p.source, _slot(p.alert, p.action, flags), False))
         tables.alerts[alert_id(p.alert)] = p.alert
     for literal in (False, True):  # aliases first, so that literal rules overwrite them
@@ -325,10 +330,9 @@ def encode_scope(scope: int, ruleset: RuleSet, resolve: Resolver | None = None) 
                               (CAT_CAPABILITIES, ruleset.postures.capabilities)):
         postures[category] = POSTURE_CODES[posture] if posture is not None else 0
     # Patterns count too: a path too long for the kernel's pattern walk could match any of them.
-    pattern_slots = [(CAT_FILE, _slot(r.alert, r.action, (RULE_READ_ONLY if r.read_only else 0)
-                                      | (RULE_OWNER_ONLY if r.owner_only else 0)))
+    pattern_slots = [(CAT_FILE, _slot(r.alert, r.action, _rule_flags(r.read_only, r.owner_only)))
                      for r in ruleset.file_patterns]
-    pattern_slots += [(CAT_PROCESS, _slot(r.alert, r.action, RULE_OWNER_ONLY if r.owner_only else 0))
+    pattern_slots += [(CAT_PROCESS, _slot(r.alert, r.action, _rule_flags(False, r.owner_only)))
                       for r in ruleset.process_patterns]
     strict = [bytes(SLOT.size)] * 8
     for category in (CAT_FILE, CAT_PROCESS):
