@@ -18,7 +18,7 @@ FIXTURE_OBJ := $(patsubst tests/bpf/%.bpf.c,$(BPF_BUILD)/tests/%.bpf.o,$(wildcar
 	$(patsubst bench/bpf/%.bpf.c,$(BPF_BUILD)/bench/%.bpf.o,$(wildcard bench/bpf/*.bpf.c))
 CLANG_BPF := clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I$(BPF_BUILD)
 
-.PHONY: demo test bench lint setup host-deps bpf clean
+.PHONY: demo test bench lint setup host-deps bpf bytecode clean
 
 demo: setup
 	$(PY) -m tests.guest.demo
@@ -37,7 +37,13 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check supervisor trust attest bpf initdata tests $(wildcard bench)
 	$(VENV)/bin/mypy
 
-setup: host-deps $(VENV)/.installed bpf
+setup: host-deps $(VENV)/.installed bpf bytecode
+
+# The guest runs warden from this tree: byte-compiled here, as a packaged install would be, so that no
+# guest boot compiles warden's modules before READY (this machine sets PYTHONDONTWRITEBYTECODE).
+# compileall skips what is up to date.
+bytecode: $(VENV)/.installed
+	$(PY) -m compileall -q -j0 supervisor trust attest bpf initdata tests bench
 
 # Always run: the script checks each package with dpkg-query and returns at once when all are there.
 host-deps:

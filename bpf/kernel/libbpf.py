@@ -4,9 +4,10 @@ Only what warden needs: open and load CO-RE objects, attach programs, pin and re
 maps, operate on maps by fd, poll ring buffers, and read kernel object info (ids, tags).
 
 Every libbpf failure becomes a `BpfError` carrying the errno and what libbpf printed while the
-call ran (the verifier log included). libbpf reports through a process-wide print hook; each call
-installs our capturing hook for its own duration and restores the previous one, so this module
-keeps no global state of its own.
+call ran (the verifier log included). libbpf reports through one process-wide print hook: this
+module installs its own once and never swaps it, so that objects can be loaded from several threads
+at once (the verifier is most of warden's start); what libbpf prints goes to the list of the thread
+whose call is running, and is dropped outside a call.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import errno as errno_mod
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,40 +77,60 @@ class LinkInfo:
     prog_id: int
 
 
+class _PrintCapture:
+    """libbpf's process-wide print hook, installed once: each thread's messages go to its own list."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        self._libc.vsnprintf.restype = ctypes.c_int
+        self._local = threading.local()
+        self.hook = _PRINT_FN(self._on_print)  # kept referenced: libbpf holds the C pointer
+
+    def _on_print(self, level: int, fmt: bytes | None, va_list: int | None) -> int:
+        lines: list[str] | None = getattr(self._local, "lines", None)
+        if level == _LIBBPF_DEBUG or fmt is None or lines is None:
+            return 0
+        buf = ctypes.create_string_buffer(4096)
+        self._libc.vsnprintf(buf, len(buf), fmt, va_list)
+        lines.append(buf.value.decode(errors="replace"))
+        return 0
+
+    @contextmanager
+    def lines(self) -> Iterator[list[str]]:
+        lines: list[str] = []
+        self._local.lines = lines
+        try:
+            yield lines
+        finally:
+            self._local.lines = None
+
+
+_capture_lock = threading.Lock()
+_capture: _PrintCapture | None = None
+
+
+def _print_capture(lib: ctypes.CDLL) -> _PrintCapture:
+    global _capture
+    with _capture_lock:
+        if _capture is None:
+            _capture = _PrintCapture()
+            lib.libbpf_set_print(_capture.hook)
+        return _capture
+
+
 class Libbpf:
     """The loaded `libbpf.so.1` with typed signatures. Cheap to create; holds no kernel objects."""
 
     def __init__(self, soname: str = LIBBPF_SONAME) -> None:
         self._lib = ctypes.CDLL(soname, use_errno=True)
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
-        self._libc.vsnprintf.restype = ctypes.c_int
-        self._local = threading.local()
-        self._print_hook = _PRINT_FN(self._on_print)
         self._declare()
+        self._capture = _print_capture(self._lib)
 
     # -- message capture ---------------------------------------------------------------------
 
-    def _on_print(self, level: int, fmt: bytes | None, va_list: int | None) -> int:
-        if level == _LIBBPF_DEBUG or fmt is None:
-            return 0
-        buf = ctypes.create_string_buffer(4096)
-        self._libc.vsnprintf(buf, len(buf), fmt, va_list)
-        lines: list[str] | None = getattr(self._local, "lines", None)
-        if lines is not None:
-            lines.append(buf.value.decode(errors="replace"))
-        return 0
-
-    @contextmanager
-    def _captured(self) -> Iterator[list[str]]:
-        lines: list[str] = []
-        self._local.lines = lines
-        previous = self._lib.libbpf_set_print(self._print_hook)
-        try:
-            yield lines
-        finally:
-            self._lib.libbpf_set_print(previous)
-            self._local.lines = None
+    def _captured(self) -> AbstractContextManager[list[str]]:
+        return self._capture.lines()
 
     def call_int(self, operation: str, fn: Callable[..., int], *args: object) -> int:
         """Call a libbpf function returning 0/positive or -errno."""
@@ -144,6 +165,8 @@ class Libbpf:
             "bpf_program__name": ([vp], cp),
             "bpf_program__section_name": ([vp], cp),
             "bpf_program__fd": ([vp], ci),
+            "bpf_program__autoload": ([vp], ctypes.c_bool),
+            "bpf_program__set_autoload": ([vp, ctypes.c_bool], ci),
             "bpf_program__attach": ([vp], vp),
             "bpf_map__fd": ([vp], ci),
             "bpf_map__pin": ([vp, cp], ci),
@@ -452,15 +475,23 @@ class BpfObject:
             raise BpfError(f"object {self.path}", errno_mod.EBADF, "object already closed")
         return self._ptr
 
-    def load(self) -> None:
+    def load(self, *, maps_only: bool = False) -> None:
+        """Create the object's maps and load its programs; `maps_only`: the maps alone (no program is
+        loaded, and `programs()` is then empty)."""
+        if maps_only:
+            for prog in self.programs():
+                self.lib.call_int(f"bpf_program__set_autoload({prog.name})", self.lib.bpf_program__set_autoload,
+                                  prog.ptr, False)
         self.lib.call_int(f"bpf_object__load({self.path.name})", self.lib.bpf_object__load, self._require())
         self.loaded = True
 
     def programs(self) -> list[Program]:
+        """The object's programs; once loaded, only those that were."""
         result = []
         prog = self.lib.bpf_object__next_program(self._require(), None)
         while prog:
-            result.append(self._program(prog))
+            if not self.loaded or self.lib.bpf_program__autoload(prog):
+                result.append(self._program(prog))
             prog = self.lib.bpf_object__next_program(self._require(), prog)
         return result
 
