@@ -21,11 +21,11 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from bpf.kernel import maps, patterns
 from bpf.kernel.errors import EngineLoadError, EngineRuleError, EngineStateError, one_line
@@ -39,6 +39,8 @@ from bpf.kernel.sync import prune_sources, sync_scopes, write_meta
 from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, PodUnionScope, Postures, compile
 from bpf.policy.model import Policy, PolicyError
 from bpf.policy.ruleset import RuleSet
+
+_T = TypeVar("_T")
 
 OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard", "scope_guard")
 DEFAULT_POSTURES: Final = Postures()
@@ -420,9 +422,11 @@ class Engine:
         sc = ScopeRecord(scope_id, name, kind, dict(labels), pid_ns, mnt_ns, identity.container_id,
                          identity.pod, identity.namespace)
         tables = self._compile(Manifest(scopes={scope_id: sc}))[scope_id].tables
-        with self._open_maps() as handles:
-            if pid is not None:
-                _refuse_rescoping(handles["warden_task_scope"], pid, scope_id)
+        with self._open_maps() as handles, contextlib.ExitStack() as held:
+            task = None if pid is None else held.enter_context(
+                _ContainerTask(handles["warden_task_scope"], pid, pid_ns, mnt_ns))
+            if task is not None:
+                task.refuse_rescoping(scope_id)  # before anything is written
             pattern_tables = [tables.patterns] if tables.patterns is not None else []
             patterns.write_patterns(handles, pattern_tables)
             sync_scopes(handles, [tables], [scope_id])
@@ -433,8 +437,8 @@ class Engine:
             handles["warden_meta"].update(maps.meta_key(f"rs/{scope_id}"), maps.digest_bytes(sc.ruleset_digest))
             self.manifest_file.write(manifest)
             handles["warden_ctrs"].update(maps.ns_key(pid_ns, mnt_ns), maps.SCOPE_ID.pack(scope_id))
-            if pid is not None:
-                _record_task_scope(handles["warden_task_scope"], pid, pid_ns, mnt_ns, scope_id)
+            if task is not None:
+                task.record(scope_id)
         return sc.ruleset_digest
 
     def unregister_container(self, pid_ns: int, mnt_ns: int) -> None:
@@ -514,48 +518,63 @@ class Engine:
             return removed
 
 
-def _refuse_rescoping(handle: MapHandle, pid: int, scope_id: int) -> None:
-    """A task that already holds a container's scope keeps it: a process of one container that made itself
-    fresh namespaces is never handed another (weaker) container's rules by a registration. Checked before
-    the registration writes anything."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError as exc:
-        raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
-    try:
-        held = handle.lookup(maps.PIDFD_KEY.pack(pidfd))
-    except BpfError as exc:
-        raise EngineStateError(f"register: pid {pid}: task scope: {one_line(exc)}") from None
-    finally:
-        os.close(pidfd)
-    held_scope = maps.TASK_SCOPE.unpack(held)[0] if held else 0
-    if held_scope >= maps.SCOPE_FIRST_CONTAINER and held_scope != scope_id:
-        raise EngineStateError(f"register: pid {pid} already belongs to container scope {held_scope}; "
-                               "a container's process is never given another container's scope")
+class _ContainerTask:
+    """A container's first process, held by one pidfd for the whole registration: its task storage entry
+    (warden_task_scope, keyed by pidfd from user space) is read before anything is written and set
+    last, on the same task whatever happens to its pid in between."""
 
+    def __init__(self, handle: MapHandle, pid: int, pid_ns: int, mnt_ns: int) -> None:
+        self._handle = handle
+        self.pid = pid
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
+        try:
+            # After the pidfd is open: a pid reused before it was is refused here, never given the scope.
+            found = tuple(os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in ("pid", "mnt"))
+            if found != (pid_ns, mnt_ns):
+                raise EngineStateError(f"register: pid {pid} is in namespaces {found}, not ({pid_ns}, {mnt_ns})")
+            held = self._call(self._handle.lookup, maps.PIDFD_KEY.pack(self._pidfd))
+            self._scope = maps.TASK_SCOPE.unpack(held)[0] if held else 0
+        except OSError as exc:
+            self.close()
+            raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
+        except EngineStateError:
+            self.close()
+            raise
 
-def _record_task_scope(handle: MapHandle, pid: int, pid_ns: int, mnt_ns: int, scope_id: int) -> None:
-    """Record `scope_id` in the task storage of process `pid`, through a pidfd (the map's key from user
-    space). The namespaces are checked after the pidfd is open, so a pid reused meanwhile is refused,
-    never given the scope."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError as exc:
-        raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
-    try:
-        found = tuple(os.stat(f"/proc/{pid}/ns/{kind}").st_ino for kind in ("pid", "mnt"))
-        if found != (pid_ns, mnt_ns):
-            raise EngineStateError(f"register: pid {pid} is in namespaces {found}, not ({pid_ns}, {mnt_ns})")
-        key = maps.PIDFD_KEY.pack(pidfd)
-        known = handle.lookup(key)  # keep the task's flags (it may have exec'd the container's code already)
+    def __enter__(self) -> _ContainerTask:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _call(self, fn: Callable[..., _T], *args: bytes) -> _T:
+        try:
+            return fn(*args)
+        except BpfError as exc:
+            raise EngineStateError(f"register: pid {self.pid}: task scope: {one_line(exc)}") from None
+
+    def refuse_rescoping(self, scope_id: int) -> None:
+        """A task that already holds a container's scope keeps it: a process of one container that made
+        itself fresh namespaces is never handed another (weaker) container's rules by a registration."""
+        if self._scope >= maps.SCOPE_FIRST_CONTAINER and self._scope != scope_id:
+            raise EngineStateError(f"register: pid {self.pid} already belongs to container scope {self._scope}; "
+                                   "a container's process is never given another container's scope")
+
+    def record(self, scope_id: int) -> None:
+        """Give the task `scope_id`, keeping its flags as they are now (it may have exec'd the container's
+        code since the registration began); every child it forks from now on inherits it (task_alloc)."""
+        key = maps.PIDFD_KEY.pack(self._pidfd)
+        known = self._call(self._handle.lookup, key)
         flags = maps.TASK_SCOPE.unpack(known)[1] if known else 0
-        handle.update(key, maps.TASK_SCOPE.pack(scope_id, flags))
-    except OSError as exc:
-        raise EngineStateError(f"register: pid {pid}: {exc.strerror}") from None
-    except BpfError as exc:
-        raise EngineStateError(f"register: pid {pid}: task scope: {one_line(exc)}") from None
-    finally:
-        os.close(pidfd)
+        self._call(self._handle.update, key, maps.TASK_SCOPE.pack(scope_id, flags))
 
 
 def _verifier_reason(log: str) -> str:
