@@ -192,6 +192,8 @@ MIRRORED_ENUMS: dict[str, dict[str, int]] = {
         "ATTACK_PROTECTED_WRITE": _ATTACK_BY_NAME["protected-write"],
         "ATTACK_CGROUP_JOIN": _ATTACK_BY_NAME["cgroup-join"],
         "ATTACK_RLIMIT": _ATTACK_BY_NAME["rlimit"],
+        "ATTACK_SCHED": _ATTACK_BY_NAME["scheduling"],
+        "ATTACK_CGROUP_CONTROL": _ATTACK_BY_NAME["cgroup-control"],
     },
 }
 

@@ -50,6 +50,8 @@ ATTACKS: Final = {
     7: "protected-write",
     8: "cgroup-join",
     9: "rlimit",
+    10: "scheduling",
+    11: "cgroup-control",
 }
 
 

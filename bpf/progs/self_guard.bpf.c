@@ -199,6 +199,24 @@ static __always_inline bool under_pin_dir(struct dentry *dentry, struct self_con
 	return false;
 }
 
+/* Is `dir` warden's parent cgroup (system.slice: a directory right under the cgroup2 root)? */
+static __always_inline bool is_parent_cgroup_dir(struct dentry *dir, struct self_config *cfg)
+{
+	struct dentry *up = BPF_CORE_READ(dir, d_parent);
+
+	return up && BPF_CORE_READ(up, d_parent) == up &&
+	       name_is((const char *)BPF_CORE_READ(dir, d_name.name), cfg->parent_cgroup);
+}
+
+/* Is `dir` warden's unit cgroup (system.slice/warden.service)? */
+static __always_inline bool is_unit_cgroup_dir(struct dentry *dir, struct self_config *cfg)
+{
+	struct dentry *up = BPF_CORE_READ(dir, d_parent);
+
+	return up && name_is((const char *)BPF_CORE_READ(dir, d_name.name), cfg->unit_cgroup) &&
+	       is_parent_cgroup_dir(up, cfg);
+}
+
 /* A file inside the warden unit's cgroup directory (cgroup.procs, cgroup.threads, ...). */
 static __always_inline bool in_warden_cgroup_dir(struct dentry *dentry, struct self_config *cfg)
 {
@@ -208,6 +226,21 @@ static __always_inline bool in_warden_cgroup_dir(struct dentry *dentry, struct s
 		return false;
 	dir = BPF_CORE_READ(dentry, d_parent);
 	return dir && name_is((const char *)BPF_CORE_READ(dir, d_name.name), cfg->unit_cgroup);
+}
+
+/* A control file of warden's parent cgroup itself (system.slice/cgroup.kill, cgroup.freeze,
+ * memory.max, pids.max, cgroup.subtree_control, ...): each reaches warden's tasks with no hook of
+ * its own (cgroup.kill signals without task_kill; freezing stops it; a memory limit gets it
+ * OOM-killed; taking the cpuset or memory controller away drops its own limits). Only systemd
+ * writes them. */
+static __always_inline bool is_parent_cgroup_control(struct dentry *dentry, struct self_config *cfg)
+{
+	struct dentry *dir;
+
+	if (BPF_CORE_READ(dentry, d_sb, s_magic) != CGROUP2_SUPER_MAGIC)
+		return false;
+	dir = BPF_CORE_READ(dentry, d_parent);
+	return dir && is_parent_cgroup_dir(dir, cfg);
 }
 
 /* The common check for every hook that changes a file or directory entry. */
@@ -272,6 +305,43 @@ int BPF_PROG(self_setrlimit, struct task_struct *p, unsigned int resource, struc
 	return -EPERM;
 }
 
+/* SCHED_IDLE, nice 19, the lowest I/O class or a one-CPU affinity starve warden until its watchdog
+ * expires: a stop without a signal. (sched_setaffinity and cpuset's migration check ask
+ * task_setscheduler too.) */
+static __always_inline int guard_sched(struct task_struct *p, __s32 detail)
+{
+	struct self_config *cfg = self_cfg();
+
+	if (!cfg || !cfg->unit_cgroup[0] || current_is_trusted(cfg) || !task_is_warden(p, cfg))
+		return 0;
+	report(ATTACK_SCHED, BPF_CORE_READ(p, tgid), detail, 0);
+	return -EPERM;
+}
+
+SEC("lsm/task_setscheduler")
+int BPF_PROG(self_setscheduler, struct task_struct *p, int ret)
+{
+	if (ret)
+		return ret;
+	return guard_sched(p, 0);
+}
+
+SEC("lsm/task_setnice")
+int BPF_PROG(self_setnice, struct task_struct *p, int nice, int ret)
+{
+	if (ret)
+		return ret;
+	return guard_sched(p, nice);
+}
+
+SEC("lsm/task_setioprio")
+int BPF_PROG(self_setioprio, struct task_struct *p, int ioprio, int ret)
+{
+	if (ret)
+		return ret;
+	return guard_sched(p, ioprio);
+}
+
 SEC("lsm/ptrace_access_check")
 int BPF_PROG(self_ptrace, struct task_struct *child, unsigned int mode, int ret)
 {
@@ -325,6 +395,10 @@ int BPF_PROG(self_file_open, struct file *file, int ret)
 		report(ATTACK_CGROUP_JOIN, 0, 0, BPF_CORE_READ(dentry, d_name.name));
 		return -EPERM;
 	}
+	if (is_parent_cgroup_control(dentry, cfg)) {
+		report(ATTACK_CGROUP_CONTROL, 0, 0, BPF_CORE_READ(dentry, d_name.name));
+		return -EPERM;
+	}
 	return guard_change(dentry, cfg);
 }
 
@@ -349,9 +423,12 @@ int BPF_PROG(self_path_mkdir, const struct path *dir, struct dentry *dentry, umo
 
 	GUARD_PROLOGUE(ret);
 	parent = BPF_CORE_READ(dir, dentry);
-	/* Nobody but PID 1 may create the unit cgroup: it is warden's identity. */
+	/* Nobody but PID 1 may create the unit cgroup: it is warden's identity. Nor a cgroup inside
+	 * it: a task moved there (its cgroup.procs is not in warden's directory) would leave the
+	 * identity behind, and its new cgroup's cgroup.kill would reach it without task_kill. */
 	if (BPF_CORE_READ(parent, d_sb, s_magic) == CGROUP2_SUPER_MAGIC &&
-	    name_is((const char *)BPF_CORE_READ(dentry, d_name.name), cfg->unit_cgroup)) {
+	    (name_is((const char *)BPF_CORE_READ(dentry, d_name.name), cfg->unit_cgroup) ||
+	     is_unit_cgroup_dir(parent, cfg))) {
 		report(ATTACK_CGROUP_JOIN, 0, 0, BPF_CORE_READ(dentry, d_name.name));
 		return -EPERM;
 	}

@@ -24,6 +24,8 @@ enum self_attack {
 	ATTACK_PROTECTED_WRITE = 7,
 	ATTACK_CGROUP_JOIN = 8,
 	ATTACK_RLIMIT = 9,
+	ATTACK_SCHED = 10,          /* scheduling policy, priority, affinity or I/O priority of warden */
+	ATTACK_CGROUP_CONTROL = 11, /* a control file of warden's parent cgroup (kill, freeze, limits) */
 };
 
 /* self_config[0]: warden's identity and its pin directory, written when self-protection is armed. */

@@ -59,6 +59,7 @@ class Warden:
     agent: int
     self_links: dict[str, int]
     self_maps: dict[str, int]
+    engine_config_update: str  # `bpftool map update` arguments that would zero warden_config's key 0
 
 
 def current_warden(guest: GuestVM) -> Warden:
@@ -68,7 +69,10 @@ def current_warden(guest: GuestVM) -> Warden:
     engine = warden_status(guest, ready=True)["engine"]
     assert isinstance(engine, dict), engine
     protection = engine["self_protection"]
-    return Warden(supervisor, agent, dict(protection["links"]), dict(protection["maps"]))
+    config = engine["maps"]["warden_config"]  # the host's mount namespace: zeroed, the host scope is lost
+    update = (f"id {config['id']} key {' '.join(['0'] * config['key_size'])} "
+              f"value {' '.join(['0'] * config['value_size'])}")
+    return Warden(supervisor, agent, dict(protection["links"]), dict(protection["maps"]), update)
 
 
 def agent_pid(guest: GuestVM, supervisor: int) -> int:
@@ -92,6 +96,8 @@ def alerts(guest: GuestVM) -> list[dict[str, object]]:
 # In a pid-namespaced container warden's processes are not even visible (ESRCH).
 IN_CONTAINER = "unshare --mount --uts --ipc --net --fork /bin/bash -c {script}"
 RAW_SOCKET = "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)'"
+SLICE = "/sys/fs/cgroup/system.slice"
+OWN_CGROUP = "mkdir -p /sys/fs/cgroup/attacker && echo $$ > /sys/fs/cgroup/attacker/cgroup.procs"
 
 # (name, command template, what the alert must show: self-protection Operation or a seed PolicyName,
 #  whether the attack applies to root in the VM too: the seed's policies select containers only)
@@ -115,6 +121,7 @@ ATTACKS = [
     ("bpf(BPF_OBJ_GET) on a pin", f"bpftool link show pinned {PINS}/self/links/self_task_kill", "pin-change", True),
     ("map update by id", "bpftool map update id {config_map} key 0 0 0 0 value " + " ".join(["0"] * 192),
      "map-write", True),
+    ("engine map update by id", "bpftool map update {engine_config_update}", "map-write", True),
     ("rm pins", f"rm -rf {PINS}", "pin-change", True),
     ("umount bpffs", "umount /sys/fs/bpf", "bpffs-mount", True),
     ("mount over bpffs", "mount -t tmpfs none /sys/fs/bpf", "bpffs-mount", True),
@@ -129,6 +136,15 @@ ATTACKS = [
      "b'\\x01\\x00\\x00\\x02' + (1 << 13).to_bytes(4, 'little') + bytes(12))\"", "protected-write", True),
     ("join the warden cgroup",
      "echo $$ > /sys/fs/cgroup/system.slice/warden.service/cgroup.procs", "cgroup-join", True),
+    ("a cgroup inside warden's", "mkdir /sys/fs/cgroup/system.slice/warden.service/x", "cgroup-join", True),
+    # From a cgroup of its own: were it allowed, the freeze would stop the test agent too (system.slice).
+    ("freeze warden's parent cgroup", f"{OWN_CGROUP} && echo 1 > {SLICE}/cgroup.freeze; rc=$?; "
+     f"echo 0 > {SLICE}/cgroup.freeze 2>/dev/null; exit $rc", "cgroup-control", True),
+    ("a limit on warden's parent cgroup", f"echo max > {SLICE}/pids.max", "cgroup-control", True),
+    ("renice the supervisor", "renice -n 19 -p {supervisor}", "scheduling", True),
+    ("SCHED_IDLE for the agent", "chrt -i -p 0 {agent}", "scheduling", True),
+    ("idle I/O class for the supervisor", "ionice -c 3 -p {supervisor}", "scheduling", True),
+    ("pin the agent to one CPU", "taskset -p 1 {agent}", "scheduling", True),
     ("write /bin", "touch /bin/evil", "file-integrity-monitoring", False),
     ("open a raw socket", RAW_SOCKET, "net-raw-block", False),
     # issue 14: readOnly covers metadata, and raw covers packet sockets (test_hook_bypasses has them all)
@@ -157,7 +173,8 @@ def alerted(new: list[dict[str, object]], expected: str) -> bool:
 @pytest.mark.parametrize("container", [False, True], ids=["vm-root", "container-root"])
 def test_every_attack_is_denied_and_alerted(guest: GuestVM, warden: Warden, container: bool) -> None:
     values = {"supervisor": warden.supervisor, "agent": warden.agent, "venv": f"{REPO_ROOT}/.venv",
-              "link": warden.self_links["self_task_kill"], "config_map": warden.self_maps["self_config"]}
+              "link": warden.self_links["self_task_kill"], "config_map": warden.self_maps["self_config"],
+              "engine_config_update": warden.engine_config_update}
     table = []
     for name, template, expected, in_vm in ATTACKS:
         if not (container or in_vm):
@@ -192,7 +209,27 @@ def test_after_the_attacks_the_seed_proof_of_concept_still_holds(guest: GuestVM,
                                     for outcome in result.values()), result
 
 
+def test_moving_the_supervisor_out_of_its_cgroup_costs_a_restart_never_enforcement(
+        guest: GuestVM, warden: Warden) -> None:
+    """Not stopped on 6.1 (threat-model.md, section 7): no LSM hook sees which task a cgroup.procs write
+    moves. Moved out, the supervisor is no longer warden: its own self-protection refuses it the pins,
+    its health check fails, the watchdog is withheld and systemd replaces it; the new one adopts."""
+    links = lsm_link_ids(guest)
+    before = show(guest, "NRestarts")["NRestarts"]
+    moved = guest.run(f"{OWN_CGROUP.replace('attacker', 'elsewhere')} && echo {warden.supervisor} > "
+                      "/sys/fs/cgroup/elsewhere/cgroup.procs")
+    assert moved.returncode == 0, moved
+    wait_until("a new supervisor", lambda: show(guest, "NRestarts")["NRestarts"] != before, 120, guest)
+    wait_until("warden.service READY", lambda: is_ready(guest), 300, guest)
+    assert lsm_link_ids(guest) == links  # enforcement never left: the same kernel links
+    status = warden_status(guest, ready=True)
+    assert status["enforcement"]["adopted"] is True  # type: ignore[index]
+    result = run_checks(guest, "mysql", {"app": "mysql"})
+    assert all(outcome.startswith("denied") for outcome in result.values()), result
+
+
 def test_pid1_still_stops_and_restarts_the_service_and_the_new_one_adopts(guest: GuestVM, warden: Warden) -> None:
+    warden = current_warden(guest)  # the supervisor the previous test's restart started
     links = lsm_link_ids(guest)
     guest.run("systemctl stop warden.service", check=True)
     assert guest.run(f"test -d /proc/{warden.supervisor}").returncode != 0
