@@ -1,8 +1,9 @@
 """The BPF-LSM enforcement engine's verbs: load, adopt, sync, attach (upgrade) and tear down warden's objects.
 
 Lifecycle (Tetragon's sensor steps, with pins that always outlive the process):
-- load: open the CO-RE objects (file_guard, exec_guard, net_guard, cap_guard, scope_guard); the first creates the
-  shared maps, the others reuse them; fill the maps; only then attach the programs and pin their links.
+- load: create and pin the shared maps (the first object's maps alone), then load the CO-RE objects (file_guard,
+  exec_guard, net_guard, cap_guard, scope_guard) in parallel, each reusing them; fill the maps; only then attach
+  the programs and pin their links.
 - adopt: when the pinned links run the programs of the shipped objects (object digest in the link pin
   directory, program tags equal to those recorded at load), nothing is detached or reloaded; only the map
   contents are synced to the new RuleSets, additions before removals, so no rule is ever missing.
