@@ -57,9 +57,9 @@ from initdata.errors import ConfigError, GateError
 from initdata.keys import DEFAULT_TRUST_DIR
 from initdata.rollback import parse_kbs_uri
 from supervisor.control import DEFAULT_ALLOWED_CGROUPS
+from supervisor.locations import DEFAULT_CONFIG_PATH
 from trust.rules import GateRules, TrustMode
 
-DEFAULT_CONFIG_PATH = Path("/etc/warden/warden.yaml")
 MAX_CONFIG_BYTES = 64 * 1024
 POSTURE_VALUES = ("allow", "audit", "block")
 DEFAULT_STATE_DIR = Path("/run/warden")

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import trust
-from bpf.kernel.engine import OBJECTS, ContainerIdentity, Engine, EngineReport
+from bpf.kernel.engine import ContainerIdentity, Engine, EngineReport
 from bpf.kernel.errors import EngineError
 from bpf.kernel.libbpf import BpfError
+from bpf.kernel.loading import OBJECTS, Preload
 from bpf.kernel.objects import ObjectNotFound, object_digest, object_dir, object_path
 from bpf.kernel.self_protect import SelfGuard, SelfGuardReport, SelfProtectionConfig, SelfProtectionError
 from bpf.policy.compiler import Postures
@@ -124,9 +125,9 @@ def protected_paths() -> tuple[Path, ...]:
 
 
 class Enforcement:
-    def __init__(self, pin_dir: Path, state_dir: Path) -> None:
+    def __init__(self, pin_dir: Path, state_dir: Path, preload: Preload | None = None) -> None:
         self.pin_dir = pin_dir
-        self.engine = Engine(pin_dir=pin_dir, state_dir=state_dir)
+        self.engine = Engine(pin_dir=pin_dir, state_dir=state_dir, preload=preload)
         self._guard: SelfGuard | None = None
         self._guard_report: SelfGuardReport | None = None
 

@@ -23,7 +23,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
@@ -32,6 +31,7 @@ from bpf.kernel import maps, patterns
 from bpf.kernel.errors import EngineLoadError, EngineRuleError, EngineStateError, one_line
 from bpf.kernel.events import Alert, EventContext, ScopeInfo, decode_event
 from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, Link, MapHandle, MapSet, RingBuffer
+from bpf.kernel.loading import OBJECTS, Preload, load_in_parallel, load_object
 from bpf.kernel.manifest import DEFAULT_STATE_DIR, Manifest, ManifestFile, ScopeRecord
 from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
 from bpf.kernel.pins import DEFAULT_PIN_DIR, EnginePins, ensure_bpffs
@@ -43,17 +43,11 @@ from bpf.policy.ruleset import RuleSet
 
 _T = TypeVar("_T")
 
-OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard", "scope_guard")
 DEFAULT_POSTURES: Final = Postures()
 # Registered-container scope kinds (ScopeRecord.kind); trust.identity decides which one a container gets.
 CONTAINER_UNION: Final = "container-union"  # name not in the signed pod: every policy its labels could meet
 CONTAINER_UNION_ALL: Final = "container-union-all"  # no signed pod: every container policy
 CONTAINER_KINDS: Final = frozenset({"container", CONTAINER_UNION, CONTAINER_UNION_ALL})
-
-
-def _load_workers() -> int:
-    """Threads that run the verifier at once: one per CPU this process may run on."""
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -132,7 +126,9 @@ class Engine:
     """warden's enforcement, pinned under `pin_dir`, recorded in `state_dir`."""
 
     def __init__(self, pin_dir: Path = DEFAULT_PIN_DIR, state_dir: Path = DEFAULT_STATE_DIR,
-                 lib: Libbpf | None = None) -> None:
+                 lib: Libbpf | None = None, preload: Preload | None = None) -> None:
+        """`preload`: the shipped objects, being loaded since the process started; the first fresh load
+        takes them (any other load releases them)."""
         self.pin_dir = pin_dir
         self.state_dir = state_dir
         self.pins = EnginePins(pin_dir)
@@ -143,6 +139,7 @@ class Engine:
         self._host_postures = Postures()
         self._node_labels: Mapping[str, str] | None = None
         self._have_policies = False
+        self._preload = preload
 
     @property
     def lib(self) -> Libbpf:
@@ -290,44 +287,29 @@ class Engine:
 
     def _load(self, to_load: Sequence[str], shipped: Mapping[str, _Shipped], *, fresh: bool,
               stack: contextlib.ExitStack) -> tuple[MapSet, dict[str, BpfObject]]:
-        """Load the objects `to_load` into the kernel, reusing the pinned maps; when `fresh`, the maps are
-        created first (the first object's maps, with none of its programs) and pinned. Everything opened
-        here is closed by `stack`.
-
-        The verifier is most of warden's start (tens of seconds under TCG) and runs in the loading
-        thread, with the GIL released: the objects load in parallel, one thread per CPU, largest first
-        (OBJECTS' order)."""
+        """Load the objects `to_load` into the kernel (bpf.kernel.loading), reusing the pinned maps; when
+        `fresh`, the maps are created first and pinned, or taken with the objects from a preload of the
+        shipped objects. Everything opened here is closed by `stack`."""
+        preload, self._preload = self._preload, None
+        taken = preload.take({name: s.digest for name, s in shipped.items()}) if preload and fresh else None
+        if preload is not None and taken is None:
+            preload.close()
+        if taken is not None:
+            stack.callback(taken.close)
         if fresh:
-            with self._load_object(OBJECTS[0], shipped[OBJECTS[0]].path, None, maps_only=True) as maps_only:
-                try:
-                    self.pins.pin_maps(maps_only)
-                except BpfError as exc:
-                    raise EngineLoadError(f"pin maps: {one_line(exc)}") from None
+            maps_owner = taken.maps_owner if taken is not None else stack.enter_context(
+                load_object(self.lib, OBJECTS[0], shipped[OBJECTS[0]].path, None, maps_only=True))
+            try:
+                self.pins.pin_maps(maps_owner)
+            except BpfError as exc:
+                raise EngineLoadError(f"pin maps: {one_line(exc)}") from None
         handles = stack.enter_context(self._open_maps())
-        loaded: dict[str, BpfObject] = {}
-        failures: list[Exception] = []
-        with ThreadPoolExecutor(max_workers=_load_workers(), thread_name_prefix="warden-load") as pool:
-            futures = {name: pool.submit(self._load_object, name, shipped[name].path, handles) for name in to_load}
-            for name, future in futures.items():  # every one waited for: what did load is closed by `stack`
-                try:
-                    loaded[name] = stack.enter_context(future.result())
-                except Exception as exc:  # re-raised below, once all have finished
-                    failures.append(exc)
-        if failures:
-            raise failures[0]
+        if taken is not None:
+            return handles, taken.objects
+        loaded = load_in_parallel(self.lib, {name: shipped[name].path for name in to_load}, handles)
+        for obj in loaded.values():
+            stack.callback(obj.close)
         return handles, loaded
-
-    def _load_object(self, name: str, path: Path, handles: Mapping[str, MapHandle] | None, *,
-                     maps_only: bool = False) -> BpfObject:
-        obj = BpfObject(self.lib, path)
-        try:
-            for map_name, handle in (handles or {}).items():
-                obj.reuse_map(map_name, handle.fd)
-            obj.load(maps_only=maps_only)
-        except BpfError as exc:
-            obj.close()
-            raise EngineLoadError(f"{name}: load failed: {one_line(exc)}{_verifier_reason(exc.libbpf_log)}") from None
-        return obj
 
     # -- sync ----------------------------------------------------------------------------------
 
@@ -578,11 +560,4 @@ class _ContainerTask:
         self._call(self._handle.update, key, maps.TASK_SCOPE.pack(scope_id, flags))
 
 
-def _verifier_reason(log: str) -> str:
-    """The verifier's own complaint (the lines before "processed N insns"), if the log has one."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.startswith("processed ") and "insns" in line:
-            return " (verifier: " + "; ".join(lines[max(0, i - 2) : i]) + ")"
-    return ""
 

@@ -6,12 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from initdata.errors import GateError
-from supervisor.config import DEFAULT_CONFIG_PATH, load_config
-from supervisor.daemon import Supervisor, configure_logging
+from bpf.kernel.loading import Preload
+from bpf.kernel.pins import DEFAULT_PIN_DIR
 from supervisor.exit_codes import EXIT_FAILURE, EXIT_OK
-from supervisor.notify import Notifier
-from supervisor.prerequisites import check_prerequisites
+from supervisor.locations import DEFAULT_CONFIG_PATH
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +27,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_supervisor(args: argparse.Namespace) -> int:
+    # The verifier's load of the engine objects is most of a start: it begins here, in the kernel, while
+    # Python imports the gate, the compiler and the daemon below (imported here, not at the top, for
+    # that reason). Nothing is attached before the gate has decided; a restart that adopts pins loads
+    # nothing (bpf.kernel.loading).
+    preload = None if args.check_config else Preload(DEFAULT_PIN_DIR)
+    from initdata.errors import GateError
+    from supervisor.config import load_config
+    from supervisor.daemon import Supervisor, configure_logging
+    from supervisor.enforcement import Enforcement
+    from supervisor.notify import Notifier
+    from supervisor.prerequisites import check_prerequisites
+
     configure_logging(args.debug)
     notifier = None if args.check_config else Notifier()
     try:
@@ -47,4 +57,5 @@ def run_supervisor(args: argparse.Namespace) -> int:
             print(f"warden: {config.origin}: configuration valid; bpffs, securityfs and BPF LSM present")
         return EXIT_FAILURE if problems else EXIT_OK
     assert notifier is not None
-    return Supervisor(config, notifier=notifier).run()
+    return Supervisor(config, notifier=notifier,
+                      engine_factory=lambda pin_dir, state_dir: Enforcement(pin_dir, state_dir, preload)).run()

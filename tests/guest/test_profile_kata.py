@@ -55,6 +55,8 @@ class TestAcceptedGate:
         # found it by its magic and made its own copy: the same bytes, the same digest.
         warden_log = pod.journal(guest, "warden.service", 200)
         assert "initdata: /dev/disk/by-id/virtio-initdata " in warden_log, warden_log
+        # The verifier ran while the supervisor started (bpf.kernel.loading.Preload): nothing loaded twice.
+        assert "engine objects taken from the preload" in warden_log, warden_log
         assert f"initdata from {disk} written" in pod.journal(guest, "kata-agent.service")
         copy = guest.run("sha256sum /run/confidential-containers/initdata/initdata.toml", check=True).stdout.split()[0]
         assert f"sha256 {copy})" in warden_log, (copy, warden_log)

@@ -1,0 +1,157 @@
+"""Loading warden's engine objects into the kernel (not attaching them): the slow part of a start.
+
+The verifier is most of warden's start (tens of seconds under TCG): it runs in the loading thread,
+with the GIL released, so the objects load in parallel, one thread per CPU, against one set of maps
+that a maps-only load of the first object creates. `Preload` starts that work before the supervisor
+has imported the rest of itself or run its gate, so the kernel verifies while Python starts; the
+engine takes the loaded objects only if they are the shipped ones and it is loading afresh, and
+attaches nothing before the gate has decided (bpf.kernel.engine). This module imports only libbpf's
+binding and the object paths, so that it can run first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+from bpf.kernel.errors import EngineLoadError, one_line
+from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, MapHandle
+from bpf.kernel.objects import object_digest, object_path
+from bpf.kernel.pins import EVENTS_MAP, SHARED_MAPS
+
+# Largest first: the parallel load finishes soonest when the longest verification starts first.
+OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard", "scope_guard")
+
+log = logging.getLogger("warden.engine")
+
+
+def load_workers() -> int:
+    """Threads that run the verifier at once: one per CPU this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def verifier_reason(libbpf_log: str) -> str:
+    """The verifier's own complaint (the lines before "processed N insns"), if the log has one."""
+    lines = [line.strip() for line in libbpf_log.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("processed ") and "insns" in line:
+            return " (verifier: " + "; ".join(lines[max(0, i - 2) : i]) + ")"
+    return ""
+
+
+def load_object(lib: Libbpf, name: str, path: Path, maps: Mapping[str, MapHandle] | None, *,
+                maps_only: bool = False) -> BpfObject:
+    """Object `name` loaded, its shared maps being `maps` (none: its own, new ones)."""
+    obj = BpfObject(lib, path)
+    try:
+        for map_name, handle in (maps or {}).items():
+            obj.reuse_map(map_name, handle.fd)
+        obj.load(maps_only=maps_only)
+    except BpfError as exc:
+        obj.close()
+        raise EngineLoadError(f"{name}: load failed: {one_line(exc)}{verifier_reason(exc.libbpf_log)}") from None
+    return obj
+
+
+def load_in_parallel(lib: Libbpf, paths: Mapping[str, Path], maps: Mapping[str, MapHandle]) -> dict[str, BpfObject]:
+    """Every object of `paths` loaded against `maps`, one thread per CPU. All or nothing: on a failure
+    the others are closed (once all have finished) and the first failure is raised."""
+    loaded: dict[str, BpfObject] = {}
+    failures: list[Exception] = []
+    with ThreadPoolExecutor(max_workers=load_workers(), thread_name_prefix="warden-load") as pool:
+        futures = {name: pool.submit(load_object, lib, name, path, maps) for name, path in paths.items()}
+        for name, future in futures.items():
+            try:
+                loaded[name] = future.result()
+            except Exception as exc:  # re-raised below, once all have finished
+                failures.append(exc)
+    if failures:
+        for obj in loaded.values():
+            obj.close()
+        raise failures[0]
+    return loaded
+
+
+class LoadedObjects:
+    """The shipped objects loaded against maps of their own, not pinned, nothing attached: `maps_owner`
+    holds the maps (to pin them), `objects` the programs. Closing releases all of it."""
+
+    def __init__(self, maps_owner: BpfObject, objects: Mapping[str, BpfObject], digests: Mapping[str, str]) -> None:
+        self.maps_owner = maps_owner
+        self.objects = dict(objects)
+        self.digests = dict(digests)
+
+    @classmethod
+    def load(cls, lib: Libbpf) -> LoadedObjects:
+        paths = {name: object_path(name) for name in OBJECTS}
+        digests = {name: object_digest(path) for name, path in paths.items()}
+        maps_owner = load_object(lib, OBJECTS[0], paths[OBJECTS[0]], None, maps_only=True)
+        try:
+            maps = {name: maps_owner.map(name) for name in (*SHARED_MAPS, EVENTS_MAP)}
+            objects = load_in_parallel(lib, paths, maps)
+        except BaseException:
+            maps_owner.close()
+            raise
+        return cls(maps_owner, objects, digests)
+
+    def close(self) -> None:
+        for obj in (*self.objects.values(), self.maps_owner):
+            obj.close()
+
+
+class Preload:
+    """`LoadedObjects.load` in a background thread, started before anything else: the kernel verifies
+    while the supervisor imports itself, protects itself and runs its gate. Started only where the
+    engine will load afresh (no maps pinned under `pin_dir`); a restart adopts the pins instead."""
+
+    def __init__(self, pin_dir: Path) -> None:
+        self._result: LoadedObjects | None = None
+        self._error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._seconds = 0.0
+        if all((pin_dir / "maps" / name).exists() for name in SHARED_MAPS):
+            self._error = "maps already pinned: the engine adopts or upgrades them"
+            return
+        self._thread = threading.Thread(target=self._run, name="warden-preload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            self._result = LoadedObjects.load(Libbpf())
+        except Exception as exc:  # whatever it is, the engine's own load meets it again and reports it
+            self._error = f"{type(exc).__name__}: {one_line(exc)}"
+        self._seconds = time.monotonic() - started
+
+    def take(self, digests: Mapping[str, str]) -> LoadedObjects | None:
+        """Wait for the preload; its objects if they are those of `digests` (each shipped object's
+        digest now), else None (and everything it loaded is closed)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        result, self._result = self._result, None
+        if result is None:
+            log.info("preload not used: %s", self._error or "taken already")
+            return None
+        if result.digests != dict(digests):
+            log.warning("preload not used: the shipped objects changed while it loaded")
+            result.close()
+            return None
+        log.info("engine objects taken from the preload (loaded in %.2fs while the supervisor started)",
+                 self._seconds)
+        return result
+
+    def close(self) -> None:
+        """Release what was loaded and not taken (waits for the load to finish)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._result is not None:
+            self._result.close()
+            self._result = None
