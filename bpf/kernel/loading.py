@@ -82,13 +82,16 @@ class LoadedObjects:
     """The shipped objects loaded against maps of their own, not pinned, nothing attached: `maps_owner`
     holds the maps (to pin them), `objects` the programs. Closing releases all of it."""
 
-    def __init__(self, maps_owner: BpfObject, objects: Mapping[str, BpfObject], digests: Mapping[str, str]) -> None:
+    def __init__(self, maps_owner: BpfObject, objects: Mapping[str, BpfObject], digests: Mapping[str, str],
+                 seconds: float) -> None:
         self.maps_owner = maps_owner
         self.objects = dict(objects)
         self.digests = dict(digests)
+        self.seconds = seconds  # how long the load took
 
     @classmethod
     def load(cls, lib: Libbpf) -> LoadedObjects:
+        started = time.monotonic()
         paths = {name: object_path(name) for name in OBJECTS}
         digests = {name: object_digest(path) for name, path in paths.items()}
         maps_owner = load_object(lib, OBJECTS[0], paths[OBJECTS[0]], None, maps_only=True)
@@ -98,7 +101,7 @@ class LoadedObjects:
         except BaseException:
             maps_owner.close()
             raise
-        return cls(maps_owner, objects, digests)
+        return cls(maps_owner, objects, digests, time.monotonic() - started)
 
     def close(self) -> None:
         for obj in (*self.objects.values(), self.maps_owner):
@@ -114,7 +117,6 @@ class Preload:
         self._result: LoadedObjects | None = None
         self._error: str | None = None
         self._thread: threading.Thread | None = None
-        self._seconds = 0.0
         if all((pin_dir / "maps" / name).exists() for name in SHARED_MAPS):
             self._error = "maps already pinned: the engine adopts or upgrades them"
             return
@@ -122,12 +124,10 @@ class Preload:
         self._thread.start()
 
     def _run(self) -> None:
-        started = time.monotonic()
         try:
             self._result = LoadedObjects.load(Libbpf())
         except Exception as exc:  # whatever it is, the engine's own load meets it again and reports it
             self._error = f"{type(exc).__name__}: {one_line(exc)}"
-        self._seconds = time.monotonic() - started
 
     def take(self, digests: Mapping[str, str]) -> LoadedObjects | None:
         """Wait for the preload; its objects if they are those of `digests` (each shipped object's
@@ -144,7 +144,7 @@ class Preload:
             result.close()
             return None
         log.info("engine objects taken from the preload (loaded in %.2fs while the supervisor started)",
-                 self._seconds)
+                 result.seconds)
         return result
 
     def close(self) -> None:
