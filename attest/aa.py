@@ -40,9 +40,7 @@ import hmac
 import json
 import secrets
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,13 +70,6 @@ DEFAULT_AA_URL = DEFAULT_AA_SOCKET
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # TDX evidence carries the CC event log
 AAEL_DOMAIN = "github.com/coco-warden"  # AAEL: domain and operation must not contain whitespace
 AAEL_OPERATION = "EnforcePolicy"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would take a loopback call elsewhere; treat it as the error status it is."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 class _Transient(Exception):
@@ -178,9 +169,20 @@ class AttestationAgentClient:
             reraise=True,
         )
         def once() -> bytes:
+            # Imported here: urllib.request brings http.client and email, a noticeable share of the
+            # supervisor's start under emulation, for the REST transport, which is used only when configured.
+            import urllib.error
+            import urllib.request
+
+            class NoRedirect(urllib.request.HTTPRedirectHandler):
+                """A redirect would take a loopback call elsewhere; treat it as the error status it is."""
+
+                def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+                    return None
+
             headers = {"Content-Type": "application/json"} if body is not None else {}
             req = urllib.request.Request(url, data=body, method=method, headers=headers)
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
             try:
                 with opener.open(req, timeout=self.timeout) as response:
                     data = _read_body(response, deadline=time.monotonic() + self.timeout, url=url)

@@ -18,15 +18,21 @@ message classes come from our own DescriptorPool. Names, field numbers and types
 
 The ttrpc method names the servers register (attestation_agent_ttrpc.rs, api_ttrpc.rs) are the
 `SERVICE`/`METHOD` constants. tests/test_attest_ttrpc.py checks encodings against hand-made bytes.
+
+The descriptors are built, and `protobuf` imported, on the first message: importing protobuf is a
+noticeable part of the supervisor's start under emulation, and only the attestation-agent and CDH
+clients need it (after READY, or in a gate configured to ask the attestation-agent).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError, Message
+if TYPE_CHECKING:
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.message import Message
 
 AA_SERVICE = "attestation_agent.AttestationAgentService"
 AA_GET_EVIDENCE = "GetEvidence"
@@ -35,15 +41,43 @@ AA_GET_TEE_TYPE = "GetTeeType"
 CDH_RESOURCE_SERVICE = "api.GetResourceService"
 CDH_GET_RESOURCE = "GetResource"
 
-_F = descriptor_pb2.FieldDescriptorProto
-_STRING, _BYTES, _INT32, _INT64, _UINT64, _MESSAGE = (
-    _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT64, _F.TYPE_MESSAGE)
-_OPTIONAL, _REPEATED = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
+# descriptor.proto's FieldDescriptorProto.Type and .Label numbers (stable: they are on the wire of every
+# descriptor), so that the specifications below need no protobuf import.
+_STRING, _BYTES, _INT32, _INT64, _UINT64, _MESSAGE = 9, 12, 5, 3, 4, 11
+_OPTIONAL = 1
+
+# (file name, package, messages: name -> [(field name, number, type, extra)], dependencies); extra is the
+# type name and whether it repeats for a message field, "optional" for a proto3 optional one.
+_FILES: tuple[tuple[str, str, dict[str, list[tuple[str, int, int, Any]]], tuple[str, ...]], ...] = (
+    ("warden/google_rpc_status.proto", "google.rpc", {"Status": [
+        ("code", 1, _INT32, None), ("message", 2, _STRING, None)]}, ()),
+    ("warden/ttrpc_request.proto", "ttrpc", {
+        "KeyValue": [("key", 1, _STRING, None), ("value", 2, _STRING, None)],
+        "Request": [("service", 1, _STRING, None), ("method", 2, _STRING, None), ("payload", 3, _BYTES, None),
+                    ("timeout_nano", 4, _INT64, None), ("metadata", 5, _MESSAGE, (".ttrpc.KeyValue", True))],
+        "Response": [("status", 1, _MESSAGE, (".google.rpc.Status", False)), ("payload", 2, _BYTES, None)],
+    }, ("warden/google_rpc_status.proto",)),
+    ("warden/attestation_agent.proto", "attestation_agent", {
+        "GetEvidenceRequest": [("RuntimeData", 1, _BYTES, None)],
+        "GetEvidenceResponse": [("Evidence", 1, _BYTES, None)],
+        "ExtendRuntimeMeasurementRequest": [("Domain", 1, _STRING, None), ("Operation", 2, _STRING, None),
+                                            ("Content", 3, _STRING, None),
+                                            ("RegisterIndex", 4, _UINT64, "optional")],
+        "ExtendRuntimeMeasurementResponse": [],
+        "GetTeeTypeRequest": [],
+        "GetTeeTypeResponse": [("tee", 1, _STRING, None)],
+    }, ()),
+    ("warden/cdh_api.proto", "api", {
+        "GetResourceRequest": [("ResourcePath", 1, _STRING, None)],
+        "GetResourceResponse": [("Resource", 1, _BYTES, None)],
+    }, ()),
+)
 
 
 def _file(name: str, package: str, messages: dict[str, list[tuple[str, int, int, Any]]],
-          deps: tuple[str, ...] = ()) -> descriptor_pb2.FileDescriptorProto:
-    """messages: name -> [(field name, number, type, extra)], extra = type name, "repeated" or "optional"."""
+          deps: tuple[str, ...]) -> descriptor_pb2.FileDescriptorProto:
+    from google.protobuf import descriptor_pb2
+
     proto = descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax="proto3", dependency=list(deps))
     for message_name, fields in messages.items():
         message = proto.message_type.add(name=message_name)
@@ -53,7 +87,7 @@ def _file(name: str, package: str, messages: dict[str, list[tuple[str, int, int,
             if kind == _MESSAGE:
                 field.type_name, repeated = extra
                 if repeated:
-                    field.label = _REPEATED
+                    field.label = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
             elif extra == "optional":  # proto3 `optional`: presence through a synthetic oneof
                 field.proto3_optional = True
                 field.oneof_index = len(message.oneof_decl)
@@ -61,37 +95,21 @@ def _file(name: str, package: str, messages: dict[str, list[tuple[str, int, int,
     return proto
 
 
-_POOL = descriptor_pool.DescriptorPool()
-for _proto in (
-    _file("warden/google_rpc_status.proto", "google.rpc", {"Status": [
-        ("code", 1, _INT32, None), ("message", 2, _STRING, None)]}),
-    _file("warden/ttrpc_request.proto", "ttrpc", {
-        "KeyValue": [("key", 1, _STRING, None), ("value", 2, _STRING, None)],
-        "Request": [("service", 1, _STRING, None), ("method", 2, _STRING, None), ("payload", 3, _BYTES, None),
-                    ("timeout_nano", 4, _INT64, None), ("metadata", 5, _MESSAGE, (".ttrpc.KeyValue", True))],
-        "Response": [("status", 1, _MESSAGE, (".google.rpc.Status", False)), ("payload", 2, _BYTES, None)],
-    }, deps=("warden/google_rpc_status.proto",)),
-    _file("warden/attestation_agent.proto", "attestation_agent", {
-        "GetEvidenceRequest": [("RuntimeData", 1, _BYTES, None)],
-        "GetEvidenceResponse": [("Evidence", 1, _BYTES, None)],
-        "ExtendRuntimeMeasurementRequest": [("Domain", 1, _STRING, None), ("Operation", 2, _STRING, None),
-                                            ("Content", 3, _STRING, None),
-                                            ("RegisterIndex", 4, _UINT64, "optional")],
-        "ExtendRuntimeMeasurementResponse": [],
-        "GetTeeTypeRequest": [],
-        "GetTeeTypeResponse": [("tee", 1, _STRING, None)],
-    }),
-    _file("warden/cdh_api.proto", "api", {
-        "GetResourceRequest": [("ResourcePath", 1, _STRING, None)],
-        "GetResourceResponse": [("Resource", 1, _BYTES, None)],
-    }),
-):
-    _POOL.Add(_proto)
+@functools.cache
+def _pool() -> descriptor_pool.DescriptorPool:
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.DescriptorPool()
+    for spec in _FILES:
+        pool.Add(_file(*spec))
+    return pool
 
 
 def message_class(full_name: str) -> type[Message]:
     """The message class of one of the messages above, e.g. "attestation_agent.GetEvidenceRequest"."""
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(full_name))
+    from google.protobuf import message_factory
+
+    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(full_name))
 
 
 class ProtoDecodeError(ValueError):
@@ -104,6 +122,8 @@ def encode(full_name: str, **fields: Any) -> bytes:
 
 
 def decode(full_name: str, data: bytes) -> Message:
+    from google.protobuf.message import DecodeError
+
     message = message_class(full_name)()
     try:
         message.ParseFromString(data)

@@ -25,7 +25,6 @@ import fcntl
 import os
 import re
 import subprocess
-import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,6 +198,8 @@ def _drain(fd: int, limit: int) -> bytes:
 
 def fetch_imds_certificates(*, timeout: float, url: str = IMDS_CERT_URL) -> tuple[bytes, bytes]:
     """Azure IMDS THIM: {"vcekCert": PEM, "certificateChain": PEM}. Bounded in time and size."""
+    import urllib.request  # here: http.client and email are for Azure's vouching only (see attest.aa)
+
     request = urllib.request.Request(url, headers={"Metadata": "true"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -295,3 +295,15 @@ def test_standin_server_is_a_real_socket(tmp_path: Path) -> None:
     finally:
         server.close()
     assert not (tmp_path / "x.sock").exists()
+
+
+def test_the_type_and_label_numbers_are_descriptor_protos() -> None:
+    """attest.protos names them as numbers so that protobuf is imported only with the first message."""
+    from google.protobuf import descriptor_pb2
+
+    from attest import protos
+
+    f = descriptor_pb2.FieldDescriptorProto
+    assert (protos._STRING, protos._BYTES, protos._INT32, protos._INT64, protos._UINT64, protos._MESSAGE,
+            protos._OPTIONAL) == (f.TYPE_STRING, f.TYPE_BYTES, f.TYPE_INT32, f.TYPE_INT64, f.TYPE_UINT64,
+                                  f.TYPE_MESSAGE, f.LABEL_OPTIONAL)
