@@ -53,8 +53,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -63,6 +63,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from attest.amd_roots import PINNED_ARK_PEMS
 from initdata import strict_json
 from initdata.errors import NotVouched
+
+if TYPE_CHECKING:
+    # cryptography.x509 is imported where a certificate is parsed: it is a large share of the
+    # supervisor's start under emulation, and only Azure's vouching (attest.vtpm) reads certificates.
+    from cryptography import x509
 
 HCL_NV_INDEX = 0x01400001
 AK_HANDLE = 0x81000003
@@ -279,6 +284,8 @@ def verify_quote(
 def load_certificates(pem: bytes, *, origin: str) -> list[x509.Certificate]:
     if len(pem) > MAX_CERT_PEM:
         raise NotVouched(origin, "certificates", f"{len(pem)} bytes exceeds {MAX_CERT_PEM}")
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError:
@@ -295,6 +302,8 @@ def _public_key(cert: x509.Certificate, *, origin: str, field: str) -> object:
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, *, origin: str, field: str) -> None:
     """RSASSA-PSS with SHA-384 and a 48-byte salt, the only scheme AMD's ARK and ASK sign with."""
+    from cryptography import x509
+
     if cert.issuer != issuer.subject:
         raise NotVouched(origin, field,
                          f"issued by {cert.issuer.rfc4514_string()}, not {issuer.subject.rfc4514_string()}")
@@ -323,6 +332,8 @@ def verify_vcek_chain(
     A root certificate the host sends along is never used: only the pinned one whose subject is
     the ASK's issuer can end the chain.
     """
+    from cryptography import x509
+
     pinned = [x509.load_pem_x509_certificate(pem) for pem in roots]
     ark = next((r for r in pinned if r.subject == ask.issuer), None)
     if ark is None:

@@ -28,8 +28,7 @@ import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from attest.amd_roots import PINNED_ARK_PEMS
 from attest.base import Measurement
@@ -46,6 +45,9 @@ from attest.tee import Tee
 from initdata import strict_json
 from initdata.bounded import read_bounded
 from initdata.errors import GateError, MeasurementUnavailable, NotVouched
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 PCR_INDEX = 8
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
