@@ -27,6 +27,7 @@ clients need it (after READY, or in a gate configured to ask the attestation-age
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,14 +96,22 @@ def _file(name: str, package: str, messages: dict[str, list[tuple[str, int, int,
     return proto
 
 
+_POOL_LOCK = threading.Lock()  # the AAEL recorder and the KBS poller may send their first message at once
+
+
 @functools.cache
-def _pool() -> descriptor_pool.DescriptorPool:
+def _built_pool() -> descriptor_pool.DescriptorPool:
     from google.protobuf import descriptor_pool
 
     pool = descriptor_pool.DescriptorPool()
     for spec in _FILES:
         pool.Add(_file(*spec))
     return pool
+
+
+def _pool() -> descriptor_pool.DescriptorPool:
+    with _POOL_LOCK:
+        return _built_pool()
 
 
 def message_class(full_name: str) -> type[Message]:
