@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.descriptor import Descriptor
     from google.protobuf.message import Message
 
 AA_SERVICE = "attestation_agent.AttestationAgentService"
@@ -96,29 +99,41 @@ def _file(name: str, package: str, messages: dict[str, list[tuple[str, int, int,
     return proto
 
 
-_POOL_LOCK = threading.Lock()  # the AAEL recorder and the KBS poller may send their first message at once
+@dataclass(frozen=True)
+class _Protobuf:
+    """What this module uses of protobuf, imported and built once."""
+
+    pool: descriptor_pool.DescriptorPool
+    message_class: Callable[[Descriptor], type[Message]]
+    decode_error: type[Exception]
+
+
+_PROTOBUF_LOCK = threading.Lock()
 
 
 @functools.cache
-def _built_pool() -> descriptor_pool.DescriptorPool:
-    from google.protobuf import descriptor_pool
+def _load_protobuf() -> _Protobuf:
+    from google.protobuf import descriptor_pool, message_factory
+    from google.protobuf.message import DecodeError
 
     pool = descriptor_pool.DescriptorPool()
     for spec in _FILES:
         pool.Add(_file(*spec))
-    return pool
+    return _Protobuf(pool, message_factory.GetMessageClass, DecodeError)
 
 
-def _pool() -> descriptor_pool.DescriptorPool:
-    with _POOL_LOCK:
-        return _built_pool()
+def _protobuf() -> _Protobuf:
+    # One thread imports protobuf and builds the pool; the others wait for it. The AAEL recorder and the
+    # KBS poller send their first messages at about the same time, and two threads importing protobuf's
+    # interdependent modules at once can see one of them half-initialised.
+    with _PROTOBUF_LOCK:
+        return _load_protobuf()
 
 
 def message_class(full_name: str) -> type[Message]:
     """The message class of one of the messages above, e.g. "attestation_agent.GetEvidenceRequest"."""
-    from google.protobuf import message_factory
-
-    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(full_name))
+    protobuf = _protobuf()
+    return protobuf.message_class(protobuf.pool.FindMessageTypeByName(full_name))
 
 
 class ProtoDecodeError(ValueError):
@@ -131,12 +146,10 @@ def encode(full_name: str, **fields: Any) -> bytes:
 
 
 def decode(full_name: str, data: bytes) -> Message:
-    from google.protobuf.message import DecodeError
-
     message = message_class(full_name)()
     try:
         message.ParseFromString(data)
-    except (DecodeError, RecursionError) as exc:
+    except (_protobuf().decode_error, RecursionError) as exc:
         raise ProtoDecodeError(f"not a {full_name}: {exc}") from None
     return message
 
