@@ -130,6 +130,12 @@ def _protobuf() -> _Protobuf:
         return _load_protobuf()
 
 
+def prepare() -> None:
+    """Import protobuf and build the messages now: a server does it before it listens, so that its first
+    answer is not later than the others (a client that times out and retries would repeat the call)."""
+    _protobuf()
+
+
 def message_class(full_name: str) -> type[Message]:
     """The message class of one of the messages above, e.g. "attestation_agent.GetEvidenceRequest"."""
     protobuf = _protobuf()

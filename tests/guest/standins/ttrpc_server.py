@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from attest.protos import TtrpcResponse, decode_request, encode_response
+from attest.protos import TtrpcResponse, decode_request, encode_response, prepare
 
 CODE_NOT_FOUND = 5
 CODE_INTERNAL = 13
@@ -52,6 +52,9 @@ class TtrpcServer:
     """Serves `methods[(service, method)]` on `path` until close()."""
 
     def __init__(self, path: Path, methods: Mapping[tuple[str, str], Method]) -> None:
+        # Ready to answer before listening, as the upstream (Rust) servers are: with protobuf imported at
+        # the first request, a slow first answer under emulation made the client retry an extend.
+        prepare()
         self.path = path
         self.methods = dict(methods)
         self.calls: list[tuple[str, str]] = []
