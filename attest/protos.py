@@ -123,9 +123,8 @@ def _load_protobuf() -> _Protobuf:
 
 
 def _protobuf() -> _Protobuf:
-    # One thread imports protobuf and builds the pool; the others wait for it. The AAEL recorder and the
-    # KBS poller send their first messages at about the same time, and two threads importing protobuf's
-    # interdependent modules at once can see one of them half-initialised.
+    # One thread imports protobuf and builds the pool; the others wait for it, so that the pool is built
+    # once: the AAEL recorder and the KBS poller send their first messages at about the same time.
     with _PROTOBUF_LOCK:
         return _load_protobuf()
 

@@ -293,8 +293,8 @@ class Engine:
         only the wait for it). Everything opened here is closed by `stack`."""
         preload, self._preload = self._preload, None
         taken = preload.take({name: s.digest for name, s in shipped.items()}) if preload and fresh else None
-        if preload is not None and taken is None:
-            preload.close()
+        if preload is not None:
+            preload.close()  # whatever it loaded and was not taken
         if taken is not None:
             stack.callback(taken.close)
             timings["preloaded"] = taken.seconds
@@ -560,6 +560,3 @@ class _ContainerTask:
         known = self._call(self._handle.lookup, key)
         flags = maps.TASK_SCOPE.unpack(known)[1] if known else 0
         self._call(self._handle.update, key, maps.TASK_SCOPE.pack(scope_id, flags))
-
-
-

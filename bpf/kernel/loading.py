@@ -129,12 +129,15 @@ class Preload:
         except Exception as exc:  # whatever it is, the engine's own load meets it again and reports it
             self._error = f"{type(exc).__name__}: {one_line(exc)}"
 
-    def take(self, digests: Mapping[str, str]) -> LoadedObjects | None:
-        """Wait for the preload; its objects if they are those of `digests` (each shipped object's
-        digest now), else None (and everything it loaded is closed)."""
+    def _wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def take(self, digests: Mapping[str, str]) -> LoadedObjects | None:
+        """Wait for the preload; its objects if they are those of `digests` (each shipped object's
+        digest now), else None (and everything it loaded is closed)."""
+        self._wait()
         result, self._result = self._result, None
         if result is None:
             log.info("preload not used: %s", self._error or "taken already")
@@ -149,9 +152,7 @@ class Preload:
 
     def close(self) -> None:
         """Release what was loaded and not taken (waits for the load to finish)."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._wait()
         if self._result is not None:
             self._result.close()
             self._result = None
