@@ -13,7 +13,7 @@ char LICENSE[] SEC("license") = "GPL";
  * that exec, a task in a container's namespaces is its runtime setting the container up. Marked
  * whatever the exec's outcome: a refused exec leaves the task marked, never unmarked.
  */
-static __always_inline void mark_container_code(void)
+static __noinline int mark_container_code(void)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct warden_task_scope *ts;
@@ -22,14 +22,15 @@ static __always_inline void mark_container_code(void)
 	__u32 scope = resolve_scope(t, &nk);
 
 	if (scope == WARDEN_SCOPE_HOST)
-		return;
+		return 0;
 	/* a host service that systemd starts with a mount namespace of its own shares the any-container
 	 * scope with unregistered containers; its cgroup tells it apart (threat-model.md, "Confinement") */
 	if (scope == WARDEN_SCOPE_ANY_CONTAINER && in_service_cgroup(t))
-		return;
+		return 0;
 	ts = bpf_task_storage_get(&warden_task_scope, t, 0, 0);
 	if (ts)
 		ts->flags |= WARDEN_TASK_EXECED;
+	return 0;
 }
 
 /*
@@ -47,13 +48,14 @@ static __noinline int enforce_fileless_op(struct file *file)
 	struct vfsmount *vmnt = file->f_path.mnt;
 	struct warden_rule_slot slot;
 	struct warden_scope_cfg *cfg;
-	struct warden_req r = {};
+	struct warden_ns_key nk = {};
 	struct scratch *s;
+	__u32 scope;
 	__u64 word;
 	int fileless;
 
-	r.scope = resolve_scope(t, &r.nk);
-	cfg = scope_cfg(&r.scope);
+	scope = resolve_scope(t, &nk);
+	cfg = scope_cfg(&scope);
 	if (!cfg)
 		return 0;
 	slot = cfg->strict[WARDEN_CAT_FILELESS_EXEC];
@@ -62,10 +64,8 @@ static __noinline int enforce_fileless_op(struct file *file)
 	s = get_scratch();
 	if (!s)
 		return 0;
-	r.category = WARDEN_CAT_PROCESS;
-	r.hook = WARDEN_HOOK_BPRM_MEMFD;
-	r.has_path = 1;
-	s->src.len = 0;
+	begin_request(s, scope, &nk, WARDEN_CAT_PROCESS, WARDEN_HOOK_BPRM_MEMFD, 0);
+	s->req.has_path = 1;
 	resolve_path(t, s, &s->obj, file->f_path.dentry, vmnt);
 	if (!s->obj.walked && s->obj.reached) {
 		/* a pseudo file (a memfd: its dentry is its own parent): its name is all the path it has */
@@ -83,7 +83,7 @@ static __noinline int enforce_fileless_op(struct file *file)
 	}
 	if (!fileless)
 		return 0;
-	return decide(s, &r, &slot, 0);
+	return decide(&slot, 0);
 }
 
 SEC("lsm/bprm_check_security")

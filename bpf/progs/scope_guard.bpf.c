@@ -73,18 +73,18 @@ static __always_inline __u32 confined_scope(struct warden_req *r)
  * scratch) still refuses. */
 static __always_inline int refuse(struct warden_req *r, struct dentry *d, struct vfsmount *vmnt)
 {
-	struct warden_rule_slot slot = { .action = WARDEN_ACT_BLOCK };
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct scratch *s = get_scratch();
 
 	if (!s)
 		return -EPERM;
+	s->req = *r;
 	s->src.len = 0;
 	if (d) {
-		r->has_path = 1;
+		s->req.has_path = 1;
 		resolve_path(t, s, &s->obj, d, vmnt);
 	}
-	emit(s, r, &slot, -EPERM, WARDEN_EV_CONFINEMENT);
+	emit_alert(0, WARDEN_ACT_BLOCK, WARDEN_EV_CONFINEMENT);
 	return -EPERM;
 }
 

@@ -14,17 +14,17 @@
 #define S_IFMT 00170000
 #define S_IFDIR 0040000
 
-struct warden_req {
-	__u32 scope;
-	__u32 category;
-	__u16 hook;
-	__u8 write;
-	__u8 owner;     /* the task's fsuid owns the object */
-	__u32 arg[4];
-	struct warden_ns_key nk;
-	int src_resolved;
-	int has_path;
-};
+/*
+ * The decisions are global functions. The 6.1 verifier checks a global function once per program,
+ * with its arguments as declared, where it checks a static one (and any code inlined) again at every
+ * call site and on every path that reaches it: the branches of matching, of the default posture and
+ * of the alert would multiply each other, and the load time with them. Their arguments are scalars:
+ * the request and the paths are in the per-CPU scratch (warden_path.h), which each one looks up. A
+ * pointer argument would do for reading only: 6.1 does not see a global function's writes through
+ * one (what the caller then reads is what it wrote before the call), so outputs are map memory or
+ * the return value. The object's path walk reads dentries with direct loads and stays in the
+ * programs (a global function's pointer arguments cannot be kernel objects).
+ */
 
 static __always_inline void count_drop(void)
 {
@@ -48,19 +48,21 @@ static __always_inline __u32 pid_nr_at(struct pid *pid, unsigned int level)
 	return upid.nr;
 }
 
-static __always_inline void emit(struct scratch *s, struct warden_req *r, struct warden_rule_slot *slot,
-				 int retval, __u8 flags)
+/* Emit the event of the scratch's request (its source resolved: see emit_alert): the alert is what
+ * `alert`, `action` and `flags` say. The only emitter: one copy of the event's code per program. */
+__noinline int warden_emit(__u32 alert, __u32 action, __u32 flags)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct scratch *s = get_scratch();
 	struct warden_event *ev;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
-	if (!r->src_resolved)
-		resolve_exe(s);
+	if (!s)
+		return 0;
 	ev = bpf_ringbuf_reserve(&warden_events, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop(); /* enforcement already decided; only the alert is lost, and counted */
-		return;
+		return 0;
 	}
 	ev->ts_boot_ns = bpf_ktime_get_boot_ns();
 	ev->pid = (__u32)pid_tgid;
@@ -75,21 +77,21 @@ static __always_inline void emit(struct scratch *s, struct warden_req *r, struct
 		ev->ns_ppid = pid_nr_at(BPF_CORE_READ(t, real_parent, group_leader, thread_pid), level);
 	}
 	ev->uid = (__u32)bpf_get_current_uid_gid();
-	ev->scope = r->scope;
-	ev->mnt_ns = r->nk.mnt_ns;
-	ev->pid_ns = r->nk.pid_ns;
-	ev->alert = slot->alert;
-	ev->retval = retval;
-	ev->hook = r->hook;
-	ev->category = r->category;
-	ev->action = slot->action;
+	ev->scope = s->req.scope;
+	ev->mnt_ns = s->req.nk.mnt_ns;
+	ev->pid_ns = s->req.nk.pid_ns;
+	ev->alert = alert;
+	ev->retval = action == WARDEN_ACT_BLOCK ? -EPERM : 0;
+	ev->hook = s->req.hook;
+	ev->category = s->req.category;
+	ev->action = action;
 	ev->flags = flags;
-	ev->arg[0] = r->arg[0];
-	ev->arg[1] = r->arg[1];
-	ev->arg[2] = r->arg[2];
-	ev->arg[3] = r->arg[3];
+	ev->arg[0] = s->req.arg[0];
+	ev->arg[1] = s->req.arg[1];
+	ev->arg[2] = s->req.arg[2];
+	ev->arg[3] = s->req.arg[3];
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	if (r->has_path) {
+	if (s->req.has_path) {
 		if (!s->obj.complete)
 			ev->flags |= WARDEN_EV_TRUNCATED;
 		if (!s->obj.reached)
@@ -103,21 +105,33 @@ static __always_inline void emit(struct scratch *s, struct warden_req *r, struct
 	ev->source_len = s->src.len;
 	bpf_probe_read_kernel(ev->source, sizeof(ev->source), s->src.buf + (s->src.start & (PATH_RIGHT - 1)));
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
 }
 
-/* Apply the matched rule (or the default posture): returns 0 or -EPERM, emitting the event. One
- * emit call site keeps the verifier's work (and the load time) small. */
-static __always_inline int decide(struct scratch *s, struct warden_req *r, struct warden_rule_slot *best,
-				  __u8 posture)
+/* The alert of the scratch's request, with the task's executable as its source. */
+static __always_inline void emit_alert(__u32 alert, __u32 action, __u32 flags)
 {
-	struct warden_rule_slot slot = *best;
-	__u8 f = best->flags, flags = 0;
-	int ok = (!(f & WARDEN_RULE_READ_ONLY) || !r->write) && (!(f & WARDEN_RULE_OWNER_ONLY) || r->owner);
-	int retval = 0;
+	struct scratch *s = get_scratch();
 
-	if (best->action == WARDEN_ACT_ALLOW && ok)
+	if (s && !s->req.src_resolved)
+		warden_resolve_exe();
+	warden_emit(alert, action, flags);
+}
+
+/* Apply the matched rule (alert, action, rule_flags; action 0: none) or the default posture to the
+ * scratch's request: returns 0 or -EPERM, emitting the event. */
+__noinline int warden_decide(__u32 alert, __u32 action, __u32 rule_flags, __u32 posture)
+{
+	struct scratch *s = get_scratch();
+	__u8 f = rule_flags, flags = 0;
+	int ok;
+
+	if (!s)
 		return 0;
-	if (best->action == WARDEN_ACT_BLOCK || best->action == WARDEN_ACT_AUDIT) {
+	ok = (!(f & WARDEN_RULE_READ_ONLY) || !s->req.write) && (!(f & WARDEN_RULE_OWNER_ONLY) || s->req.owner);
+	if (action == WARDEN_ACT_ALLOW && ok)
+		return 0;
+	if (action == WARDEN_ACT_BLOCK || action == WARDEN_ACT_AUDIT) {
 		/* readOnly / ownerOnly narrow what the rule refuses: a read, or the owner, passes */
 		if (f && ok)
 			return 0;
@@ -125,23 +139,41 @@ static __always_inline int decide(struct scratch *s, struct warden_req *r, struc
 		/* No rule (or an Allow whose readOnly/ownerOnly the operation breaks): default posture. */
 		if (!posture)
 			return 0;
-		slot.alert = 0;
-		slot.action = posture;
-		slot.flags = 0;
+		alert = 0;
+		action = posture;
 		flags = WARDEN_EV_DEFAULT_POSTURE;
 	}
-	if (slot.action == WARDEN_ACT_BLOCK)
-		retval = -EPERM;
-	emit(s, r, &slot, retval, flags);
-	return retval;
+	emit_alert(alert, action, flags);
+	return action == WARDEN_ACT_BLOCK ? -EPERM : 0;
 }
 
-static __always_inline __u8 is_owner(struct inode *inode)
+static __always_inline int decide(struct warden_rule_slot *best, __u8 posture)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	__u32 fsuid = BPF_CORE_READ(t, cred, fsuid.val);
+	return warden_decide(best->alert, best->action, best->flags, posture);
+}
 
-	return inode && BPF_CORE_READ(inode, i_uid.val) == fsuid;
+/* Start the scratch's request: arg[0] is `write`; arg[1..3] and codes are the caller's to set. */
+static __always_inline void begin_request(struct scratch *s, __u32 scope, struct warden_ns_key *nk, __u32 category,
+					  __u16 hook, __u8 write)
+{
+	s->req.scope = scope;
+	s->req.nk = *nk;
+	s->req.category = category;
+	s->req.hook = hook;
+	s->req.write = write;
+	s->req.owner = 0;
+	s->req.arg[0] = write;
+	s->req.arg[1] = 0;
+	s->req.arg[2] = 0;
+	s->req.arg[3] = 0;
+	s->req.src_resolved = 0;
+	s->req.has_path = 0;
+	s->req.rules = 0;
+	s->req.posture = 0;
+	s->req.obj_dir = 0;
+	s->req.cacheable = 0;
+	s->req.owner_inode = 0;
+	s->src.len = 0;
 }
 
 /* File and process categories: the object is the path (d, vmnt), or (d, the mount numbered `vmnt_num`,
@@ -149,63 +181,40 @@ static __always_inline __u8 is_owner(struct inode *inode)
  * no typed pointer. */
 #define OP_BLOCK_ONLY (1ULL << 25) /* only a Block rule acts: no Audit alert, no default posture */
 
-static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct vfsmount *vmnt, __u64 vmnt_num,
-					     __u64 root_num, struct inode *inode, int by_number, int *cacheable)
+/* Decide the scratch's request on its walked path (obj): the rules, the patterns, the default
+ * posture. Sets req.cacheable. `op` is enforce_path_op's with the scope in bits 32-63. */
+__noinline int warden_decide_path(__u64 op)
 {
-	__u16 hook = op & 0xffff;
-	__u32 category = (op >> 16) & 0xff;
-	int write = (op >> 24) & 1;
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct warden_rule_slot best = {}, strict;
-	struct warden_scope_cfg *cfg;
-	struct warden_req r = {};
-	struct scratch *s;
-	__u8 rules, posture;
+	struct warden_rule_slot best = {}, strict, found;
+	struct scratch *s = get_scratch();
+	__u32 scope = op >> 32, category = (op >> 16) & 0xff;
+	__u8 rules;
 	__u64 source = 0;
 
-	r.scope = resolve_scope(t, &r.nk);
-	cfg = scope_cfg(&r.scope);
-	if (!cfg)
-		return 0;
-	rules = cfg->rules[category & 7];
-	posture = cfg->posture[category & 7];
-	if (!rules && !posture)
-		return 0; /* the common case for an unrestricted scope: two lookups and out */
-	strict = cfg->strict[category & 7];
-	s = get_scratch();
 	if (!s)
 		return 0;
-	r.category = category;
-	r.hook = hook;
-	r.write = write;
-	r.arg[0] = write;
-	r.has_path = 1;
-	s->src.len = 0;
-	if (by_number)
-		resolve_path_far(t, s, &s->obj, as_number(s, d), vmnt_num, root_num);
-	else
-		resolve_path(t, s, &s->obj, d, vmnt);
-	if (!inode)
-		inode = d->d_inode; /* NULL for a name being created */
-	if (inode && (inode->i_mode & S_IFMT) != S_IFDIR && s->obj.complete && s->obj.ncomp)
-		s->obj.nprefix = s->obj.ncomp; /* not a directory: no "object/" prefix to look up */
+	rules = s->req.rules;
+	strict = s->req.strict;
 	if (rules & WARDEN_SCOPE_SOURCED)
-		source = current_source(s, &r.src_resolved);
-	if (source)
-		match_path(&s->obj, r.scope, category, source, &best);
-	if (!best.action && (rules & WARDEN_SCOPE_RULES))
-		match_path(&s->obj, r.scope, category, 0, &best);
+		source = current_source(s);
+	if (source) {
+		found = bits_slot(warden_match_path(scope, category, source));
+		if (found.action)
+			best = found;
+	}
+	if (!best.action && (rules & WARDEN_SCOPE_RULES)) {
+		found = bits_slot(warden_match_path(scope, category, 0));
+		if (found.action)
+			best = found;
+	}
 	/* The walk never reached the root (too deep, too many mounts): a rule on a prefix it did not see
 	 * might apply, so the scope's strictest rule does. Fail closed, never "only the rules on /". */
 	if (!s->obj.reached && strict.action && strict.action >= best.action)
 		best = strict;
-	if (best.flags & WARDEN_RULE_OWNER_ONLY) {
-		if (!inode) /* a name being created: its directory's owner */
-			inode = d->d_parent->d_inode;
-		r.owner = is_owner(inode);
-	}
+	if (best.flags & WARDEN_RULE_OWNER_ONLY)
+		s->req.owner = owns_inode(s->req.owner_inode);
 	if (rules & WARDEN_SCOPE_PATTERNS) {
-		warden_match_patterns(s, op | ((__u64)r.scope << 32), d, inode, &best);
+		best = bits_slot(warden_match_patterns(op, slot_bits(&best)));
 		/* A path that did not fit the pattern walk (longer than WARDEN_PATH_MAX - 1 bytes or deeper
 		 * than WARDEN_MAX_DEPTH) was matched against no pattern: any of them might apply, so the
 		 * scope's strictest rule (patterns included) does. Fail closed, as for an unreached root. */
@@ -216,9 +225,81 @@ static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct 
 		return 0;
 	/* an allow that depends on nothing but the path and the scope may be remembered (a pattern's
 	 * verdict may depend on the owner: scopes with patterns are decided every time) */
-	*cacheable = !(rules & (WARDEN_SCOPE_SOURCED | WARDEN_SCOPE_PATTERNS)) &&
-		     !(best.flags & WARDEN_RULE_OWNER_ONLY) && s->obj.complete;
-	return decide(s, &r, &best, posture);
+	s->req.cacheable = !(rules & (WARDEN_SCOPE_SOURCED | WARDEN_SCOPE_PATTERNS)) &&
+			   !(best.flags & WARDEN_RULE_OWNER_ONLY) && s->obj.complete;
+	return decide(&best, s->req.posture);
+}
+
+/* The object's walk into the scratch's obj, in a frame of its own: its loop contexts stay off the
+ * deepest call chain (the decision's, to the alert). */
+static __noinline int walk_object(struct dentry *d, struct vfsmount *vmnt)
+{
+	struct scratch *s = get_scratch();
+
+	if (s)
+		resolve_path(bpf_get_current_task_btf(), s, &s->obj, d, vmnt);
+	return 0;
+}
+
+/* The same for an object under a mount known by number (see resolve_path_far). */
+static __noinline int walk_object_far(__u64 d, __u64 vmnt, __u64 mnt_root)
+{
+	struct scratch *s = get_scratch();
+
+	if (s)
+		resolve_path_far(bpf_get_current_task_btf(), s, &s->obj, d, vmnt, mnt_root);
+	return 0;
+}
+
+/* The typed part of a path decision: the scope, the walk, what the object's inode says; then
+ * warden_decide_path. Returns 0 or -EPERM; *cacheable as warden_decide_path leaves it. */
+static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct vfsmount *vmnt, __u64 vmnt_num,
+					     __u64 root_num, struct inode *inode, int by_number, int *cacheable)
+{
+	__u16 hook = op & 0xffff;
+	__u32 category = (op >> 16) & 0xff;
+	int write = (op >> 24) & 1;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct warden_scope_cfg *cfg;
+	struct warden_ns_key nk = {};
+	struct inode *obj;
+	struct scratch *s;
+	__u8 rules, posture;
+	__u32 scope;
+	int ret;
+
+	scope = resolve_scope(t, &nk);
+	cfg = scope_cfg(&scope);
+	if (!cfg)
+		return 0;
+	rules = cfg->rules[category & 7];
+	posture = cfg->posture[category & 7];
+	if (!rules && !posture)
+		return 0; /* the common case for an unrestricted scope: two lookups and out */
+	s = get_scratch();
+	if (!s)
+		return 0;
+	begin_request(s, scope, &nk, category, hook, write);
+	s->req.has_path = 1;
+	s->req.rules = rules;
+	s->req.posture = posture;
+	s->req.strict = cfg->strict[category & 7];
+	if (by_number)
+		walk_object_far(as_number(s, d), vmnt_num, root_num);
+	else
+		walk_object(d, vmnt);
+	obj = d->d_inode; /* NULL for a name being created */
+	if (!inode)
+		inode = obj;
+	if (inode && (inode->i_mode & S_IFMT) != S_IFDIR && s->obj.complete && s->obj.ncomp)
+		s->obj.nprefix = s->obj.ncomp; /* not a directory: no "object/" prefix to look up */
+	/* the dentry's own inode says whether the object is a directory (`inode` may be the parent's) */
+	s->req.obj_dir = obj ? (obj->i_mode & S_IFMT) == S_IFDIR : hook == WARDEN_HOOK_PATH_MKDIR;
+	/* ownerOnly asks about the object's owner; for a name being created, its directory's */
+	s->req.owner_inode = (__u64)(inode ? inode : d->d_parent->d_inode);
+	ret = warden_decide_path(op | ((__u64)scope << 32));
+	*cacheable = s->req.cacheable;
+	return ret;
 }
 
 /* A subprogram, not inlined, so that each program holds one copy however many times it calls it;
@@ -530,44 +611,49 @@ static __noinline int enforce_dentry_op(__u64 op, struct dentry *d)
  * moving it would carry the protected path out from under its rule (`mv /srv/app /srv/x`, then
  * x/secrets/key). Decided as that rule decides, with its alert; 0 for anything else.
  */
+/* Its decision on the walked directory (scratch obj), from its ancestor node. Global: see above. */
+__noinline int warden_decide_ancestor(void)
+{
+	struct scratch *s = get_scratch();
+	struct warden_rule_key key = {};
+	struct warden_rule_node *node;
+	__u32 len;
+
+	if (!s || !s->obj.complete || !s->obj.ncomp)
+		return 0;
+	hash_words(&s->obj);
+	len = prefix_end(&s->obj, s->obj.ncomp); /* the directory and its '/' */
+	key.hash = prefix_hash(&s->obj, len);
+	key.scope = s->req.scope;
+	key.category = WARDEN_CAT_ANCESTOR;
+	node = bpf_map_lookup_elem(&warden_rules, &key);
+	if (!node || !warden_same_path((const struct stored_path *)node->path, node->len, &s->obj, len))
+		return 0;
+	return warden_decide(node->exact.alert, node->exact.action, node->exact.flags, 0);
+}
+
 static __noinline int enforce_ancestor_op(__u64 op, struct dentry *d, struct vfsmount *vmnt)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct inode *inode = d->d_inode;
-	struct warden_rule_key key = {};
-	struct warden_rule_node *node;
 	struct warden_scope_cfg *cfg;
-	struct warden_req r = {};
+	struct warden_ns_key nk = {};
 	struct scratch *s;
-	__u32 len;
+	__u32 scope;
 
 	if (!inode || (inode->i_mode & S_IFMT) != S_IFDIR)
 		return 0; /* only a directory has paths below it */
-	r.scope = resolve_scope(t, &r.nk);
-	cfg = scope_cfg(&r.scope);
+	scope = resolve_scope(t, &nk);
+	cfg = scope_cfg(&scope);
 	if (!cfg || !cfg->rules[WARDEN_CAT_ANCESTOR])
 		return 0;
 	s = get_scratch();
 	if (!s)
 		return 0;
-	r.category = WARDEN_CAT_FILE;
-	r.hook = op & 0xffff;
-	r.write = 1;
-	r.arg[0] = 1;
-	r.has_path = 1;
-	s->src.len = 0;
+	begin_request(s, scope, &nk, WARDEN_CAT_FILE, op & 0xffff, 1);
+	s->req.has_path = 1;
 	resolve_path(t, s, &s->obj, d, vmnt);
-	if (!s->obj.complete || !s->obj.ncomp)
-		return 0;
-	hash_words(&s->obj);
-	len = prefix_end(&s->obj, s->obj.ncomp); /* the directory and its '/' */
-	key.hash = prefix_hash(&s->obj, len);
-	key.scope = r.scope;
-	key.category = WARDEN_CAT_ANCESTOR;
-	node = bpf_map_lookup_elem(&warden_rules, &key);
-	if (!node || !warden_same_path((const struct stored_path *)node->path, node->len, &s->obj, len))
-		return 0;
-	return decide(s, &r, &node->exact, 0);
+	return warden_decide_ancestor();
 }
 
 static __always_inline int enforce_ancestor(__u16 hook, struct dentry *d, struct vfsmount *vmnt)
@@ -614,12 +700,13 @@ static __noinline int enforce_unresolved_mount_op(__u64 op, struct dentry *d, st
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct warden_rule_slot best;
 	struct warden_scope_cfg *cfg;
-	struct warden_req r = {};
+	struct warden_ns_key nk = {};
 	struct scratch *s;
 	__u8 posture;
+	__u32 scope;
 
-	r.scope = resolve_scope(t, &r.nk);
-	cfg = scope_cfg(&r.scope);
+	scope = resolve_scope(t, &nk);
+	cfg = scope_cfg(&scope);
 	if (!cfg)
 		return 0;
 	best = cfg->strict[WARDEN_CAT_FILE];
@@ -631,15 +718,12 @@ static __noinline int enforce_unresolved_mount_op(__u64 op, struct dentry *d, st
 	s = get_scratch();
 	if (!s)
 		return 0;
-	r.category = WARDEN_CAT_FILE;
-	r.hook = op & 0xffff;
-	r.write = 1; /* a mount changes what is at its target: a readOnly rule refuses it */
-	r.arg[0] = 1;
-	r.arg[1] = op >> 32;
-	r.has_path = 1;
-	s->src.len = 0;
+	/* a mount changes what is at its target: a readOnly rule refuses it (write) */
+	begin_request(s, scope, &nk, WARDEN_CAT_FILE, op & 0xffff, 1);
+	s->req.arg[1] = op >> 32;
+	s->req.has_path = 1;
 	resolve_path(t, s, &s->obj, d, vmnt);
-	return decide(s, &r, &best, posture);
+	return decide(&best, posture);
 }
 
 /*
@@ -673,41 +757,75 @@ static __always_inline int enforce_dentry(__u16 hook, __u32 category, struct den
 	return enforce_dentry_op(path_op(hook, category, write), d);
 }
 
-/* Network and capability categories: up to `n` codes, the strongest matching rule wins. */
-static __always_inline void match_codes(__u32 scope, __u32 category, __u64 source, __u64 *codes, int n,
-					struct warden_rule_slot *best)
+/* Network and capability categories: the scratch's request holds up to `n` codes (req.codes); the
+ * strongest matching rule in (scope, category, source), as slot_bits. */
+static __always_inline __u64 match_codes(struct scratch *s, __u64 source, __u32 n)
 {
+	struct warden_rule_slot best = {};
 	struct warden_rule_key key = {};
 	struct warden_rule_node *node;
 	int i;
 
-	key.scope = scope;
-	key.category = category;
+	key.scope = s->req.scope;
+	key.category = s->req.category;
 	key.source = source;
 	for (i = 0; i < 4; i++) {
 		if (i >= n)
 			break;
-		key.hash = codes[i];
+		key.hash = s->req.codes[i];
 		node = bpf_map_lookup_elem(&warden_rules, &key);
-		if (node && node->exact.action > best->action)
-			*best = node->exact;
+		if (node && node->exact.action > best.action)
+			best = node->exact;
 	}
+	return slot_bits(&best);
 }
 
-/* `refuse_only`: a re-check of something already decided once (a socket at send): only a refusal
- * (a Block rule, or a Block posture with no Allow) acts, and alerts; Audit stays silent. */
-static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *codes, int n, __u32 *args,
-					 int refuse_only)
+/* Decide the scratch's request on its `n` codes. `refuse_only`: a re-check of something already
+ * decided once (a socket at send): only a refusal (a Block rule, or a Block posture with no Allow)
+ * acts, and alerts; Audit stays silent. Global: see above. */
+__noinline int warden_decide_codes(__u32 n, __u32 refuse_only)
 {
-	struct warden_rule_slot best = {};
-	struct warden_scope_cfg *cfg;
-	struct warden_req r = {};
-	struct scratch *s;
+	struct warden_rule_slot best = {}, found;
+	struct scratch *s = get_scratch();
 	__u8 rules, posture;
 	__u64 source = 0;
 
-	r.scope = resolve_scope(bpf_get_current_task_btf(), &r.nk);
-	cfg = scope_cfg(&r.scope);
+	if (!s)
+		return 0;
+	rules = s->req.rules;
+	posture = s->req.posture;
+	if (rules & WARDEN_SCOPE_SOURCED)
+		source = current_source(s);
+	if (source) {
+		found = bits_slot(match_codes(s, source, n));
+		if (found.action)
+			best = found;
+	}
+	if (!best.action && (rules & WARDEN_SCOPE_RULES)) {
+		found = bits_slot(match_codes(s, 0, n));
+		if (found.action)
+			best = found;
+	}
+	if (refuse_only) {
+		if (best.action == WARDEN_ACT_AUDIT || (best.action != WARDEN_ACT_BLOCK && posture != WARDEN_ACT_BLOCK))
+			return 0;
+	}
+	return decide(&best, posture);
+}
+
+/* The codes and args (four each) of a network or capability operation: the scope, and if it has
+ * rules or a posture for the category, warden_decide_codes. */
+static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *codes, int n, __u32 *args,
+					 int refuse_only)
+{
+	struct warden_scope_cfg *cfg;
+	struct warden_ns_key nk = {};
+	struct scratch *s;
+	__u8 rules, posture;
+	__u32 scope;
+
+	scope = resolve_scope(bpf_get_current_task_btf(), &nk);
+	cfg = scope_cfg(&scope);
 	if (!cfg)
 		return 0;
 	rules = cfg->rules[category & 7];
@@ -717,24 +835,18 @@ static __always_inline int enforce_codes(__u16 hook, __u32 category, __u64 *code
 	s = get_scratch();
 	if (!s)
 		return 0;
-	r.category = category;
-	r.hook = hook;
-	r.arg[0] = args[0];
-	r.arg[1] = args[1];
-	r.arg[2] = args[2];
-	r.arg[3] = args[3];
-	s->src.len = 0;
-	if (rules & WARDEN_SCOPE_SOURCED)
-		source = current_source(s, &r.src_resolved);
-	if (source)
-		match_codes(r.scope, category, source, codes, n, &best);
-	if (!best.action && (rules & WARDEN_SCOPE_RULES))
-		match_codes(r.scope, category, 0, codes, n, &best);
-	if (refuse_only) {
-		if (best.action == WARDEN_ACT_AUDIT || (best.action != WARDEN_ACT_BLOCK && posture != WARDEN_ACT_BLOCK))
-			return 0;
-	}
-	return decide(s, &r, &best, posture);
+	begin_request(s, scope, &nk, category, hook, 0);
+	s->req.rules = rules;
+	s->req.posture = posture;
+	s->req.arg[0] = args[0];
+	s->req.arg[1] = args[1];
+	s->req.arg[2] = args[2];
+	s->req.arg[3] = args[3];
+	s->req.codes[0] = codes[0];
+	s->req.codes[1] = codes[1];
+	s->req.codes[2] = codes[2];
+	s->req.codes[3] = codes[3];
+	return warden_decide_codes(n, refuse_only);
 }
 
 #endif /* WARDEN_ENFORCE_H */

@@ -121,14 +121,23 @@ static long match_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* Find the most specific rule for the path in `pb` in (scope, category, source). */
-static __always_inline void match_path(struct pathbuf *pb, __u32 scope, __u32 category, __u64 source,
-				       struct warden_rule_slot *best)
+/*
+ * The most specific rule for the object's path (scratch obj) in (scope, category, source), as
+ * slot_bits; its action is 0 when no rule matched. Global: verified once per program however many
+ * times it is called (the fromSource rules, then the others), and its branches (which prefix
+ * matched, which slot it had) never multiply the caller's states: what it returns is any value.
+ */
+__noinline __u64 warden_match_path(__u32 scope, __u32 category, __u64 source)
 {
-	struct match_ctx m = {};
+	struct scratch *s = get_scratch();
 	struct warden_rule_node *node;
+	struct match_ctx m = {};
+	struct pathbuf *pb;
 	__u32 len;
 
+	if (!s)
+		return 0;
+	pb = &s->obj;
 	m.pb = pb;
 	m.key.source = source;
 	m.key.scope = scope;
@@ -137,25 +146,30 @@ static __always_inline void match_path(struct pathbuf *pb, __u32 scope, __u32 ca
 	pb->next = 0;
 	hash_words(pb);
 	bpf_loop(MAX_COMPONENTS + 1, match_cb, &m, 0);
-	if (m.best.action)
-		*best = m.best;
 	/* The exact path, once the walk reached its parent directory with rules below it. */
 	if (!pb->complete || !pb->ncomp || m.last_below + 1 < (__s32)pb->ncomp)
-		return;
+		return slot_bits(&m.best);
 	len = pb->len; /* complete: the path without its trailing '/' */
 	m.key.hash = prefix_hash(pb, len);
 	node = bpf_map_lookup_elem(&warden_rules, &m.key);
 	if (node && warden_same_path((const struct stored_path *)node->path, node->len, pb, len))
-		take(best, &node->exact);
+		take(&m.best, &node->exact);
+	return slot_bits(&m.best);
 }
 
-/* The current task's executable into pathbuf src; 0 when it has none (kernel threads). */
-static __always_inline int resolve_exe(struct scratch *s)
+/* The current task's executable into the scratch's pathbuf src; 0 when it has none (kernel threads).
+ * Global: one copy of the walk per program for the fromSource lookup and the alert's source, in a
+ * frame of its own (the deepest call chains, to the alert, stay within the 512-byte stack). */
+__noinline int warden_resolve_exe(void)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
+	struct scratch *s = get_scratch();
 	struct mm_struct *mm = t->mm;
 	struct file *exe = mm ? mm->exe_file : 0;
 
+	if (!s)
+		return 0;
+	s->req.src_resolved = 1;
 	if (!exe) {
 		s->src.len = 0;
 		s->src.complete = 0;
@@ -166,15 +180,14 @@ static __always_inline int resolve_exe(struct scratch *s)
 }
 
 /* The hash of the current task's executable if it is a known fromSource path, else 0. */
-static __always_inline __u64 current_source(struct scratch *s, int *resolved)
+static __always_inline __u64 current_source(struct scratch *s)
 {
 	struct pathbuf *pb = &s->src;
 	struct warden_source_val *val;
 	__u32 len;
 	__u64 hash;
 
-	*resolved = 1;
-	if (!resolve_exe(s) || !pb->complete || !pb->ncomp)
+	if (!warden_resolve_exe() || !pb->complete || !pb->ncomp)
 		return 0;
 	len = pb->len;
 	hash_words(pb);

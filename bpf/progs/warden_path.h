@@ -41,7 +41,50 @@ struct pathbuf {
 	__u64 wh[WARDEN_PATH_MAX / 8]; /* wh[j]: the hash after words 0..j (see hash_words) */
 };
 
+/*
+ * What one decision is about. A program fills it in the scratch before it calls the global functions
+ * that decide and alert (warden_enforce.h): they take scalars only and find the rest here (see there
+ * why). Map memory, which the verifier treats as any value: a constant set on one path does not make
+ * its states differ from another path's.
+ */
+struct warden_req {
+	__u32 scope;
+	__u32 category;
+	__u16 hook;
+	__u8 write;
+	__u8 owner; /* the task's fsuid owns the object (worked out only when a rule asks) */
+	__u32 arg[4];
+	struct warden_ns_key nk;
+	__u32 src_resolved; /* src holds the task's executable */
+	__u32 has_path;     /* obj holds the object's path */
+	__u8 rules;         /* the scope's configuration for the category: scope_cfg.rules[category] */
+	__u8 posture;       /* scope_cfg.posture[category] */
+	__u8 obj_dir;       /* the object is (or is created as) a directory */
+	__u8 cacheable;     /* out: warden_decide_path's allow depends on nothing but the path and the scope */
+	struct warden_rule_slot strict; /* scope_cfg.strict[category] */
+	__u64 owner_inode;  /* the inode whose owner ownerOnly asks about (a name being created: its
+			     * directory's), as a number */
+	__u64 codes[4];     /* network and capability categories: the codes looked up */
+};
+
+/* A rule slot as one scalar (the return value of a global function): alert, action << 32, flags << 40. */
+static __always_inline __u64 slot_bits(const struct warden_rule_slot *slot)
+{
+	return slot->alert | ((__u64)slot->action << 32) | ((__u64)slot->flags << 40);
+}
+
+static __always_inline struct warden_rule_slot bits_slot(__u64 bits)
+{
+	struct warden_rule_slot slot = {};
+
+	slot.alert = (__u32)bits;
+	slot.action = (bits >> 32) & 0xff;
+	slot.flags = (bits >> 40) & 0xff;
+	return slot;
+}
+
 struct scratch {
+	struct warden_req req;
 	struct pathbuf obj;
 	struct pathbuf src;
 	__u64 name[1 + INLINE_WORDS]; /* a short name, after a word of slack: see put_inline_name */

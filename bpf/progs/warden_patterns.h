@@ -123,22 +123,31 @@ __noinline int warden_pat_one(struct warden_pat_acc *acc, struct pathbuf *pb)
 	return 1;
 }
 
+/* Whether the current task's fsuid owns the inode at `inode_num` (warden_req.owner_inode). */
+static __always_inline __u8 owns_inode(__u64 inode_num)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct inode *inode = (struct inode *)inode_num;
+	__u32 fsuid = BPF_CORE_READ(t, cred, fsuid.val);
+
+	return inode && BPF_CORE_READ(inode, i_uid.val) == fsuid;
+}
+
 /*
  * Combine the patterns' outcome for this operation with the exact/directory rule in `best`: when a
  * pattern's is stronger, `best` becomes it, without flags (the compiler resolved them). `op` is
- * enforce_path_op's (hook, category, write) with the scope in bits 32-63.
+ * enforce_path_op's (hook, category, write) with the scope in bits 32-63; the object's path is the
+ * scratch's obj, whether it is a directory and whose owner counts are in the scratch's request.
  */
-static __always_inline void warden_match_patterns(struct scratch *s, __u64 op, struct dentry *d, struct inode *inode,
-					     struct warden_rule_slot *best)
+static __always_inline void match_patterns(struct scratch *s, __u64 op, struct warden_rule_slot *best)
 {
 	struct warden_pat_key key = {};
 	struct warden_pat_head *head;
 	struct warden_pat_acc *acc;
 	struct pathbuf *pb = &s->obj;
-	struct inode *owned, *obj = d->d_inode;
 	__u8 owner = 0, f, eff, act, write = (op >> 24) & 1;
 	__u32 zero = 0, len, count, i, alert;
-	int ok, dir;
+	int ok;
 
 	key.scope = op >> 32;
 	key.category = (op >> 16) & 0xff;
@@ -148,11 +157,7 @@ static __always_inline void warden_match_patterns(struct scratch *s, __u64 op, s
 		return;
 	count = head->count;
 	len = pb->len;
-	if (obj) /* the dentry's own inode: `inode` may be the parent's for a name being created */
-		dir = (obj->i_mode & 00170000) == 0040000;
-	else
-		dir = (op & 0xffff) == WARDEN_HOOK_PATH_MKDIR;
-	if (dir && len > 1) /* AppArmor's path of a directory ends with '/'; the root is "/" */
+	if (s->req.obj_dir && len > 1) /* AppArmor's path of a directory ends with '/'; the root is "/" */
 		len += 1;
 	acc->key = key;
 	acc->key.gen = head->gen;
@@ -168,11 +173,8 @@ static __always_inline void warden_match_patterns(struct scratch *s, __u64 op, s
 	if (!(acc->action[0] | acc->action[1] | acc->action[2] | acc->action[3]))
 		return;
 	f = best->flags;
-	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY)) {
-		owned = inode ? inode : d->d_parent->d_inode; /* a name being created: its directory's */
-		owner = owned && owned->i_uid.val ==
-			BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), cred, fsuid.val);
-	}
+	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY))
+		owner = owns_inode(s->req.owner_inode);
 	/* the outcome of this operation, index write | owner << 1 (constant offsets: clang drops a mask
 	 * it can prove redundant, the verifier cannot) */
 	if (owner) {
@@ -195,6 +197,19 @@ static __always_inline void warden_match_patterns(struct scratch *s, __u64 op, s
 		best->action = act;
 		best->flags = 0;
 	}
+}
+
+/* match_patterns as a global function, on a slot as slot_bits: verified once per program, and its
+ * frame stays off the call chain to the alert (the 512-byte stack). */
+__noinline __u64 warden_match_patterns(__u64 op, __u64 best_bits)
+{
+	struct warden_rule_slot best = bits_slot(best_bits);
+	struct scratch *s = get_scratch();
+
+	if (!s)
+		return best_bits;
+	match_patterns(s, op, &best);
+	return slot_bits(&best);
 }
 
 #endif /* WARDEN_PATTERNS_H */
