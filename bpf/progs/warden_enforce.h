@@ -252,9 +252,10 @@ static __noinline int walk_object_far(__u64 d, __u64 vmnt, __u64 mnt_root)
 }
 
 /* The typed part of a path decision: the scope, the walk, what the object's inode says; then
- * warden_decide_path. Returns 0 or -EPERM; *cacheable as warden_decide_path leaves it. */
+ * warden_decide_path. Returns 0 or -EPERM; the scratch's req.cacheable as warden_decide_path leaves
+ * it (untouched when the scope has nothing to decide). */
 static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct vfsmount *vmnt, __u64 vmnt_num,
-					     __u64 root_num, struct inode *inode, int by_number, int *cacheable)
+					     __u64 root_num, struct inode *inode, int by_number)
 {
 	__u16 hook = op & 0xffff;
 	__u32 category = (op >> 16) & 0xff;
@@ -266,7 +267,6 @@ static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct 
 	struct scratch *s;
 	__u8 rules, posture;
 	__u32 scope;
-	int ret;
 
 	scope = resolve_scope(t, &nk);
 	cfg = scope_cfg(&scope);
@@ -297,9 +297,7 @@ static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct 
 	s->req.obj_dir = obj ? (obj->i_mode & S_IFMT) == S_IFDIR : hook == WARDEN_HOOK_PATH_MKDIR;
 	/* ownerOnly asks about the object's owner; for a name being created, its directory's */
 	s->req.owner_inode = (__u64)(inode ? inode : d->d_parent->d_inode);
-	ret = warden_decide_path(op | ((__u64)scope << 32));
-	*cacheable = s->req.cacheable;
-	return ret;
+	return warden_decide_path(op | ((__u64)scope << 32));
 }
 
 /* A subprogram, not inlined, so that each program holds one copy however many times it calls it;
@@ -308,16 +306,7 @@ static __always_inline int enforce_path_body(__u64 op, struct dentry *d, struct 
  * the operation writes (24). */
 static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmount *vmnt, struct inode *inode)
 {
-	int cacheable = 0;
-
-	return enforce_path_body(op, d, vmnt, 0, 0, inode, 0, &cacheable);
-}
-
-static __noinline int enforce_path_num_op(__u64 op, struct dentry *d, __u64 vmnt_num, __u64 root_num)
-{
-	int cacheable = 0;
-
-	return enforce_path_body(op, d, 0, vmnt_num, root_num, 0, 1, &cacheable);
+	return enforce_path_body(op, d, vmnt, 0, 0, inode, 0);
 }
 
 static __always_inline __u64 path_op(__u16 hook, __u32 category, int write)
@@ -382,9 +371,10 @@ static __noinline int enforce_file_op(__u64 op, struct file *file, __u32 level)
 	struct warden_scope_cfg *cfg;
 	struct held_scratch *hs;
 	struct held_file *held;
+	struct scratch *s;
 	__u32 scope, zero = 0, category = (op >> 16) & 0xff;
 	__u64 generation;
-	int cacheable = 0, ret;
+	int ret;
 
 	scope = resolve_scope(t, &nk);
 	cfg = scope_cfg(&scope);
@@ -399,8 +389,12 @@ static __noinline int enforce_file_op(__u64 op, struct file *file, __u32 level)
 	if (held && held->generation == generation && held->scope == scope && held->dentry == (__u64)d &&
 	    held->mnt == (__u64)vmnt && held->allowed >= level)
 		return 0;
-	ret = enforce_path_body(op, d, vmnt, 0, 0, file->f_inode, 0, &cacheable);
-	if (ret || !cacheable)
+	s = get_scratch();
+	if (!s)
+		return 0;
+	s->req.cacheable = 0;
+	ret = enforce_path_body(op, d, vmnt, 0, 0, file->f_inode, 0);
+	if (ret || !s->req.cacheable)
 		return ret;
 	/* the scratch again: the decision above may have run on this CPU's copy in between (it does not
 	 * sleep or migrate, so it is still ours), but its fields are set here, right before the update */
@@ -571,7 +565,9 @@ static long dentry_decide_cb(__u32 k, void *data)
 		if (!dm->under)
 			return 0;
 	}
-	dm->ret = enforce_path_num_op(c->op, c->d, dm->vmnt[j], dm->root[j]);
+	/* inlined in this body (checked once): a frame of its own would deepen the longest call chain
+	 * (to a pattern's automaton) past the 512-byte stack */
+	dm->ret = enforce_path_body(c->op, c->d, 0, dm->vmnt[j], dm->root[j], 0, 1);
 	return dm->ret ? 1 : 0;
 }
 

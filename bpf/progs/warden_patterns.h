@@ -33,6 +33,12 @@ struct warden_pat_acc {
 	__u8 action[4];
 	__u8 needs_owner;
 	__u8 pad[3];
+	/* the automaton being walked (dfa_step_cb): where it is, after how many bytes */
+	__u32 base;
+	__u32 width;
+	__u32 state;
+	__u32 pos;
+	__u32 dead; /* it reached its dead state: no pattern of it can match */
 };
 
 struct {
@@ -43,36 +49,82 @@ struct {
 } warden_pat_acc_map SEC(".maps");
 
 /*
- * The walk of one automaton over the first `len` bytes of pb's path: its verdict number, 0 for none.
- * Inlined into warden_pat_one, a global function, so it is still verified once per program; a frame
- * of its own would push file_open's call chain past the 512-byte BPF stack. For a directory the
- * walk includes the '/' after the last name, which the path walk wrote there (warden_walk.h put_done).
+ * The walk of one automaton over the first acc->len bytes of the object's path (the scratch's obj), DFA_STEP_BYTES per call of
+ * dfa_step_cb: a bpf_loop body, which the verifier checks once, where a plain loop over up to
+ * WARDEN_PATH_MAX bytes is checked byte by byte (thousands of instructions in every program). The
+ * automaton's position is in acc (map memory): see warden_path.h on what a loop body carries. For a
+ * directory the walk includes the '/' after the last name, which the path walk wrote there
+ * (warden_walk.h put_done).
  */
-static __always_inline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct pathbuf *pb, __u32 len)
+#define DFA_STEP_BYTES 8
+
+struct dfa_walk {
+	const struct warden_pat_dfa *dfa;
+	struct warden_pat_acc *acc; /* the path is the scratch's obj (two pointers keep this frame small) */
+};
+
+/* The state after byte i of the path; 0 (dead) also when the table has no such cell. */
+static __always_inline __u32 dfa_next(const struct warden_pat_dfa *dfa, struct warden_pat_acc *acc,
+				      struct pathbuf *pb, __u32 i, __u32 state)
 {
 	struct warden_pat_chunk *chunk;
-	__u32 state, width, base, cell, key, i;
+	__u32 cell, key;
 	__u8 c;
 
-	if (!dfa || !pb || len > WARDEN_PATH_MAX)
+	c = pb->buf[(pb->start & (PATH_RIGHT - 1)) + (i & (WARDEN_PATH_MAX - 1))];
+	cell = acc->base + state * acc->width + dfa->classes[c];
+	key = cell / WARDEN_PAT_CHUNK;
+	chunk = bpf_map_lookup_elem(&warden_pat_pool, &key);
+	if (!chunk)
 		return 0;
-	state = dfa->start;
-	width = dfa->width;
-	base = dfa->base;
-	for (i = 0; i < WARDEN_PATH_MAX; i++) {
-		if (i >= len)
+	return chunk->cell[cell & (WARDEN_PAT_CHUNK - 1)];
+}
+
+static long dfa_step_cb(__u32 k, void *data)
+{
+	struct dfa_walk *w = data;
+	struct warden_pat_acc *acc = w->acc;
+	__u32 state = acc->state, i = acc->pos, len = acc->len, j;
+	struct scratch *s = get_scratch();
+	int dead = 0;
+
+	if (!s)
+		return 1;
+
+#pragma unroll
+	for (j = 0; j < DFA_STEP_BYTES; j++) {
+		if (i >= len || dead)
 			break;
-		c = pb->buf[(pb->start & (PATH_RIGHT - 1)) + (i & (WARDEN_PATH_MAX - 1))];
-		cell = base + state * width + dfa->classes[c];
-		key = cell / WARDEN_PAT_CHUNK;
-		chunk = bpf_map_lookup_elem(&warden_pat_pool, &key);
-		if (!chunk)
-			return 0;
-		state = chunk->cell[cell & (WARDEN_PAT_CHUNK - 1)];
-		if (!state)
-			return 0; /* dead: no pattern of this automaton can match any more */
+		state = dfa_next(w->dfa, acc, &s->obj, i, state);
+		dead = !state; /* no pattern of this automaton can match any more */
+		i++;
 	}
-	cell = base + state * width + width - 1;
+	acc->state = state;
+	acc->pos = i;
+	acc->dead = dead;
+	return dead;
+}
+
+/* The automaton's verdict number for the path, 0 for none. */
+static __always_inline int warden_dfa_walk(const struct warden_pat_dfa *dfa, struct warden_pat_acc *acc)
+{
+	struct warden_pat_chunk *chunk;
+	struct dfa_walk w = {};
+	__u32 cell, key, len = acc->len;
+
+	if (!dfa || len > WARDEN_PATH_MAX)
+		return 0;
+	acc->base = dfa->base;
+	acc->width = dfa->width;
+	acc->state = dfa->start;
+	acc->pos = 0;
+	acc->dead = 0;
+	w.dfa = dfa;
+	w.acc = acc;
+	bpf_loop((len + DFA_STEP_BYTES - 1) / DFA_STEP_BYTES, dfa_step_cb, &w, 0);
+	if (acc->dead)
+		return 0;
+	cell = acc->base + acc->state * acc->width + acc->width - 1;
 	key = cell / WARDEN_PAT_CHUNK;
 	chunk = bpf_map_lookup_elem(&warden_pat_pool, &key);
 	if (!chunk)
@@ -82,21 +134,21 @@ static __always_inline int warden_dfa_walk(const struct warden_pat_dfa *dfa, str
 
 /* Walk automaton acc->key.automaton and merge its verdict into acc (the stronger outcome per
  * operation). A global function too: verified once, its branches never reach the caller's states. */
-__noinline int warden_pat_one(struct warden_pat_acc *acc, struct pathbuf *pb)
+__noinline int warden_pat_one(struct warden_pat_acc *acc)
 {
 	struct warden_pat_verdict *rec;
 	struct warden_pat_dfa *dfa;
 	struct warden_pat_key key;
 	int v;
 
-	if (!acc || !pb)
+	if (!acc)
 		return 0;
 	key = acc->key;
 	key.verdict = 0;
 	dfa = bpf_map_lookup_elem(&warden_pat_dfas, &key);
 	if (!dfa)
 		return 0;
-	v = warden_dfa_walk(dfa, pb, acc->len);
+	v = warden_dfa_walk(dfa, acc);
 	if (v <= 0)
 		return 0;
 	key.verdict = v;
@@ -141,7 +193,6 @@ static __always_inline __u8 owns_inode(__u64 inode_num)
  */
 static __always_inline void match_patterns(struct scratch *s, __u64 op, struct warden_rule_slot *best)
 {
-	struct warden_pat_key key = {};
 	struct warden_pat_head *head;
 	struct warden_pat_acc *acc;
 	struct pathbuf *pb = &s->obj;
@@ -149,17 +200,22 @@ static __always_inline void match_patterns(struct scratch *s, __u64 op, struct w
 	__u32 zero = 0, len, count, i, alert;
 	int ok;
 
-	key.scope = op >> 32;
-	key.category = (op >> 16) & 0xff;
-	head = bpf_map_lookup_elem(&warden_pat_heads, &key);
 	acc = bpf_map_lookup_elem(&warden_pat_acc_map, &zero);
-	if (!head || !acc || !pb->complete)
+	if (!acc || !pb->complete)
+		return;
+	/* the head's key, in acc: a key on the stack would deepen the longest call chain's frames */
+	acc->key.scope = op >> 32;
+	acc->key.gen = 0;
+	acc->key.category = (op >> 16) & 0xff;
+	acc->key.automaton = 0;
+	acc->key.verdict = 0;
+	head = bpf_map_lookup_elem(&warden_pat_heads, &acc->key);
+	if (!head)
 		return;
 	count = head->count;
 	len = pb->len;
 	if (s->req.obj_dir && len > 1) /* AppArmor's path of a directory ends with '/'; the root is "/" */
 		len += 1;
-	acc->key = key;
 	acc->key.gen = head->gen;
 	acc->len = len;
 	acc->action[0] = acc->action[1] = acc->action[2] = acc->action[3] = 0;
@@ -168,7 +224,7 @@ static __always_inline void match_patterns(struct scratch *s, __u64 op, struct w
 		if (i >= count)
 			break;
 		acc->key.automaton = i;
-		warden_pat_one(acc, pb);
+		warden_pat_one(acc);
 	}
 	if (!(acc->action[0] | acc->action[1] | acc->action[2] | acc->action[3]))
 		return;
