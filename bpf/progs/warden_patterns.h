@@ -49,12 +49,12 @@ struct {
 } warden_pat_acc_map SEC(".maps");
 
 /*
- * The walk of one automaton over the first acc->len bytes of the object's path (the scratch's obj), DFA_STEP_BYTES per call of
- * dfa_step_cb: a bpf_loop body, which the verifier checks once, where a plain loop over up to
- * WARDEN_PATH_MAX bytes is checked byte by byte (thousands of instructions in every program). The
- * automaton's position is in acc (map memory): see warden_path.h on what a loop body carries. For a
- * directory the walk includes the '/' after the last name, which the path walk wrote there
- * (warden_walk.h put_done).
+ * The walk of one automaton over the first acc->len bytes of the object's path (the scratch's obj),
+ * DFA_STEP_BYTES per call of dfa_step_cb: a bpf_loop body, which the verifier checks once, where a
+ * plain loop over up to WARDEN_PATH_MAX bytes is checked byte by byte (some 10k instructions in every
+ * program that decides paths). The automaton's position is in acc (map memory): see warden_path.h on
+ * what a loop body carries. For a directory the walk includes the '/' after the last name, which the
+ * path walk wrote there (warden_walk.h put_done).
  */
 #define DFA_STEP_BYTES 8
 
