@@ -128,6 +128,7 @@ class Enforcement:
     def __init__(self, pin_dir: Path, state_dir: Path, preload: Preload | None = None) -> None:
         self.pin_dir = pin_dir
         self.engine = Engine(pin_dir=pin_dir, state_dir=state_dir, preload=preload)
+        self._preload = preload
         self._guard: SelfGuard | None = None
         self._guard_report: SelfGuardReport | None = None
 
@@ -135,7 +136,7 @@ class Enforcement:
         """Load or adopt self_guard and arm it (identity, protected paths); also re-protect the engine's
         maps when they exist. Returns a one-line summary."""
         try:
-            self._guard = SelfGuard(pin_root=self.pin_dir, lib=self.engine.lib)
+            self._guard = SelfGuard(pin_root=self.pin_dir, lib=self.engine.lib, preload=self._preload)
             config = SelfProtectionConfig(protected_paths=protected_paths(), protected_map_ids=self.engine.map_ids())
             report = self._guard.load_or_adopt(config)
         except FAILURES as exc:

@@ -1,11 +1,12 @@
-"""Loading warden's engine objects into the kernel (not attaching them): the slow part of a start.
+"""Loading warden's BPF objects into the kernel (not attaching them): the slow part of a start.
 
 The verifier is most of warden's start (tens of seconds under TCG): it runs in the loading thread,
 with the GIL released, so the objects load in parallel, one thread per CPU, against one set of maps
-that a maps-only load of the first object creates. `Preload` starts that work before the supervisor
-has imported the rest of itself or run its gate, so the kernel verifies while Python starts; the
-engine takes the loaded objects only if they are the shipped ones and it is loading afresh, and
-attaches nothing before the gate has decided (bpf.kernel.engine). This module imports only libbpf's
+that a maps-only load of the first object creates. `Preload` starts that work, and self_guard's
+load, before the supervisor has imported the rest of itself or run its gate, so the kernel verifies
+while Python starts; self-protection and the engine take the loaded objects only if they are the
+shipped ones (and the engine only when it loads afresh), and the engine attaches nothing before the
+gate has decided (bpf.kernel.self_protect, bpf.kernel.engine). This module imports only libbpf's
 binding and the object paths, so that it can run first.
 """
 
@@ -15,8 +16,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -27,6 +29,8 @@ from bpf.kernel.pins import EVENTS_MAP, SHARED_MAPS
 
 # Largest first: the parallel load finishes soonest when the longest verification starts first.
 OBJECTS: Final = ("file_guard", "exec_guard", "net_guard", "cap_guard", "scope_guard")
+# Self-protection's object (bpf.kernel.self_protect): its own maps, its own lifecycle.
+SELF_GUARD: Final = "self_guard"
 
 log = logging.getLogger("warden.engine")
 
@@ -108,39 +112,69 @@ class LoadedObjects:
             obj.close()
 
 
+@dataclass
+class _Loaded:
+    """What one background job loaded, or why it did not."""
+
+    objects: LoadedObjects | None = None
+    self_guard: BpfObject | None = None
+    self_guard_digest: str = ""
+    seconds: float = 0.0
+    error: str | None = None
+
+
 class Preload:
-    """`LoadedObjects.load` in a background thread, started before anything else: the kernel verifies
-    while the supervisor imports itself, protects itself and runs its gate. Started only where the
-    engine will load afresh (no maps pinned under `pin_dir`); a restart adopts the pins instead."""
+    """The shipped objects loaded in background threads, started before anything else: the kernel
+    verifies while the supervisor imports itself and runs its gate. Two jobs, started in the order the
+    supervisor needs them: self_guard (armed first, whatever the gate decides; loaded whenever it is
+    shipped: a restart needs it too, to compare its program tags with the pinned ones), then the
+    engine objects, only where the engine will load afresh (no maps pinned under `pin_dir`); a
+    restart adopts the engine's pins instead."""
 
     def __init__(self, pin_dir: Path) -> None:
-        self._result: LoadedObjects | None = None
-        self._error: str | None = None
-        self._thread: threading.Thread | None = None
+        self._self_guard = _Loaded()
+        self._engine = _Loaded()
+        self._threads: dict[str, threading.Thread] = {}
+        self._start("self_guard", self._load_self_guard)
         if all((pin_dir / "maps" / name).exists() for name in SHARED_MAPS):
-            self._error = "maps already pinned: the engine adopts or upgrades them"
-            return
-        self._thread = threading.Thread(target=self._run, name="warden-preload", daemon=True)
-        self._thread.start()
+            self._engine.error = "maps already pinned: the engine adopts or upgrades them"
+        else:
+            self._start("engine", self._load_engine)
 
-    def _run(self) -> None:
+    def _start(self, job: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"warden-preload-{job}", daemon=True)
+        self._threads[job] = thread
+        thread.start()
+
+    def _load_self_guard(self) -> None:
         try:
-            self._result = LoadedObjects.load(Libbpf())
-        except Exception as exc:  # whatever it is, the engine's own load meets it again and reports it
-            self._error = f"{type(exc).__name__}: {one_line(exc)}"
+            started = time.monotonic()
+            path = object_path(SELF_GUARD)
+            digest = object_digest(path)
+            self._self_guard.self_guard = load_object(Libbpf(), SELF_GUARD, path, None)
+            self._self_guard.self_guard_digest = digest
+            self._self_guard.seconds = time.monotonic() - started
+        except Exception as exc:  # whatever it is, self-protection's own load meets it again and reports it
+            self._self_guard.error = f"{type(exc).__name__}: {one_line(exc)}"
 
-    def _wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def _load_engine(self) -> None:
+        try:
+            self._engine.objects = LoadedObjects.load(Libbpf())
+        except Exception as exc:  # whatever it is, the engine's own load meets it again and reports it
+            self._engine.error = f"{type(exc).__name__}: {one_line(exc)}"
+
+    def _wait(self, job: str) -> None:
+        thread = self._threads.pop(job, None)
+        if thread is not None:
+            thread.join()
 
     def take(self, digests: Mapping[str, str]) -> LoadedObjects | None:
-        """Wait for the preload; its objects if they are those of `digests` (each shipped object's
+        """Wait for the engine's job; its objects if they are those of `digests` (each shipped object's
         digest now), else None (and everything it loaded is closed)."""
-        self._wait()
-        result, self._result = self._result, None
+        self._wait("engine")
+        result, self._engine.objects = self._engine.objects, None
         if result is None:
-            log.info("preload not used: %s", self._error or "taken already")
+            log.info("preload not used: %s", self._engine.error or "taken already")
             return None
         if result.digests != dict(digests):
             log.warning("preload not used: the shipped objects changed while it loaded")
@@ -150,9 +184,29 @@ class Preload:
                  result.seconds)
         return result
 
+    def take_self_guard(self, digest: str) -> BpfObject | None:
+        """Wait for self_guard's job; the loaded object (own maps, nothing attached) if it is the one
+        whose digest is `digest` now, else None (and it is closed). The caller closes what it takes."""
+        self._wait("self_guard")
+        obj, self._self_guard.self_guard = self._self_guard.self_guard, None
+        if obj is None:
+            log.info("self_guard preload not used: %s", self._self_guard.error or "taken already")
+            return None
+        if self._self_guard.self_guard_digest != digest:
+            log.warning("self_guard preload not used: the shipped object changed while it loaded")
+            obj.close()
+            return None
+        log.info("self_guard taken from the preload (loaded in %.2fs while the supervisor started)",
+                 self._self_guard.seconds)
+        return obj
+
     def close(self) -> None:
-        """Release what was loaded and not taken (waits for the load to finish)."""
-        self._wait()
-        if self._result is not None:
-            self._result.close()
-            self._result = None
+        """Release what was loaded and not taken (waits for the loads to finish)."""
+        for job in list(self._threads):
+            self._wait(job)
+        if self._engine.objects is not None:
+            self._engine.objects.close()
+            self._engine.objects = None
+        if self._self_guard.self_guard is not None:
+            self._self_guard.self_guard.close()
+            self._self_guard.self_guard = None

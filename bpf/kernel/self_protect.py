@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Final
 
 from bpf.kernel.libbpf import BpfObject, Libbpf, Link, LinkInfo, MapHandle, MapSet
-from bpf.kernel.objects import object_path
+from bpf.kernel.loading import SELF_GUARD, Preload
+from bpf.kernel.objects import object_digest, object_path
 from bpf.kernel.pins import DEFAULT_PIN_DIR
 
-OBJECT_NAME: Final = "self_guard"
 SELF_MAPS: Final = ("self_config", "self_inodes", "self_map_ids", "self_events", "self_drops")
 
 NAME_LEN: Final = 64  # SELF_NAME_LEN
@@ -127,8 +127,12 @@ def decode_self_event(raw: bytes) -> SelfEvent:
 
 
 class SelfGuard:
-    def __init__(self, pin_root: Path = DEFAULT_PIN_DIR, lib: Libbpf | None = None) -> None:
+    def __init__(self, pin_root: Path = DEFAULT_PIN_DIR, lib: Libbpf | None = None,
+                 preload: Preload | None = None) -> None:
+        """`preload`: the shipped object, being loaded since the process started; the first load or
+        tag comparison takes it."""
         self._lib = lib
+        self._preload = preload
         self.pin_root = pin_root
         self.pin_dir = pin_root / "self"
         self.links_dir = self.pin_dir / "links"
@@ -152,10 +156,22 @@ class SelfGuard:
         return SelfGuardReport(adopted=adopted, link_ids=report[0], map_ids=report[1],
                                protected_inodes=report[2])
 
+    def _shipped_object(self, *, own_maps: bool) -> BpfObject:
+        """The shipped object, opened; loaded already when the preload has it (`own_maps`: only a
+        load with maps of its own may take it, as the preload's are). The caller closes it."""
+        preload, self._preload = self._preload, None
+        path = object_path(SELF_GUARD)
+        taken = preload.take_self_guard(object_digest(path)) if preload is not None else None
+        if taken is not None and not own_maps:
+            taken.close()
+            taken = None
+        return taken if taken is not None else BpfObject(self.lib, path)
+
     def _shipped_tags(self) -> dict[str, str]:
         """Program tags of the shipped object, known only by loading it (the kernel computes them)."""
-        with BpfObject(self.lib, object_path(OBJECT_NAME)) as obj:
-            obj.load()
+        with self._shipped_object(own_maps=True) as obj:
+            if not obj.loaded:
+                obj.load()
             return {p.name: p.info().tag for p in obj.programs()}
 
     def _adoptable(self) -> bool:
@@ -173,14 +189,14 @@ class SelfGuard:
 
     def _load_and_pin(self) -> None:
         self.links_dir.mkdir(parents=True, exist_ok=True)
-        with BpfObject(self.lib, object_path(OBJECT_NAME)) as obj:
-            # Keep the state of an earlier generation: reuse its pinned maps where they exist.
-            for name in SELF_MAPS:
-                pin = self.pin_dir / name
-                if pin.exists():
-                    with MapHandle.open_pinned(self.lib, pin) as handle:
+        # Keep the state of an earlier generation: reuse its pinned maps where they exist.
+        pinned = [name for name in SELF_MAPS if (self.pin_dir / name).exists()]
+        with self._shipped_object(own_maps=not pinned) as obj:
+            if not obj.loaded:
+                for name in pinned:
+                    with MapHandle.open_pinned(self.lib, self.pin_dir / name) as handle:
                         obj.reuse_map(name, handle.fd)
-            obj.load()
+                obj.load()
             for name in SELF_MAPS:
                 if not (self.pin_dir / name).exists():
                     obj.pin_map(name, self.pin_dir / name)

@@ -57,6 +57,7 @@ class TestAcceptedGate:
         assert "initdata: /dev/disk/by-id/virtio-initdata " in warden_log, warden_log
         # The verifier ran while the supervisor started (bpf.kernel.loading.Preload): nothing loaded twice.
         assert "engine objects taken from the preload" in warden_log, warden_log
+        assert "self_guard taken from the preload" in warden_log, warden_log
         assert f"initdata from {disk} written" in pod.journal(guest, "kata-agent.service")
         copy = guest.run("sha256sum /run/confidential-containers/initdata/initdata.toml", check=True).stdout.split()[0]
         assert f"sha256 {copy})" in warden_log, (copy, warden_log)
