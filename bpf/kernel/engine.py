@@ -31,7 +31,7 @@ from bpf.kernel import maps, patterns
 from bpf.kernel.errors import EngineLoadError, EngineRuleError, EngineStateError, one_line
 from bpf.kernel.events import Alert, EventContext, ScopeInfo, decode_event
 from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, Link, MapHandle, MapSet, RingBuffer
-from bpf.kernel.loading import OBJECTS, Preload, load_in_parallel, load_object
+from bpf.kernel.loading import OBJECTS, Preload, check_loaded, load_in_parallel, load_object
 from bpf.kernel.manifest import DEFAULT_STATE_DIR, Manifest, ManifestFile, ScopeRecord
 from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
 from bpf.kernel.pins import DEFAULT_PIN_DIR, EnginePins, ensure_bpffs
@@ -311,6 +311,8 @@ class Engine:
         loaded = load_in_parallel(self.lib, {name: shipped[name].path for name in to_load}, handles)
         for obj in loaded.values():
             stack.callback(obj.close)
+        # What was loaded is what was hashed (the manifest records these digests), maps' creator included.
+        check_loaded(loaded, {name: s.digest for name, s in shipped.items()}, maps_owner if fresh else None)
         return handles, loaded
 
     # -- sync ----------------------------------------------------------------------------------

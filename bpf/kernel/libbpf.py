@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bpf.kernel.objects import bytes_digest
+
 LIBBPF_SONAME = "libbpf.so.1"
 
 # enum libbpf_print_level
@@ -156,7 +158,7 @@ class Libbpf:
         vp, cp, ci, cu32 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
         signatures: dict[str, tuple[list[object], object]] = {
             "libbpf_set_print": ([_PRINT_FN], _PRINT_FN),
-            "bpf_object__open_file": ([cp, vp], vp),
+            "bpf_object__open_mem": ([vp, ctypes.c_size_t, vp], vp),
             "bpf_object__load": ([vp], ci),
             "bpf_object__close": ([vp], None),
             "bpf_object__find_program_by_name": ([vp, cp], vp),
@@ -453,14 +455,30 @@ class Program:
         return Link(self.lib, ptr, self.name)
 
 
+class _OpenOpts(ctypes.Structure):
+    """The head of libbpf's struct bpf_object_open_opts; `sz` tells libbpf how much of it is given."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p)]
+
+
 class BpfObject:
-    """One CO-RE object file: open, then (optionally adjust maps,) load, then attach programs."""
+    """One CO-RE object file: open, then (optionally adjust maps,) load, then attach programs.
+
+    The file is read once and libbpf opens those bytes (bpf_object__open_mem), so `digest` names
+    exactly what is loaded: a file replaced after it was hashed cannot be what the kernel gets."""
 
     def __init__(self, lib: Libbpf, path: Path) -> None:
         self.lib = lib
         self.path = path
+        data = path.read_bytes()
+        self.digest = bytes_digest(data)
+        # libbpf keeps pointing into the buffer (ELF parsing) until the object is closed: held here.
+        self._buffer = ctypes.create_string_buffer(data, len(data))
+        # The name libbpf would give the file (up to the first dot): it prefixes the internal maps.
+        self._opts = _OpenOpts(ctypes.sizeof(_OpenOpts), path.name.split(".", 1)[0].encode())
         self._ptr: int | None = lib.call_ptr(
-            f"bpf_object__open_file({path})", lib.bpf_object__open_file, str(path).encode(), None
+            f"bpf_object__open_mem({path})", lib.bpf_object__open_mem,
+            ctypes.addressof(self._buffer), len(data), ctypes.byref(self._opts),
         )
         self.loaded = False
 

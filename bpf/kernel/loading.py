@@ -24,7 +24,7 @@ from typing import Final
 
 from bpf.kernel.errors import EngineLoadError, one_line
 from bpf.kernel.libbpf import BpfError, BpfObject, Libbpf, MapHandle
-from bpf.kernel.objects import object_digest, object_path
+from bpf.kernel.objects import object_path
 from bpf.kernel.pins import EVENTS_MAP, SHARED_MAPS
 
 # Largest first: the parallel load finishes soonest when the longest verification starts first.
@@ -82,6 +82,17 @@ def load_in_parallel(lib: Libbpf, paths: Mapping[str, Path], maps: Mapping[str, 
     return loaded
 
 
+def check_loaded(objects: Mapping[str, BpfObject], digests: Mapping[str, str],
+                 maps_owner: BpfObject | None = None) -> None:
+    """Each object was loaded from the bytes whose digest `digests` names (the maps' creator, from those
+    of the first object): raises EngineLoadError for one changed in between."""
+    owners = [(OBJECTS[0], maps_owner)] if maps_owner is not None else []
+    for name, obj in (*objects.items(), *owners):
+        if obj.digest != digests.get(name):
+            raise EngineLoadError(f"{name}: {obj.path} changed while it was loaded "
+                                  f"({obj.digest}, expected {digests.get(name)})")
+
+
 class LoadedObjects:
     """The shipped objects loaded against maps of their own, not pinned, nothing attached: `maps_owner`
     holds the maps (to pin them), `objects` the programs. Closing releases all of it."""
@@ -97,7 +108,6 @@ class LoadedObjects:
     def load(cls, lib: Libbpf) -> LoadedObjects:
         started = time.monotonic()
         paths = {name: object_path(name) for name in OBJECTS}
-        digests = {name: object_digest(path) for name, path in paths.items()}
         maps_owner = load_object(lib, OBJECTS[0], paths[OBJECTS[0]], None, maps_only=True)
         try:
             maps = {name: maps_owner.map(name) for name in (*SHARED_MAPS, EVENTS_MAP)}
@@ -105,7 +115,14 @@ class LoadedObjects:
         except BaseException:
             maps_owner.close()
             raise
-        return cls(maps_owner, objects, digests, time.monotonic() - started)
+        loaded = cls(maps_owner, objects, {name: obj.digest for name, obj in objects.items()},
+                     time.monotonic() - started)
+        try:
+            check_loaded(loaded.objects, loaded.digests, maps_owner)
+        except EngineLoadError:
+            loaded.close()
+            raise
+        return loaded
 
     def close(self) -> None:
         for obj in (*self.objects.values(), self.maps_owner):
@@ -149,10 +166,9 @@ class Preload:
     def _load_self_guard(self) -> None:
         try:
             started = time.monotonic()
-            path = object_path(SELF_GUARD)
-            digest = object_digest(path)
-            self._self_guard.self_guard = load_object(Libbpf(), SELF_GUARD, path, None)
-            self._self_guard.self_guard_digest = digest
+            obj = load_object(Libbpf(), SELF_GUARD, object_path(SELF_GUARD), None)
+            self._self_guard.self_guard = obj
+            self._self_guard.self_guard_digest = obj.digest
             self._self_guard.seconds = time.monotonic() - started
         except Exception as exc:  # whatever it is, self-protection's own load meets it again and reports it
             self._self_guard.error = f"{type(exc).__name__}: {one_line(exc)}"

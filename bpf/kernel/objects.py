@@ -33,5 +33,10 @@ def object_path(name: str) -> Path:
     return path
 
 
+def bytes_digest(data: bytes) -> str:
+    """The digest warden names an object by: sha256 of its file's bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def object_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    return bytes_digest(path.read_bytes())
