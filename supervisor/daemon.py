@@ -218,8 +218,9 @@ class Supervisor:
     def _load(self, policies: tuple[Policy, ...]) -> LoadSummary:
         engine = self.engine
         assert engine is not None
-        # Loading is bounded work, but the verifier is slow on an emulated CPU (40-70 s under TCG):
-        # ask for the time once, so that systemd's start timeout does not kill a load in progress.
+        # Loading is bounded work, but the verifier is slow on an emulated CPU (about 9 s for all objects
+        # under TCG, far more when the CPUs are shared): ask for the time once, so that systemd's start
+        # timeout does not kill a load in progress.
         self.notifier.extend_timeout(self.config.enforce_timeout_s)
         container, host = self.config.postures, self.config.host_postures
         with self._lock:
