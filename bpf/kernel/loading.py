@@ -131,11 +131,10 @@ class LoadedObjects:
 
 @dataclass
 class _Loaded:
-    """What one background job loaded, or why it did not."""
+    """What one background job loaded (the engine's objects, or self_guard), or why it did not."""
 
     objects: LoadedObjects | None = None
     self_guard: BpfObject | None = None
-    self_guard_digest: str = ""
     seconds: float = 0.0
     error: str | None = None
 
@@ -168,7 +167,6 @@ class Preload:
             started = time.monotonic()
             obj = load_object(Libbpf(), SELF_GUARD, object_path(SELF_GUARD), None)
             self._self_guard.self_guard = obj
-            self._self_guard.self_guard_digest = obj.digest
             self._self_guard.seconds = time.monotonic() - started
         except Exception as exc:  # whatever it is, self-protection's own load meets it again and reports it
             self._self_guard.error = f"{type(exc).__name__}: {one_line(exc)}"
@@ -208,7 +206,7 @@ class Preload:
         if obj is None:
             log.info("self_guard preload not used: %s", self._self_guard.error or "taken already")
             return None
-        if self._self_guard.self_guard_digest != digest:
+        if obj.digest != digest:
             log.warning("self_guard preload not used: the shipped object changed while it loaded")
             obj.close()
             return None
