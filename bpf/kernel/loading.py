@@ -97,12 +97,15 @@ class LoadedObjects:
     """The shipped objects loaded against maps of their own, not pinned, nothing attached: `maps_owner`
     holds the maps (to pin them), `objects` the programs. Closing releases all of it."""
 
-    def __init__(self, maps_owner: BpfObject, objects: Mapping[str, BpfObject], digests: Mapping[str, str],
-                 seconds: float) -> None:
+    def __init__(self, maps_owner: BpfObject, objects: Mapping[str, BpfObject], seconds: float) -> None:
         self.maps_owner = maps_owner
         self.objects = dict(objects)
-        self.digests = dict(digests)
         self.seconds = seconds  # how long the load took
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """Each object's digest: that of the bytes it was loaded from."""
+        return {name: obj.digest for name, obj in self.objects.items()}
 
     @classmethod
     def load(cls, lib: Libbpf) -> LoadedObjects:
@@ -115,10 +118,10 @@ class LoadedObjects:
         except BaseException:
             maps_owner.close()
             raise
-        loaded = cls(maps_owner, objects, {name: obj.digest for name, obj in objects.items()},
-                     time.monotonic() - started)
+        loaded = cls(maps_owner, objects, time.monotonic() - started)
         try:
-            check_loaded(loaded.objects, loaded.digests, maps_owner)
+            # The maps were created from the first object's bytes, read apart from its programs' load.
+            check_loaded({}, loaded.digests, maps_owner)
         except EngineLoadError:
             loaded.close()
             raise
