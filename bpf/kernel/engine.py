@@ -36,7 +36,7 @@ from bpf.kernel.manifest import DEFAULT_STATE_DIR, Manifest, ManifestFile, Scope
 from bpf.kernel.objects import ObjectNotFound, object_digest, object_path
 from bpf.kernel.pins import DEFAULT_PIN_DIR, EnginePins, ensure_bpffs
 from bpf.kernel.status import EngineStatus, drops, health_problems, read_status
-from bpf.kernel.sync import prune_sources, sync_scopes, write_meta
+from bpf.kernel.sync import new_generation, prune_sources, sync_scopes, write_meta
 from bpf.policy.compiler import AnyContainerScope, ContainerScope, HostScope, PodUnionScope, Postures, compile
 from bpf.policy.model import Policy, PolicyError
 from bpf.policy.ruleset import RuleSet
@@ -155,12 +155,21 @@ class Engine:
         return self.pins.open_maps(self.lib)
 
     def map_ids(self) -> tuple[int, ...]:
-        """Kernel ids of the pinned maps (for self-protection's write guard); () when none are pinned.
-        Opens the pins only: cheaper than status(), which also counts every rule and reads every link."""
+        """Kernel ids of every map the engine's programs use, for self-protection's write guard: the pinned
+        ones and each object's own (file_guard's memo of allowed files, warden_held.h, which a write could
+        turn into an allow); () when none are pinned."""
         if not self.pins.maps_pinned():
             return ()
         with self._open_maps() as handles:
-            return tuple(handle.info.id for handle in handles.values())
+            ids = {handle.info.id for handle in handles.values()}
+        for link_dir in self.pins.link_dirs():
+            for pin in link_dir.iterdir():
+                try:
+                    with Link.open_pinned(self.lib, pin) as link:
+                        ids.update(self.lib.prog_map_ids(link.info().prog_id))
+                except BpfError:
+                    continue  # a pin no longer a link (health() reports it): no program to reach maps by
+        return tuple(sorted(ids))
 
     # -- compile -------------------------------------------------------------------------------
 
@@ -331,7 +340,7 @@ class Engine:
         written, removed = sync_scopes(handles, tables, compiled)
         added += written
         removed += patterns.prune_patterns(handles, pattern_tables, compiled)
-        handles["warden_config"].update(maps.SCOPE_ID.pack(maps.CONFIG_GENERATION), maps.generation_value())
+        new_generation(handles)
         removed += prune_sources(handles, tables)
         manifest.alerts = {**(previous.alerts if previous else {}),
                            **{k: v for t in tables for k, v in t.alerts.items()}}
@@ -414,11 +423,11 @@ class Engine:
                 _ContainerTask(handles["warden_task_scope"], pid, pid_ns, mnt_ns))
             if task is not None:
                 task.refuse_rescoping(scope_id)  # before anything is written
+            held.callback(new_generation, handles)  # last, whatever was written before a failure
             pattern_tables = [tables.patterns] if tables.patterns is not None else []
             patterns.write_patterns(handles, pattern_tables)
             sync_scopes(handles, [tables], [scope_id])
             patterns.prune_patterns(handles, pattern_tables, [scope_id])
-            handles["warden_config"].update(maps.SCOPE_ID.pack(maps.CONFIG_GENERATION), maps.generation_value())
             manifest.scopes[scope_id] = sc
             manifest.alerts.update(tables.alerts)
             handles["warden_meta"].update(maps.meta_key(f"rs/{scope_id}"), maps.digest_bytes(sc.ruleset_digest))
@@ -435,7 +444,8 @@ class Engine:
     def _unregister_container(self, pid_ns: int, mnt_ns: int) -> None:
         manifest = self._require_manifest()
         sc = self._container_scope(manifest, pid_ns, mnt_ns)
-        with self._open_maps() as handles:
+        with self._open_maps() as handles, contextlib.ExitStack() as after:
+            after.callback(new_generation, handles)  # last, whatever was written before a failure
             handles["warden_ctrs"].delete(maps.ns_key(pid_ns, mnt_ns))  # unmap first, then clear
             if sc is None:
                 return

@@ -237,6 +237,24 @@ class Libbpf:
             prog_id=int.from_bytes(raw[8:12], "little"),
         )
 
+    def prog_map_ids(self, prog_id: int) -> tuple[int, ...]:
+        """Ids of the maps program `prog_id` uses (bpf_prog_info's nr_map_ids and map_ids), its own
+        maps among them: those no pin names."""
+        fd = self.call_int(f"bpf_prog_get_fd_by_id({prog_id})", self._lib.bpf_prog_get_fd_by_id, prog_id)
+        try:
+            count = int.from_bytes(self._info(fd, "prog")[52:56], "little")
+            ids = (ctypes.c_uint32 * count)()
+            head = bytearray(_INFO_BUF_SIZE)
+            head[52:56] = count.to_bytes(4, "little")  # nr_map_ids: room for this many
+            head[56:64] = ctypes.addressof(ids).to_bytes(8, "little")  # map_ids: where
+            buf = ctypes.create_string_buffer(bytes(head), _INFO_BUF_SIZE)
+            length = ctypes.c_uint32(_INFO_BUF_SIZE)
+            self.call_int("bpf_obj_get_info_by_fd(prog map ids)", self._lib.bpf_obj_get_info_by_fd,
+                          fd, buf, ctypes.byref(length))
+            return tuple(ids[: min(count, int.from_bytes(buf.raw[52:56], "little"))])
+        finally:
+            os.close(fd)
+
     def prog_info_by_id(self, prog_id: int) -> ProgInfo:
         fd = self.call_int(f"bpf_prog_get_fd_by_id({prog_id})", self._lib.bpf_prog_get_fd_by_id, prog_id)
         try:

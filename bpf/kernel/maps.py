@@ -377,11 +377,11 @@ def resolve_in_root(root: str = "/") -> Resolver:
 
 
 CONFIG_HOST_MNT_NS: Final = 0  # warden_config[0]: the host mount namespace's inode number
-CONFIG_GENERATION: Final = 1  # warden_config[1]: the rules generation (file_permission's remembered allows)
+CONFIG_GENERATION: Final = 1  # warden_config[1]: rules and registry generation (remembered allows)
 
 
 def generation_value() -> bytes:
-    """A new rules generation: every sync writes one, so no allow remembered under older rules holds."""
+    """A new generation (sync.new_generation): no allow remembered under an older one holds."""
     import time
 
     return time.time_ns().to_bytes(8, "little")

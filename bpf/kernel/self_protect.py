@@ -217,18 +217,29 @@ class SelfGuard:
                 inodes.update(key, b"\x01")  # additions first: never a moment less protected
             for key in set(inodes.keys()) - wanted:
                 inodes.delete(key)
-            map_ids = {name: handle.info.id for name, handle in maps.items()}
-            for map_id in (*map_ids.values(), *config.protected_map_ids):
-                maps["self_map_ids"].update(map_id.to_bytes(4, "little"), b"\x01")
+            map_ids = self._reserve_maps(maps, config.protected_map_ids)
             maps["self_config"].update(bytes(4), config.encoded(self.pin_root.name))
             link_ids = {name: info.id for name, info in self.link_infos().items()}
             return link_ids, map_ids, len(wanted)
 
     def protect_maps(self, map_ids: Iterable[int]) -> None:
-        """Reserve write access to more maps (the engine's) for warden."""
-        with MapHandle.open_pinned(self.lib, self.pin_dir / "self_map_ids") as handle:
-            for map_id in map_ids:
-                handle.update(map_id.to_bytes(4, "little"), b"\x01")
+        """Reserve write access to the engine's maps (`map_ids`, all of them: see _reserve_maps) for warden."""
+        with self._open_maps() as maps:
+            self._reserve_maps(maps, map_ids)
+
+    @staticmethod
+    def _reserve_maps(maps: MapSet, engine_map_ids: Iterable[int]) -> dict[str, int]:
+        """Make self_map_ids hold exactly self_guard's own maps and `engine_map_ids`: the new ids first (never
+        a moment less protected), then the ids no longer in use let go (an older object's own maps, gone
+        with its programs), so that upgrades do not fill the map. Returns self_guard's map ids by name."""
+        own = {name: handle.info.id for name, handle in maps.items()}
+        reserved = maps["self_map_ids"]
+        wanted = {map_id.to_bytes(4, "little") for map_id in (*own.values(), *engine_map_ids)}
+        for key in sorted(wanted):
+            reserved.update(key, b"\x01")
+        for key in set(reserved.keys()) - wanted:
+            reserved.delete(key)
+        return own
 
     def teardown(self) -> list[str]:
         """Unpin every self_guard link (detaching its programs) and map, then remove <pin root>/self/ and the

@@ -76,3 +76,9 @@ def write_meta(handles: Mapping[str, MapHandle], object_digests: Mapping[str, st
     for key in list(meta.keys()):
         if key not in want:
             meta.delete(key)
+
+
+def new_generation(handles: Mapping[str, MapHandle]) -> None:
+    """End every allow the kernel remembers (file_permission's, bpf/progs/warden_held.h): written after
+    each change of the rules and of the container registry, so what was decided before is decided again."""
+    handles["warden_config"].update(maps.SCOPE_ID.pack(maps.CONFIG_GENERATION), maps.generation_value())

@@ -5,7 +5,7 @@
  * symlink, mkdir, rmdir, mknod, truncate, chmod, chown), so readOnly on /bin keeps /bin intact.
  * Every program returns an earlier LSM's refusal unchanged.
  */
-#include "warden_enforce.h"
+#include "warden_held.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -36,7 +36,8 @@ int BPF_PROG(warden_file_open, struct file *file, int ret)
 	if (is_overlay_real_file(file))
 		return 0;
 	/* direct (BTF) loads: no helper call on the hottest hook; what is allowed is remembered for
-	 * the reads and writes through this file (file_permission) */
+	 * the reads and writes through this file (file_permission), and a reopen of the same path that
+	 * gets the same struct file back (an open-close loop) is not walked again (warden_held.h) */
 	return enforce_file(WARDEN_HOOK_FILE_OPEN, file, (file->f_mode & FMODE_WRITE) ? 1 : 0);
 }
 
@@ -47,7 +48,8 @@ int BPF_PROG(warden_file_open, struct file *file, int ret)
 /*
  * Every read and write through a descriptor, as KubeArmor re-checks them: a descriptor opened
  * before the policy (a /bin file held open for writing, a secret held open for reading) met no
- * file_open decision. Files decided at open, and those allowed once, cost one lookup.
+ * file_open decision. A file the task's memo holds costs one task-storage lookup; one allowed to
+ * another task, one hash lookup more (warden_held.h).
  */
 SEC("lsm/file_permission")
 int BPF_PROG(warden_file_permission, struct file *file, int mask, int ret)

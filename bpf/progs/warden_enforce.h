@@ -59,6 +59,7 @@ __noinline int warden_emit(__u32 alert, __u32 action, __u32 flags)
 
 	if (!s)
 		return 0;
+	s->req.alerted = 1;
 	ev = bpf_ringbuf_reserve(&warden_events, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop(); /* enforcement already decided; only the alert is lost, and counted */
@@ -172,6 +173,8 @@ static __always_inline void begin_request(struct scratch *s, __u32 scope, struct
 	s->req.posture = 0;
 	s->req.obj_dir = 0;
 	s->req.cacheable = 0;
+	s->req.owner_asked = 0;
+	s->req.alerted = 0;
 	s->req.owner_inode = 0;
 	s->src.len = 0;
 }
@@ -211,8 +214,10 @@ __noinline int warden_decide_path(__u64 op)
 	 * might apply, so the scope's strictest rule does. Fail closed, never "only the rules on /". */
 	if (!s->obj.reached && strict.action && strict.action >= best.action)
 		best = strict;
-	if (best.flags & WARDEN_RULE_OWNER_ONLY)
+	if (best.flags & WARDEN_RULE_OWNER_ONLY) {
 		s->req.owner = owns_inode(s->req.owner_inode);
+		s->req.owner_asked = 1;
+	}
 	if (rules & WARDEN_SCOPE_PATTERNS) {
 		best = bits_slot(warden_match_patterns(op, slot_bits(&best)));
 		/* A path that did not fit the pattern walk (longer than WARDEN_PATH_MAX - 1 bytes or deeper
@@ -223,10 +228,9 @@ __noinline int warden_decide_path(__u64 op)
 	}
 	if ((op & OP_BLOCK_ONLY) && best.action != WARDEN_ACT_BLOCK)
 		return 0;
-	/* an allow that depends on nothing but the path and the scope may be remembered (a pattern's
-	 * verdict may depend on the owner: scopes with patterns are decided every time) */
-	s->req.cacheable = !(rules & (WARDEN_SCOPE_SOURCED | WARDEN_SCOPE_PATTERNS)) &&
-			   !(best.flags & WARDEN_RULE_OWNER_ONLY) && s->obj.complete;
+	/* an allow that depends on nothing but the path and the scope may be remembered: not one that
+	 * asked whose the object is (ownerOnly, a rule's or a pattern's) or what the task runs (fromSource) */
+	s->req.cacheable = !(rules & WARDEN_SCOPE_SOURCED) && !s->req.owner_asked && s->obj.complete;
 	return decide(&best, s->req.posture);
 }
 
@@ -312,105 +316,6 @@ static __noinline int enforce_path_op(__u64 op, struct dentry *d, struct vfsmoun
 static __always_inline __u64 path_op(__u16 hook, __u32 category, int write)
 {
 	return hook | ((__u64)category << 16) | ((__u64)(write ? 1 : 0) << 24);
-}
-
-/*
- * Reads and writes through a descriptor (file_permission), which may have been opened before the
- * policy, or under an older one. Deciding the path on every read(2) would cost a walk each; so an
- * allowed access is remembered per open file, with the rules generation (warden_config[1], which
- * the engine bumps at every sync) and the scope it was decided in: the common case is one lookup.
- * A reused struct file at the same address is told apart by its path (dentry, mount).
- */
-#define HELD_READ 1
-#define HELD_WRITE 2 /* a write allowed implies a read allowed: readOnly and Block refuse writes first */
-
-struct held_file {
-	__u64 generation;
-	__u64 dentry;
-	__u64 mnt;
-	__u32 scope;
-	__u32 allowed; /* HELD_* */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 16);
-	__type(key, __u64); /* the struct file's address */
-	__type(value, struct held_file);
-} warden_held_files SEC(".maps");
-
-/* enforce_file_op's key and entry, in map memory: on its stack they would push file_open's call chain
- * (enforce_file_op, warden_match_patterns, warden_pat_one) towards the 512-byte BPF stack limit. */
-struct held_scratch {
-	__u64 key; /* the struct file's address */
-	struct held_file entry;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct held_scratch);
-} warden_held_scratch SEC(".maps");
-
-static __always_inline __u64 rules_generation(void)
-{
-	__u32 one = 1;
-	__u64 *gen = bpf_map_lookup_elem(&warden_config, &one);
-
-	return gen ? *gen : 0;
-}
-
-/* `file` was just decided for `level` (HELD_*): remember it, if the decision may be. */
-static __noinline int enforce_file_op(__u64 op, struct file *file, __u32 level)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct dentry *d = file->f_path.dentry;
-	struct vfsmount *vmnt = file->f_path.mnt;
-	struct warden_ns_key nk = {};
-	struct warden_scope_cfg *cfg;
-	struct held_scratch *hs;
-	struct held_file *held;
-	struct scratch *s;
-	__u32 scope, zero = 0, category = (op >> 16) & 0xff;
-	__u64 generation;
-	int ret;
-
-	scope = resolve_scope(t, &nk);
-	cfg = scope_cfg(&scope);
-	if (!cfg || (!cfg->rules[category & 7] && !cfg->posture[category & 7]))
-		return 0; /* no file rule in this scope: nothing to remember either */
-	hs = bpf_map_lookup_elem(&warden_held_scratch, &zero);
-	if (!hs)
-		return 0;
-	generation = rules_generation();
-	hs->key = (__u64)file;
-	held = bpf_map_lookup_elem(&warden_held_files, &hs->key);
-	if (held && held->generation == generation && held->scope == scope && held->dentry == (__u64)d &&
-	    held->mnt == (__u64)vmnt && held->allowed >= level)
-		return 0;
-	s = get_scratch();
-	if (!s)
-		return 0;
-	s->req.cacheable = 0;
-	ret = enforce_path_body(op, d, vmnt, 0, 0, file->f_inode, 0);
-	if (ret || !s->req.cacheable)
-		return ret;
-	/* the scratch again: the decision above may have run on this CPU's copy in between (it does not
-	 * sleep or migrate, so it is still ours), but its fields are set here, right before the update */
-	hs->key = (__u64)file;
-	hs->entry.generation = generation;
-	hs->entry.dentry = (__u64)d;
-	hs->entry.mnt = (__u64)vmnt;
-	hs->entry.scope = scope;
-	hs->entry.allowed = level;
-	bpf_map_update_elem(&warden_held_files, &hs->key, &hs->entry, BPF_ANY);
-	return 0;
-}
-
-static __always_inline int enforce_file(__u16 hook, struct file *file, int write)
-{
-	return enforce_file_op(path_op(hook, WARDEN_CAT_FILE, write), file, write ? HELD_WRITE : HELD_READ);
 }
 
 static __always_inline int enforce_path(__u16 hook, __u32 category, struct dentry *d, struct vfsmount *vmnt,

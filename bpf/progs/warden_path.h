@@ -61,6 +61,8 @@ struct warden_req {
 	__u8 posture;       /* scope_cfg.posture[category] */
 	__u8 obj_dir;       /* the object is (or is created as) a directory */
 	__u8 cacheable;     /* out: warden_decide_path's allow depends on nothing but the path and the scope */
+	__u8 owner_asked;   /* the decision asked whether the task owns the object (owner) */
+	__u8 alerted;       /* out: the request emitted an event */
 	struct warden_rule_slot strict; /* scope_cfg.strict[category] */
 	__u64 owner_inode;  /* the inode whose owner ownerOnly asks about (a name being created: its
 			     * directory's), as a number */

@@ -229,8 +229,10 @@ static __always_inline void match_patterns(struct scratch *s, __u64 op, struct w
 	if (!(acc->action[0] | acc->action[1] | acc->action[2] | acc->action[3]))
 		return;
 	f = best->flags;
-	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY))
+	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY)) {
 		owner = owns_inode(s->req.owner_inode);
+		s->req.owner_asked = 1;
+	}
 	/* the outcome of this operation, index write | owner << 1 (constant offsets: clang drops a mask
 	 * it can prove redundant, the verifier cannot) */
 	if (owner) {

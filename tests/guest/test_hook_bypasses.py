@@ -109,6 +109,8 @@ HOLDER = textwrap.dedent("""
         "write-bin": attempt(lambda: os.write(held["write-bin"], b"x")),
         "read-secret": attempt(lambda: os.read(held["read-secret"], 1)),
         "read-neighbour": attempt(lambda: os.read(held["read-neighbour"], 1)),
+        # the neighbour's allow, now remembered, is the descriptor's own: not the secret's
+        "read-secret-again": attempt(lambda: os.read(held["read-secret"], 1)),
         "sendto-raw-icmp": attempt(lambda: socks["sendto-raw-icmp"].sendto(b"\\x08" + bytes(7), ("127.0.0.1", 0))),
         "sendto-packet-dgram": attempt(lambda: socks["sendto-packet-dgram"].sendto(
             bytes(28), ("lo", 0x0800, 0, 0, bytes(6)))),
@@ -223,7 +225,7 @@ def held(guest: GuestVM, applied: None) -> dict[str, str]:
 
 
 def test_descriptors_held_from_before_the_policy_are_rechecked(guest: GuestVM, held: dict[str, str]) -> None:
-    assert held["write-bin"] == "EPERM" and held["read-secret"] == "EPERM", held
+    assert held["write-bin"] == "EPERM" and held["read-secret"] == held["read-secret-again"] == "EPERM", held
     assert held["read-neighbour"] == "ok", held
     alerts = read_alerts(guest)
     by = {(a["PolicyName"], a["Data"].split()[0]) for a in alerts if a["Result"] == "Permission denied"}

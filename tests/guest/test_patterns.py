@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.guest.held import HeldRead
 from tests.guest.vm import REPO_ROOT, GuestVM
 
 OWN = f"{REPO_ROOT}/tests/data/policies/patterns"
@@ -246,3 +247,40 @@ def test_a_path_too_long_for_the_pattern_walk_fails_closed(guest: GuestVM, loade
     seen = [a for a in alerts(guest) if a["ContainerName"] == "pat-own"]
     denied = [a for a in seen if a["Resource"].startswith("/srv/long/") and "truncated=true" in a["Data"]]
     assert denied and denied[0]["Action"] == "Block", seen
+
+
+def test_an_owner_only_allow_is_decided_at_every_read(guest: GuestVM, loaded: dict[str, Any],
+                                                      containers: dict[str, int]) -> None:
+    """The owner (uid 1000) reads /srv/data/secret_data2 through a descriptor it keeps; the file is given to
+    root; the next read through the same descriptor is refused (ownerOnly). An allow that asked whose the
+    file is is never remembered (bpf/progs/warden_held.h), unlike /srv/cache/a1.tmp's, a path-only one,
+    whose reads keep working."""
+    launch = f"nsenter -t {containers['pat-own']} -m -p -- setpriv --reuid=1000 --regid=1000 --clear-groups"
+    owner = HeldRead.start(guest, "owner", "/srv/data/secret_data2", launch=launch)
+    neighbour = HeldRead.start(guest, "path-only", "/srv/cache/a1.tmp", launch=launch)
+    assert owner.before == neighbour.before == ["ok", "ok", "ok"]
+    guest.run("chown 0:0 /srv/data/secret_data2", check=True)
+    try:
+        assert owner.after() == "EPERM"
+    finally:
+        guest.run("chown 1000:1000 /srv/data/secret_data2", check=True)
+    assert neighbour.after() == "ok"
+    seen = {(a["PolicyName"], a["Resource"], a["Data"].split()[0]) for a in alerts(guest)
+            if a["ContainerName"] == "pat-own"}
+    assert ("own-file-owner-readonly-block", "/srv/data/secret_data2", "lsm=FILE_PERMISSION") in seen, seen
+
+
+def test_an_audited_file_alerts_at_every_open_and_not_at_every_read(guest: GuestVM, loaded: dict[str, Any],
+                                                                    containers: dict[str, int]) -> None:
+    """Three opens of /srv/a/b/server.key (own-file-doublestar-audit), each read twice, from one process: the
+    kernel hands the same struct file back to each open, but a remembered allow that alerted is not
+    reused at an open. Reads through an open descriptor do not alert again."""
+    alerts(guest)
+    script = guest.write_shared("audited-opens.py", "for _ in range(3):\n"
+                                "    with open('/srv/a/b/server.key', 'rb', buffering=0) as f:\n"
+                                "        f.read(1)\n        f.read(1)\n")
+    code, out = in_container(guest, containers["pat-own"], f"/usr/bin/python3 {script}")
+    assert code == 0, out
+    hooks = [a["Data"].split()[0] for a in alerts(guest)
+             if a["ContainerName"] == "pat-own" and a["Resource"] == "/srv/a/b/server.key"]
+    assert hooks == ["lsm=FILE_OPEN"] * 3, hooks

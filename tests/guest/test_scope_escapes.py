@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.guest.held import HeldRead
 from tests.guest.vm import REPO_ROOT, GuestVM
 
 SEED = f"{REPO_ROOT}/tests/data/policies/seed"
@@ -474,3 +475,55 @@ def test_an_unregistered_container_is_confined_and_a_host_service_is_not(guest: 
         assert any(a["Data"] == f"lsm={lsm}" and a["ContainerName"] == "" for a in alerts), (reach, alerts)
         # the same from a service's cgroup with a private mount namespace: a host service
         assert guest.run(f"unshare -m {reach} >/dev/null").returncode == 0, reach
+
+
+# -- what file_permission remembers (bpf/progs/warden_held.h) -----------------------------------------
+
+
+def test_a_host_process_entering_the_container_takes_its_rules_for_a_file_it_already_read(
+        guest: GuestVM, applied: dict[str, Any], mysql: Container) -> None:
+    """A host process reads mysql's data through /proc/<pid>/root (the host scope has no rules), then joins
+    the container's mount namespace: the same descriptor is now read in mysql's scope, and refused. What
+    the task remembered of its reads holds only in the namespaces it was found in."""
+    read_alerts(guest)
+    reader = HeldRead.start(guest, "host-enters", f"/proc/{mysql.pid}/root{MYSQL_FILE}",
+                            setns=(f"/proc/{mysql.pid}/ns/mnt",))
+    assert reader.before == ["ok", "ok", "ok"]
+    assert reader.after() == "EPERM"
+    alerts = [a for a in read_alerts(guest) if a["PolicyName"] == "block-mysql-data-access"]
+    assert any(a["ContainerName"] == "mysql" and a["Resource"] == MYSQL_FILE and "lsm=FILE_PERMISSION" in a["Data"]
+               for a in alerts), alerts
+
+
+REREGISTER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from bpf.kernel.engine import Engine
+    from bpf.policy.files import load_policy_paths
+
+    app, pid_ns, mnt_ns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    engine = Engine()
+    engine.load_or_adopt(load_policy_paths([Path(p) for p in sys.argv[4:]]))  # the module's policies
+    engine.register_container("mysql", {"app": app}, pid_ns, mnt_ns)
+""")
+
+
+def test_a_registration_ends_what_was_remembered_under_the_container_s_old_rules(
+        guest: GuestVM, applied: dict[str, Any], mysql: Container) -> None:
+    """mysql's namespaces registered again as app=web (no policy of the seed's selects it): a process in the
+    container reads the data file, allowed, and keeps its descriptor. Registered as app=mysql again,
+    block-mysql-data-access applies to that descriptor's next read."""
+    ns = [guest.run(f"stat -Lc %i /proc/{mysql.pid}/ns/{kind}", check=True).stdout.strip() for kind in ("pid", "mnt")]
+    script = guest.write_shared("reregister.py", REREGISTER)
+
+    def register(app: str) -> None:
+        guest.run(f"cd {REPO_ROOT} && {PY} {script} {app} {ns[0]} {ns[1]} {SEED} {FILELESS}", check=True, timeout=240)
+
+    register("web")
+    try:
+        reader = HeldRead.start(guest, "reregistered", MYSQL_FILE, launch=f"nsenter -t {mysql.pid} -m --")
+        assert reader.before == ["ok", "ok", "ok"]
+    finally:
+        register("mysql")
+    assert reader.after() == "EPERM"
+    denied_with(guest, mysql, f"cat {MYSQL_FILE}", "block-mysql-data-access", MYSQL_FILE)

@@ -60,6 +60,7 @@ class Warden:
     self_links: dict[str, int]
     self_maps: dict[str, int]
     engine_config_update: str  # `bpftool map update` arguments that would zero warden_config's key 0
+    memo_update: str  # the same for file_guard's own task memo (no pin names it: reached by id only)
 
 
 def current_warden(guest: GuestVM) -> Warden:
@@ -72,7 +73,13 @@ def current_warden(guest: GuestVM) -> Warden:
     config = engine["maps"]["warden_config"]  # the host's mount namespace: zeroed, the host scope is lost
     update = (f"id {config['id']} key {' '.join(['0'] * config['key_size'])} "
               f"value {' '.join(['0'] * config['value_size'])}")
-    return Warden(supervisor, agent, dict(protection["links"]), dict(protection["maps"]), update)
+    # a memo saying "no file rules in this scope" would let a task read and write through its descriptors
+    memos = [m for m in json.loads(guest.run("bpftool -j map show", check=True).stdout)
+             if m.get("name") == "warden_task_mem"]
+    assert len(memos) == 1, memos
+    memo = (f"id {memos[0]['id']} key {' '.join(['0'] * memos[0]['bytes_key'])} "
+            f"value {' '.join(['0'] * memos[0]['bytes_value'])}")
+    return Warden(supervisor, agent, dict(protection["links"]), dict(protection["maps"]), update, memo)
 
 
 def agent_pid(guest: GuestVM, supervisor: int) -> int:
@@ -122,6 +129,7 @@ ATTACKS = [
     ("map update by id", "bpftool map update id {config_map} key 0 0 0 0 value " + " ".join(["0"] * 192),
      "map-write", True),
     ("engine map update by id", "bpftool map update {engine_config_update}", "map-write", True),
+    ("file_guard's own map update by id", "bpftool map update {memo_update}", "map-write", True),
     ("rm pins", f"rm -rf {PINS}", "pin-change", True),
     ("umount bpffs", "umount /sys/fs/bpf", "bpffs-mount", True),
     ("mount over bpffs", "mount -t tmpfs none /sys/fs/bpf", "bpffs-mount", True),
@@ -174,7 +182,7 @@ def alerted(new: list[dict[str, object]], expected: str) -> bool:
 def test_every_attack_is_denied_and_alerted(guest: GuestVM, warden: Warden, container: bool) -> None:
     values = {"supervisor": warden.supervisor, "agent": warden.agent, "venv": f"{REPO_ROOT}/.venv",
               "link": warden.self_links["self_task_kill"], "config_map": warden.self_maps["self_config"],
-              "engine_config_update": warden.engine_config_update}
+              "engine_config_update": warden.engine_config_update, "memo_update": warden.memo_update}
     table = []
     for name, template, expected, in_vm in ATTACKS:
         if not (container or in_vm):
