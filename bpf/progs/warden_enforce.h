@@ -480,10 +480,18 @@ static __noinline int enforce_dentry_op(__u64 op, struct dentry *d)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct super_block *sb = d->d_sb;
+	struct warden_ns_key nk = {};
 	struct dentry_decide c = {};
+	struct warden_scope_cfg *cfg;
 	struct dentry_mounts *dm;
-	__u32 zero = 0;
+	__u32 zero = 0, scope, category = (op >> 16) & 0xff;
 
+	/* a scope with nothing to decide (the host's, usually) leaves before the superblock's mounts are
+	 * searched: each decision below would leave at this same test */
+	scope = resolve_scope(t, &nk);
+	cfg = scope_cfg(&scope);
+	if (!cfg || (!cfg->rules[category & 7] && !cfg->posture[category & 7]))
+		return 0;
 	dm = bpf_map_lookup_elem(&warden_dentry_mounts, &zero);
 	if (!dm || !sb)
 		return 0;
