@@ -214,10 +214,8 @@ __noinline int warden_decide_path(__u64 op)
 	 * might apply, so the scope's strictest rule does. Fail closed, never "only the rules on /". */
 	if (!s->obj.reached && strict.action && strict.action >= best.action)
 		best = strict;
-	if (best.flags & WARDEN_RULE_OWNER_ONLY) {
-		s->req.owner = owns_inode(s->req.owner_inode);
-		s->req.owner_asked = 1;
-	}
+	if (best.flags & WARDEN_RULE_OWNER_ONLY)
+		s->req.owner = ask_owner(s);
 	if (rules & WARDEN_SCOPE_PATTERNS) {
 		best = bits_slot(warden_match_patterns(op, slot_bits(&best)));
 		/* A path that did not fit the pattern walk (longer than WARDEN_PATH_MAX - 1 bytes or deeper

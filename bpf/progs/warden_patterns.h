@@ -185,6 +185,14 @@ static __always_inline __u8 owns_inode(__u64 inode_num)
 	return inode && BPF_CORE_READ(inode, i_uid.val) == fsuid;
 }
 
+/* owns_inode for the scratch's request, recording that the decision asked: an allow that depends on the
+ * owner is never remembered (warden_decide_path's req.cacheable). The only way a decision asks. */
+static __always_inline __u8 ask_owner(struct scratch *s)
+{
+	s->req.owner_asked = 1;
+	return owns_inode(s->req.owner_inode);
+}
+
 /*
  * Combine the patterns' outcome for this operation with the exact/directory rule in `best`: when a
  * pattern's is stronger, `best` becomes it, without flags (the compiler resolved them). `op` is
@@ -229,10 +237,8 @@ static __always_inline void match_patterns(struct scratch *s, __u64 op, struct w
 	if (!(acc->action[0] | acc->action[1] | acc->action[2] | acc->action[3]))
 		return;
 	f = best->flags;
-	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY)) {
-		owner = owns_inode(s->req.owner_inode);
-		s->req.owner_asked = 1;
-	}
+	if (acc->needs_owner || (f & WARDEN_RULE_OWNER_ONLY))
+		owner = ask_owner(s);
 	/* the outcome of this operation, index write | owner << 1 (constant offsets: clang drops a mask
 	 * it can prove redundant, the verifier cannot) */
 	if (owner) {
